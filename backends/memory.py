@@ -1,0 +1,91 @@
+"""Memory accounting: current and peak bytes of array memory, with a reset.
+
+Host backends (numpy, array-api-strict) count through ``tracemalloc``: NumPy reports
+every array buffer it allocates to it. CuPy counts through a memory hook on its pool,
+which sees every device allocation and free the arrays make.
+
+Counting starts at the first ``reset_peak()`` (tracemalloc slows Python's allocator,
+so it is never switched on behind a user's back).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+
+class MemoryTracker:
+    """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``."""
+
+    def __init__(self, reset, current, peak, stop):
+        self._reset, self._current, self._peak, self._stop = reset, current, peak, stop
+
+    def reset_peak(self) -> None:
+        """Start counting (if not yet) and set the peak to the current usage."""
+        self._reset()
+
+    def current_bytes(self) -> int:
+        return int(self._current())
+
+    def peak_bytes(self) -> int:
+        return int(self._peak())
+
+    def stop(self) -> None:
+        """Stop counting (frees tracemalloc's own bookkeeping)."""
+        self._stop()
+
+    # ---- constructors ------------------------------------------------------------
+    @classmethod
+    def for_host(cls) -> "MemoryTracker":
+        def reset():
+            if not tracemalloc.is_tracing():
+                tracemalloc.start()
+            tracemalloc.reset_peak()
+
+        def current():
+            return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+
+        def peak():
+            return tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else 0
+
+        return cls(reset, current, peak, tracemalloc.stop)
+
+    @classmethod
+    def for_cupy(cls, cupy) -> "MemoryTracker":
+        hook = _make_cupy_hook(cupy)
+
+        def reset():
+            if not hook.installed:
+                hook.__enter__()
+                hook.installed = True
+            hook.peak = hook.current
+
+        def stop():
+            if hook.installed:
+                hook.__exit__(None, None, None)
+                hook.installed = False
+
+        return cls(reset, lambda: hook.current, lambda: hook.peak, stop)
+
+
+def _make_cupy_hook(cupy):
+    """A CuPy MemoryHook that keeps the bytes held by live pool allocations."""
+    from cupy.cuda import memory_hook
+
+    class PeakHook(memory_hook.MemoryHook):
+        name = "BrainlikePeakHook"
+
+        def __init__(self):
+            self.current = 0
+            self.peak = 0
+            self.installed = False
+            self._sizes = {}
+
+        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+            self._sizes[mem_ptr] = mem_size
+            self.current += mem_size
+            self.peak = max(self.peak, self.current)
+
+        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+            self.current -= self._sizes.pop(mem_ptr, mem_size)
+
+    return PeakHook()

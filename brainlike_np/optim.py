@@ -1,0 +1,83 @@
+"""AdamW (decoupled weight decay) and global-norm gradient clipping, on any backend.
+
+Parameters, gradients and moments are dicts ``name -> array``. Updates are written as
+plain array expressions (no in-place tricks), so they run on every array-API namespace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .backends import get_namespace
+
+
+def global_norm(grads: dict) -> float:
+    """sqrt of the sum of squares of every gradient entry."""
+    total = 0.0
+    for g in grads.values():
+        xp = get_namespace(g)
+        total += float(xp.sum(g * g))
+    return math.sqrt(total)
+
+
+def clip_by_global_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
+    """Scale all gradients by ``min(1, max_norm / norm)``; -> (grads, norm before)."""
+    norm = global_norm(grads)
+    if max_norm <= 0 or norm <= max_norm:
+        return grads, norm
+    scale = max_norm / (norm + 1e-12)
+    return {name: g * scale for name, g in grads.items()}, norm
+
+
+@dataclass
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter).
+
+    ``decay_filter(name)`` says which parameters get weight decay (default: matrices,
+    not gains and biases; decided by the caller through ``no_decay``).
+    """
+
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    no_decay: frozenset = field(default_factory=frozenset)
+    step: int = 0
+    m: dict = field(default_factory=dict)
+    v: dict = field(default_factory=dict)
+
+    def update(self, params: dict, grads: dict, lr: float) -> dict:
+        """One AdamW step; returns the new parameter dict (the old one is not mutated)."""
+        self.step += 1
+        b1, b2 = self.beta1, self.beta2
+        bias1 = 1.0 - b1 ** self.step
+        bias2 = 1.0 - b2 ** self.step
+        new_params = {}
+        for name, p in params.items():
+            g = grads[name]
+            xp = get_namespace(p)
+            m = self.m.get(name)
+            v = self.v.get(name)
+            m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
+            v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
+            self.m[name], self.v[name] = m, v
+            if name not in self.no_decay and self.weight_decay:
+                p = p * (1.0 - lr * self.weight_decay)
+            new_params[name] = p - lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
+        return new_params
+
+    def state(self) -> dict:
+        """Hyper-parameters and step (moments are saved separately, as arrays)."""
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay, "step": self.step}
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, max_steps: int,
+              min_ratio: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio * base_lr``."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    span = max(1, max_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -1,0 +1,163 @@
+"""Every layer's backward against central finite differences in float64, on every backend."""
+
+import numpy as np
+import pytest
+
+from brainlike_np import layers as L
+from gradcheck import assert_close, numeric_grad
+
+RNG = np.random.default_rng(0)
+
+
+def check_layer(backend, forward, backward, inputs, rtol=1e-6, atol=1e-8):
+    """Check ``backward`` against finite differences of ``sum(forward(*inputs) * R)``.
+
+    ``inputs`` are float64 host arrays, every one differentiated; ``backward(dout, cache)``
+    returns one gradient per input, in order.
+    """
+    f64 = backend.dtype("float64")
+    dev = [backend.asarray(a, f64) for a in inputs]
+    out, cache = forward(*dev)
+    upstream = RNG.standard_normal(tuple(out.shape))
+    analytic = backward(backend.asarray(upstream, f64), cache)
+
+    def loss_of(arrays):
+        o, _ = forward(*[backend.asarray(a, f64) for a in arrays])
+        return float(np.sum(backend.to_numpy(o) * upstream))
+
+    for i, g in enumerate(analytic):
+        expected = numeric_grad(loss_of, inputs, i)
+        assert_close(backend.to_numpy(g), expected, rtol, atol, what=f"input {i}")
+
+
+def test_linear(backend):
+    x, W, b = RNG.standard_normal((2, 3, 4)), RNG.standard_normal((4, 5)), RNG.standard_normal(5)
+    check_layer(backend, L.linear_forward, L.linear_backward, [x, W, b])
+
+
+def test_linear_without_bias(backend):
+    x, W = RNG.standard_normal((3, 4)), RNG.standard_normal((4, 2))
+    out, cache = L.linear_forward(backend.asarray(x), backend.asarray(W))
+    assert L.linear_backward(out, cache)[2] is None
+    check_layer(backend, L.linear_forward, lambda d, c: L.linear_backward(d, c)[:2], [x, W])
+
+
+def test_rmsnorm(backend):
+    x, g = RNG.standard_normal((2, 3, 6)), RNG.standard_normal(6)
+    check_layer(backend, L.rmsnorm_forward, L.rmsnorm_backward, [x, g])
+
+
+def test_rmsnorm_normalises(backend):
+    x = backend.asarray(RNG.standard_normal((4, 8)) * 7.0)
+    y, _ = L.rmsnorm_forward(x, backend.ones((8,), x.dtype))
+    rms = np.sqrt(np.mean(backend.to_numpy(y) ** 2, axis=-1))
+    np.testing.assert_allclose(rms, 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_elementwise(backend, name):
+    fwd, bwd = getattr(L, f"{name}_forward"), getattr(L, f"{name}_backward")
+    check_layer(backend, fwd, lambda d, c: [bwd(d, c)], [RNG.standard_normal((3, 5)) * 3])
+
+
+def test_sigmoid_extreme_inputs_are_finite(backend):
+    x = backend.asarray(np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0]))
+    y = backend.to_numpy(L.sigmoid_forward(x)[0])
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, [0.0, 1.9287498479639178e-22, 0.5, 1.0, 1.0], rtol=1e-12)
+
+
+def test_concat(backend):
+    a, b = RNG.standard_normal((2, 3, 2)), RNG.standard_normal((2, 3, 4))
+    check_layer(backend, lambda a, b: L.concat_forward([a, b]), L.concat_backward, [a, b])
+
+
+def test_embedding_with_repeated_ids(backend):
+    ids = backend.asarray(np.array([[1, 3, 1], [0, 1, 3]]))
+    table = RNG.standard_normal((5, 4))
+    check_layer(backend,
+                lambda t: L.embedding_forward(t, ids, backend.ops),
+                lambda d, c: [L.embedding_backward(d, c, backend.ops)], [table])
+
+
+def test_embedding_is_a_lookup(backend):
+    table = RNG.standard_normal((6, 3))
+    ids = np.array([[5, 0], [2, 2]])
+    out, _ = L.embedding_forward(backend.asarray(table), backend.asarray(ids), backend.ops)
+    np.testing.assert_array_equal(backend.to_numpy(out), table[ids])
+
+
+def test_gather_rows_per_sample(backend):
+    idx_host = np.array([[3, 0], [1, 2]])
+    idx = backend.asarray(idx_host)
+    x = RNG.standard_normal((2, 4, 3))
+    out, _ = L.gather_forward(backend.asarray(x), idx, backend.ops)
+    np.testing.assert_array_equal(backend.to_numpy(out), np.stack([x[0, [3, 0]], x[1, [1, 2]]]))
+    check_layer(backend,
+                lambda t: L.gather_forward(t, idx, backend.ops),
+                lambda d, c: [L.gather_backward(d, c, backend.ops)], [x])
+
+
+def _attention(mask):
+    def forward(xq, xkv, Wq, Wk, Wv, Wo):
+        return L.attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads=2, key_mask=mask)
+    return forward
+
+
+def _attention_inputs(Lq, Lk, D=4):
+    return [RNG.standard_normal((2, Lq, D)), RNG.standard_normal((2, Lk, D))] + [
+        RNG.standard_normal((D, D)) / 2 for _ in range(4)]
+
+
+def test_cross_attention(backend):
+    check_layer(backend, _attention(None), L.attention_backward, _attention_inputs(3, 5))
+
+
+def test_attention_with_some_and_all_keys_masked(backend):
+    # sample 0: two keys masked; sample 1: every key masked
+    mask = backend.asarray(np.array([[True, False, True, False], [False] * 4]))
+    check_layer(backend, _attention(mask), L.attention_backward, _attention_inputs(3, 4))
+
+
+def test_all_masked_query_row_gives_zero_message_and_gradient(backend):
+    mask = backend.asarray(np.array([[True, True, False], [False, False, False]]))
+    f64 = backend.dtype("float64")
+    inputs = [backend.asarray(a, f64) for a in _attention_inputs(3, 3)]
+    out, cache = _attention(mask)(*inputs)
+    out = backend.to_numpy(out)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_array_equal(out[1], 0.0)
+    dxq, dxkv, *_ = L.attention_backward(backend.ones(tuple(out.shape), f64), cache)
+    np.testing.assert_array_equal(backend.to_numpy(dxkv)[1], 0.0)
+    np.testing.assert_array_equal(backend.to_numpy(dxq)[1], 0.0)
+    assert np.all(np.isfinite(backend.to_numpy(dxkv)))
+
+
+def test_masked_keys_do_not_change_the_output(backend):
+    """Changing a masked key/value row must not change any output."""
+    mask_host = np.array([[True, False, True], [True, True, False]])
+    mask = backend.asarray(mask_host)
+    xq, xkv, *W = _attention_inputs(2, 3)
+    out1, _ = _attention(mask)(*[backend.asarray(a) for a in [xq, xkv, *W]])
+    xkv2 = xkv.copy()
+    xkv2[~mask_host] += 100.0
+    out2, _ = _attention(mask)(*[backend.asarray(a) for a in [xq, xkv2, *W]])
+    np.testing.assert_allclose(backend.to_numpy(out1), backend.to_numpy(out2), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy(backend):
+    targets = backend.asarray(np.array([2, 0, 4]))
+    logits = RNG.standard_normal((3, 5))
+
+    def forward(z):
+        loss, cache = L.cross_entropy_forward(z, targets)
+        return loss, cache
+    check_layer(backend, forward, lambda d, c: [L.cross_entropy_backward(d, c)], [logits])
+
+
+def test_cross_entropy_is_stable_for_large_logits(backend):
+    logits = backend.asarray(np.array([[1000.0, 0.0, -1000.0]]))
+    loss, _ = L.cross_entropy_forward(logits, backend.asarray(np.array([0])))
+    assert float(loss) == pytest.approx(0.0, abs=1e-12)
+    loss, _ = L.cross_entropy_forward(logits, backend.asarray(np.array([1])))
+    assert float(loss) == pytest.approx(1000.0)
