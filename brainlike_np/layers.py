@@ -129,7 +129,7 @@ def gather_forward(x, idx, ops):
     """Per-sample rows: x ``[B, N, F]``, idx ``[B, k]`` -> ``x[b, idx[b]]`` ``[B, k, F]``."""
     xp = get_namespace(x)
     B, N, F = x.shape
-    flat_ids = _per_sample_flat_ids(xp, idx, N)                     # [B, k]
+    flat_ids = per_sample_flat_ids(xp, idx, N)                     # [B, k]
     out = ops.gather_rows(xp.reshape(x, (B * N, F)), flat_ids)     # [B, k, F]
     return out, (flat_ids, B, N)
 
@@ -143,7 +143,7 @@ def gather_backward(dout, cache, ops):
     return xp.reshape(dx, (B, N, F))
 
 
-def _per_sample_flat_ids(xp, idx, N):
+def per_sample_flat_ids(xp, idx, N):
     """idx ``[B, k]`` into rows of a ``[B*N, F]`` view: ``idx[b, j] + b*N``."""
     B = idx.shape[0]
     offsets = xp.arange(B, dtype=idx.dtype, device=device_of(idx)) * N    # [B]

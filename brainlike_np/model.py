@@ -1,0 +1,323 @@
+"""The brain-like model (v1): forward and hand-written backward, sparse and dense paths.
+
+Notation: B batch, T context, V vocabulary, N neurons, D state width, k active neurons,
+S interaction steps, h heads, M the neurons a path carries (k on the sparse path, N on
+the dense one).
+
+    z    = b_e + sum_t E[x[:, t]] * P[t]                          [B, N]
+    idx  = top_k(z, k)                                            [B, k]
+    a    = sigmoid(z[idx])                                        [B, k]
+    C    = rms(Etok[x] + Epos, g_t)                               [B, T, D]
+    H0   = a * U[idx];  H = H0 + MHA(rms(H0, g_x), C, C)          [B, k, D]
+    S x: X = rms(H, g); M = MHA(X, X, X, mask a > tau)
+         H = H + tanh([X, M] @ W_u + b_u);  a = sigmoid(H @ w_a + b_a)
+    logits = b_dec + sum_j a_j W_dec[idx_j] + (mean_j a_j rms(H_j, g_f)) @ W_r   [B, V]
+
+The sparse path computes on the gathered ``[B, k, D]`` active set. The dense path is
+the design note's version: states for all N neurons ``[B, N, D]``, attention over all
+N with non-selected or sub-threshold neurons masked as keys, and the activation of
+non-selected neurons held at zero. Both give the same logits and gradients.
+"""
+
+from __future__ import annotations
+
+from . import layers as L
+from .backends import device_of, get_namespace
+from .config import ModelConfig
+
+PATHS = ("sparse", "dense")
+# gains and biases get no weight decay
+NO_DECAY = frozenset({"b_e", "g_t", "g_x", "g", "b_u", "b_a", "g_f", "b_dec"})
+
+
+# ---------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------
+def param_shapes(cfg: ModelConfig) -> dict:
+    V, T, N, D = cfg.vocab_size, cfg.context, cfg.n_neurons, cfg.d_state
+    return {
+        "E": (V, N), "P": (T, N), "b_e": (N,),
+        "Etok": (V, D), "Epos": (T, D), "g_t": (D,), "g_x": (D,),
+        "Wq_x": (D, D), "Wk_x": (D, D), "Wv_x": (D, D), "Wo_x": (D, D),
+        "U": (N, D),
+        "g": (D,), "Wq": (D, D), "Wk": (D, D), "Wv": (D, D), "Wo": (D, D),
+        "W_u": (2 * D, D), "b_u": (D,), "w_a": (D,), "b_a": (),
+        "g_f": (D,), "W_dec": (N, V), "W_r": (D, V), "b_dec": (V,),
+    }
+
+
+def _init_std(name: str, shape: tuple, cfg: ModelConfig) -> float | str:
+    """Standard deviation of a parameter's initial normal, or "zeros" / "ones"."""
+    if name in ("E", "U", "Etok", "Epos"):
+        return 1.0
+    if name == "P":
+        return (1.0 / cfg.context) ** 0.5
+    if name in ("Wo", "Wo_x"):
+        return "zeros"
+    if name == "W_dec":
+        return 0.02
+    if name.startswith("g"):
+        return "ones"
+    if name.startswith("b"):
+        return "zeros"
+    return (1.0 / shape[0]) ** 0.5     # every other matrix / vector: N(0, 1/fan_in)
+
+
+def init_params(cfg: ModelConfig, backend, seed: int = 0, dtype: str = "float32") -> dict:
+    """Initial parameters, drawn on the host: the same seed gives the same weights
+    on every backend. Draws happen in ``param_shapes`` order."""
+    rng = backend.rng(seed)
+    dt = backend.dtype(dtype)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        std = _init_std(name, shape, cfg)
+        if std == "zeros":
+            params[name] = backend.zeros(shape, dt)
+        elif std == "ones":
+            params[name] = backend.ones(shape, dt)
+        else:
+            params[name] = backend.normal(rng, shape, std, dt)
+    return params
+
+
+def _accumulate(grads: dict, name: str, g) -> None:
+    grads[name] = g if name not in grads else grads[name] + g
+
+
+# ---------------------------------------------------------------------------------
+# encoder: tokens -> active set
+# ---------------------------------------------------------------------------------
+def encoder_sparse_forward(p, x, cfg, ops):
+    """-> a ``[B, k]``, U rows ``[B, k, D]``, idx ``[B, k]``, cache."""
+    xp = get_namespace(p["E"])
+    z = ops.encoder_accumulate(p["E"], p["P"], p["b_e"], x)          # [B, N]
+    idx = ops.topk(z, cfg.k_active)                                  # [B, k]
+    a, ca = L.sigmoid_forward(xp.take_along_axis(z, idx, axis=1))    # [B, k]
+    U_rows, cu = L.embedding_forward(p["U"], idx, ops)               # [B, k, D]
+    return a, U_rows, idx, (x, idx, ca, cu)
+
+
+def encoder_sparse_backward(da, dU_rows, p, cache, grads, ops):
+    x, idx, ca, cu = cache
+    xp = get_namespace(da)
+    dz = L.sigmoid_backward(da, ca)                                  # [B, k]
+    dE, dP = ops.encoder_backward(dz, idx, p["E"], p["P"], x)        # [V, N], [T, N]
+    n = dz.shape[0] * dz.shape[1]
+    db_e = ops.scatter_add_rows(xp.reshape(idx, (n,)), xp.reshape(dz, (n, 1)),
+                                p["b_e"].shape[0])[:, 0]             # [N]
+    for name, g in (("E", dE), ("P", dP), ("b_e", db_e),
+                    ("U", L.embedding_backward(dU_rows, cu, ops))):
+        _accumulate(grads, name, g)
+
+
+def encoder_dense_forward(p, x, cfg, ops):
+    """-> a ``[B, N]`` (zero off the top-k), U ``[1, N, D]``, selection ``[B, N]``, cache."""
+    xp = get_namespace(p["E"])
+    B, T = x.shape
+    N = cfg.n_neurons
+    E_rows, ce = L.embedding_forward(p["E"], x, ops)                 # [B, T, N]
+    z = p["b_e"] + xp.sum(E_rows * p["P"][:T, :], axis=1)               # [B, N]
+    idx = ops.topk(z, cfg.k_active)                                  # [B, k]
+    selected = _selection_mask(xp, idx, N, z.dtype, ops)             # [B, N] 0/1
+    s, cs = L.sigmoid_forward(z)
+    a = s * selected                                                 # [B, N]
+    return a, p["U"][None, :, :], selected, (E_rows, ce, cs, selected)
+
+
+def encoder_dense_backward(da, dU_rows, p, cache, grads, ops):
+    E_rows, ce, cs, selected = cache
+    xp = get_namespace(da)
+    T = E_rows.shape[1]
+    dz = L.sigmoid_backward(da * selected, cs)                       # [B, N]
+    dE = L.embedding_backward(dz[:, None, :] * p["P"][None, :T, :], ce, ops)   # [V, N]
+    dP = xp.sum(dz[:, None, :] * E_rows, axis=0)                     # [T, N]
+    if p["P"].shape[0] > T:
+        dP = xp.concat([dP, xp.zeros_like(p["P"][T:, :])], axis=0)
+    for name, g in (("E", dE), ("P", dP), ("b_e", xp.sum(dz, axis=0)),
+                    ("U", xp.sum(dU_rows, axis=0))):
+        _accumulate(grads, name, g)
+
+
+def _selection_mask(xp, idx, N, dtype, ops):
+    """1.0 where a neuron is among the row's top-k, else 0.0: ``[B, N]``."""
+    B, k = idx.shape
+    flat = L.per_sample_flat_ids(xp, idx, N)                        # [B, k]
+    ones = xp.ones((B * k, 1), dtype=dtype, device=device_of(idx))
+    return xp.reshape(ops.scatter_add_rows(xp.reshape(flat, (-1,)), ones, B * N), (B, N))
+
+
+# ---------------------------------------------------------------------------------
+# input read: the active neurons attend to the context once
+# ---------------------------------------------------------------------------------
+def input_read_forward(p, a, U_rows, x, cfg, ops):
+    """a ``[B, M]``, U rows ``[B or 1, M, D]``, x ``[B, T]`` -> H ``[B, M, D]``."""
+    T = x.shape[1]
+    tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
+    C, cc = L.rmsnorm_forward(tok + p["Epos"][:T, :], p["g_t"])         # [B, T, D]
+    H0 = a[..., None] * U_rows                                       # [B, M, D]
+    Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
+    Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
+                                 cfg.n_heads)                        # [B, M, D]
+    return H0 + Mx, (ct, cc, cq, cm, a, U_rows)
+
+
+def input_read_backward(dH, p, cache, grads, ops):
+    """-> (da ``[B, M]``, dU_rows ``[B, M, D]``)."""
+    xp = get_namespace(dH)
+    ct, cc, cq, cm, a, U_rows = cache
+    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dH, cm)
+    dH0_norm, dg_x = L.rmsnorm_backward(dXq, cq)
+    dH0 = dH + dH0_norm                                              # [B, M, D]
+    da = xp.sum(dH0 * U_rows, axis=-1)                               # [B, M]
+    dU_rows = dH0 * a[..., None]                                     # [B, M, D]
+    dC_in, dg_t = L.rmsnorm_backward(dC, cc)                         # [B, T, D]
+    T = dC_in.shape[1]
+    dEpos = xp.sum(dC_in, axis=0)
+    if p["Epos"].shape[0] > T:
+        dEpos = xp.concat([dEpos, xp.zeros_like(p["Epos"][T:, :])], axis=0)
+    for name, g in (("Wq_x", dWq), ("Wk_x", dWk), ("Wv_x", dWv), ("Wo_x", dWo),
+                    ("g_x", dg_x), ("g_t", dg_t), ("Epos", dEpos),
+                    ("Etok", L.embedding_backward(dC_in, ct, ops))):
+        _accumulate(grads, name, g)
+    return da, dU_rows
+
+
+# ---------------------------------------------------------------------------------
+# one interaction step (shared weights across the S steps)
+# ---------------------------------------------------------------------------------
+def step_forward(p, H, a, cfg, selected=None):
+    """H ``[B, M, D]``, a ``[B, M]`` -> new H, new a. ``selected`` ``[B, M]`` (dense
+    path) holds non-selected activations at zero."""
+    X, cx = L.rmsnorm_forward(H, p["g"])                             # [B, M, D]
+    M, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
+                                key_mask=a > cfg.tau)                # [B, M, D]
+    cat, ccat = L.concat_forward([X, M])                             # [B, M, 2D]
+    Y, cy = L.linear_forward(cat, p["W_u"], p["b_u"])                # [B, M, D]
+    dH_t, ct = L.tanh_forward(Y)
+    H_new = H + dH_t                                                 # [B, M, D]
+    a_new, ca = readout_forward(p, H_new)                            # [B, M]
+    if selected is not None:
+        a_new = a_new * selected
+    return H_new, a_new, (cx, cm, ccat, cy, ct, ca, selected)
+
+
+def step_backward(dH_new, da_new, p, cache, grads):
+    """-> dH (the step's input state). ``da_new`` is None when the step's activation
+    only feeds the next step's key mask, which is not differentiated."""
+    cx, cm, ccat, cy, ct, ca, selected = cache
+    dH = dH_new
+    if da_new is not None:
+        if selected is not None:
+            da_new = da_new * selected
+        dH = dH + readout_backward(da_new, p, ca, grads)             # [B, M, D]
+    dcat, dW_u, db_u = L.linear_backward(L.tanh_backward(dH, ct), cy)
+    dX, dM = L.concat_backward(dcat, ccat)
+    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dM, cm)
+    dH_norm, dg = L.rmsnorm_backward(dX + dXq + dXkv, cx)
+    for name, g in (("W_u", dW_u), ("b_u", db_u), ("Wq", dWq), ("Wk", dWk),
+                    ("Wv", dWv), ("Wo", dWo), ("g", dg)):
+        _accumulate(grads, name, g)
+    return dH + dH_norm
+
+
+def readout_forward(p, H):
+    """a = sigmoid(H @ w_a + b_a): H ``[B, M, D]`` -> ``[B, M]``."""
+    a, ca = L.sigmoid_forward(H @ p["w_a"] + p["b_a"])
+    return a, (ca, H)
+
+
+def readout_backward(da, p, cache, grads):
+    """-> dH ``[B, M, D]``."""
+    xp = get_namespace(da)
+    ca, H = cache
+    dpre = L.sigmoid_backward(da, ca)                                # [B, M]
+    D = H.shape[-1]
+    _accumulate(grads, "w_a", xp.reshape(H, (-1, D)).T @ xp.reshape(dpre, (-1,)))  # [D]
+    _accumulate(grads, "b_a", xp.sum(dpre))
+    return dpre[..., None] * p["w_a"]
+
+
+# ---------------------------------------------------------------------------------
+# decoder
+# ---------------------------------------------------------------------------------
+def decoder_forward(p, H, a, idx, cfg, ops):
+    """H ``[B, M, D]``, a ``[B, M]`` -> logits ``[B, V]``. ``idx`` ``[B, k]`` on the
+    sparse path (rows of W_dec are gathered), None on the dense path (M == N)."""
+    F, cf = L.rmsnorm_forward(H, p["g_f"])                           # [B, M, D]
+    xp = get_namespace(H)
+    pooled = xp.sum(a[..., None] * F, axis=1) / cfg.k_active         # [B, D]
+    if idx is None:
+        neuron_vote, cw, W_rows = a @ p["W_dec"], None, None         # [B, V]
+    else:
+        W_rows, cw = L.embedding_forward(p["W_dec"], idx, ops)       # [B, k, V]
+        neuron_vote = (a[:, None, :] @ W_rows)[:, 0, :]              # [B, V]
+    logits = p["b_dec"] + neuron_vote + pooled @ p["W_r"]            # [B, V]
+    return logits, (cf, F, pooled, cw, W_rows, a)
+
+
+def decoder_backward(dlogits, p, cache, cfg, grads, ops):
+    """-> (dH ``[B, M, D]``, da ``[B, M]``)."""
+    xp = get_namespace(dlogits)
+    cf, F, pooled, cw, W_rows, a = cache
+    dpooled = dlogits @ p["W_r"].T                                   # [B, D]
+    dF = a[..., None] * dpooled[:, None, :] / cfg.k_active           # [B, M, D]
+    da = xp.sum(F * dpooled[:, None, :], axis=-1) / cfg.k_active     # [B, M]
+    if W_rows is None:
+        da = da + dlogits @ p["W_dec"].T                             # [B, N]
+        dW_dec = a.T @ dlogits                                       # [N, V]
+    else:
+        da = da + (W_rows @ dlogits[:, :, None])[..., 0]             # [B, k]
+        dW_dec = L.embedding_backward(a[..., None] * dlogits[:, None, :], cw, ops)
+    dH, dg_f = L.rmsnorm_backward(dF, cf)
+    for name, g in (("b_dec", xp.sum(dlogits, axis=0)), ("W_r", pooled.T @ dlogits),
+                    ("W_dec", dW_dec), ("g_f", dg_f)):
+        _accumulate(grads, name, g)
+    return dH, da
+
+
+# ---------------------------------------------------------------------------------
+# the whole model
+# ---------------------------------------------------------------------------------
+def forward(p, x, cfg: ModelConfig, ops, path: str = "sparse"):
+    """tokens x ``[B, T']`` (T' <= T) -> (logits ``[B, V]``, cache for ``backward``)."""
+    if path == "sparse":
+        a, U_rows, idx, cenc = encoder_sparse_forward(p, x, cfg, ops)
+        selected = None
+    elif path == "dense":
+        a, U_rows, selected, cenc = encoder_dense_forward(p, x, cfg, ops)
+        idx = None
+    else:
+        raise ValueError(f"unknown path '{path}'; choose one of: {', '.join(PATHS)}")
+    H, cread = input_read_forward(p, a, U_rows, x, cfg, ops)
+    steps = []
+    for _ in range(cfg.n_steps):
+        H, a, cs = step_forward(p, H, a, cfg, selected)
+        steps.append(cs)
+    logits, cdec = decoder_forward(p, H, a, idx, cfg, ops)
+    return logits, (path, cenc, cread, steps, cdec)
+
+
+def backward(dlogits, p, cache, cfg: ModelConfig, ops) -> dict:
+    """-> grads, a dict with one entry per parameter."""
+    path, cenc, cread, steps, cdec = cache
+    grads = {}
+    dH, da = decoder_backward(dlogits, p, cdec, cfg, grads, ops)
+    for cs in reversed(steps):
+        dH = step_backward(dH, da, p, cs, grads)
+        da = None      # earlier activations only set the next step's key mask
+    da_read, dU_rows = input_read_backward(dH, p, cread, grads, ops)
+    da_enc = da_read if da is None else da + da_read
+    encoder_backward = encoder_sparse_backward if path == "sparse" else encoder_dense_backward
+    encoder_backward(da_enc, dU_rows, p, cenc, grads, ops)
+    for name, value in p.items():      # parameters unused by this config (S = 0)
+        if name not in grads:
+            grads[name] = get_namespace(value).zeros_like(value)
+    return grads
+
+
+def loss_and_grads(p, x, y, cfg: ModelConfig, ops, path: str = "sparse"):
+    """Mean cross-entropy of the next byte ``y`` ``[B]`` given windows ``x`` ``[B, T]``."""
+    logits, cache = forward(p, x, cfg, ops, path)
+    loss, closs = L.cross_entropy_forward(logits, y)
+    grads = backward(L.cross_entropy_backward(1.0, closs), p, cache, cfg, ops)
+    return float(loss), grads
