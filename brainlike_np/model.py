@@ -315,6 +315,16 @@ def backward(dlogits, p, cache, cfg: ModelConfig, ops) -> dict:
     return grads
 
 
+def next_logits(p, x, cfg: ModelConfig, ops, path: str = "sparse"):
+    """Logits of the byte after each window: x ``[B, T']`` -> ``[B, V]``."""
+    return forward(p, x, cfg, ops, path)[0]
+
+
+def loss(p, x, y, cfg: ModelConfig, ops, path: str = "sparse") -> float:
+    """Mean cross-entropy without the backward pass (for evaluation)."""
+    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops, path), y)[0])
+
+
 def loss_and_grads(p, x, y, cfg: ModelConfig, ops, path: str = "sparse"):
     """Mean cross-entropy of the next byte ``y`` ``[B]`` given windows ``x`` ``[B, T]``."""
     logits, cache = forward(p, x, cfg, ops, path)

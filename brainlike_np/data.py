@@ -1,0 +1,72 @@
+"""Byte-level corpora: the default (the running Python's standard library sources) or
+any text file, split deterministically into train and validation."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import host
+
+SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
+VALID_FRACTION = 0.1
+
+
+class DataError(ValueError):
+    """The corpus cannot be used; the message says which file and what to do."""
+
+
+@dataclass
+class Corpus:
+    name: str
+    train: object        # host uint8 array [n_train]
+    valid: object        # host uint8 array [n_valid]
+
+    def check_fits(self, context: int) -> None:
+        for split in ("train", "valid"):
+            n = getattr(self, split).shape[0]
+            if n <= context + 1:
+                raise DataError(
+                    f"corpus '{self.name}': the {split} split has {n} bytes, too short for "
+                    f"windows of {context} bytes plus a target; use a longer file or a "
+                    f"smaller --context")
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, sorted, without tests and site-packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py")
+                  if not SKIPPED_STDLIB_DIRS & set(p.relative_to(root).parts))
+
+
+def load_stdlib_corpus() -> Corpus:
+    """Every tenth file (by a hash of its path) goes to validation."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    train, valid = [], []
+    for path in stdlib_files():
+        key = zlib.crc32(str(path.relative_to(root)).encode())
+        (valid if key % 10 == 0 else train).append(path.read_bytes())
+    if not train or not valid:
+        raise DataError(f"no Python sources found under {root}; pass --data FILE")
+    return Corpus(f"python-stdlib ({root})",
+                  host.as_tokens(b"\n".join(train)), host.as_tokens(b"\n".join(valid)))
+
+
+def load_text_file(path: str) -> Corpus:
+    """The last 10% of the file's bytes are the validation split."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file '{path}' does not exist; pass an existing text file "
+                        "to --data, or leave --data out for the default corpus")
+    data = Path(path).read_bytes()
+    if not data:
+        raise DataError(f"data file '{path}' is empty; pass a text file with content")
+    cut = int(len(data) * (1.0 - VALID_FRACTION))
+    tokens = host.as_tokens(data)
+    return Corpus(path, tokens[:cut], tokens[cut:])
+
+
+def load_corpus(path: str | None = None) -> Corpus:
+    return load_stdlib_corpus() if path is None else load_text_file(path)

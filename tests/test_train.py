@@ -1,0 +1,179 @@
+"""The trainer and generator end to end, resume, Ctrl-C, and every user-facing error."""
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+import brainlike_np.generate as gen
+from brainlike_np import train
+from brainlike_np.training import TrainState
+from brainlike_np.backends import get_backend
+
+TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
+TINY_RUN = ["--preset", "tiny", "--eval-every", "5", "--eval-batches", "2"]
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(TEXT)
+    return str(path)
+
+
+def run_main(argv, capsys):
+    code = train.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def train_losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+def test_train_writes_checkpoint_and_metrics_then_generates(tmp_path, corpus_file, capsys):
+    out_dir = str(tmp_path / "run")
+    code, out, _ = run_main(TINY_RUN + ["--max-iters", "10", "--data", corpus_file,
+                                        "--out-dir", out_dir], capsys)
+    assert code == 0
+    assert "unigram" in out and "bigram" in out and "done: 10 steps" in out
+    assert [s for s, _ in train_losses(out_dir)] == list(range(1, 11))
+    ckpt = np.load(os.path.join(out_dir, "ckpt.npz"))          # readable without us
+    meta = json.loads(ckpt["meta.json"].tobytes())
+    assert meta["step"] == 10 and meta["config"]["n_neurons"] == 32
+    assert ckpt["params/W_dec"].shape == (32, 256)
+
+    assert gen.main(["--checkpoint", os.path.join(out_dir, "ckpt.npz"), "--prompt", "def ",
+                     "--max-new-bytes", "20", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("def ") and len(text.encode()) >= 4 + 20
+
+
+def test_generation_is_reproducible_and_greedy_is_argmax(tmp_path, corpus_file, capsys):
+    out_dir = str(tmp_path / "run")
+    run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file, "--out-dir", out_dir], capsys)
+    state = TrainState.load(os.path.join(out_dir, "ckpt.npz"), get_backend("numpy"))
+    a = gen.generate(state, b"def ", 15, temperature=1.0, seed=3)
+    b = gen.generate(state, b"def ", 15, temperature=1.0, seed=3)
+    assert a == b and len(a) == 15
+    greedy = gen.generate(state, b"def ", 1, temperature=0.0)
+    window = np.frombuffer(b"def ", dtype=np.uint8)[None, :].astype(np.int64)
+    assert greedy[0] == int(np.argmax(state.next_logits(window)[0]))
+
+
+def test_ctrl_c_saves_and_resume_continues_the_same_loss_sequence(
+        tmp_path, corpus_file, capsys, monkeypatch):
+    """A real SIGINT after step 5 of 12: exit 130 with a checkpoint at step 5; resuming
+    gives exactly the losses of an uninterrupted run (same cosine schedule)."""
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    args = TINY_RUN + ["--data", corpus_file, "--max-iters", "12"]
+    assert run_main(args + ["--out-dir", straight], capsys)[0] == 0
+
+    real_step = TrainState.train_step
+
+    def step_then_ctrl_c(self, x, y, lr):
+        metrics = real_step(self, x, y, lr)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(TrainState, "train_step", step_then_ctrl_c)
+    code, _, err = run_main(args + ["--out-dir", split], capsys)
+    assert code == train.EXIT_INTERRUPTED and "resume with --resume" in err
+    meta = json.loads(np.load(os.path.join(split, "ckpt.npz"))["meta.json"].tobytes())
+    assert meta["step"] == 5
+    monkeypatch.setattr(TrainState, "train_step", real_step)
+    assert run_main(["--resume", "--out-dir", split], capsys)[0] == 0
+    assert train_losses(split) == train_losses(straight)
+    assert len(train_losses(split)) == 12
+
+
+def one_line_error(capsys, argv, expected):
+    code, _, err = run_main(argv, capsys)
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("tensorflow", "unknown backend 'tensorflow'"),
+])
+def test_unknown_backend(monkeypatch, capsys, tmp_path, name, expected):
+    monkeypatch.setenv("BRAINLIKE_BACKEND", name)
+    one_line_error(capsys, ["--out-dir", str(tmp_path)], expected)
+
+
+def test_cupy_without_gpu_or_cupy(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("BRAINLIKE_BACKEND", "cupy")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    one_line_error(capsys, ["--out-dir", str(tmp_path)], "backend 'cupy' needs CuPy")
+
+
+def test_missing_data_file(capsys, tmp_path):
+    one_line_error(capsys, TINY_RUN + ["--data", str(tmp_path / "nope.txt"),
+                                       "--out-dir", str(tmp_path / "o")], "does not exist")
+
+
+def test_empty_and_too_short_corpus(capsys, tmp_path):
+    empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
+    empty.write_bytes(b"")
+    short.write_bytes(b"abc" * 5)
+    one_line_error(capsys, TINY_RUN + ["--data", str(empty), "--out-dir", str(tmp_path / "a")],
+                   "is empty")
+    one_line_error(capsys, TINY_RUN + ["--data", str(short), "--out-dir", str(tmp_path / "b")],
+                   "too short")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--k-active", "100"], "k_active (100) must be at most n_neurons (32)"),
+    (["--n-heads", "3"], "divisible by n_heads"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_invalid_config(capsys, tmp_path, corpus_file, flags, expected):
+    one_line_error(capsys, TINY_RUN + flags + ["--data", corpus_file,
+                                               "--out-dir", str(tmp_path / "o")], expected)
+
+
+def test_existing_checkpoint_is_never_overwritten(capsys, tmp_path, corpus_file):
+    out_dir = str(tmp_path / "run")
+    args = TINY_RUN + ["--max-iters", "5", "--data", corpus_file, "--out-dir", out_dir]
+    assert run_main(args, capsys)[0] == 0
+    before = open(os.path.join(out_dir, "ckpt.npz"), "rb").read()
+    one_line_error(capsys, args, "already exists; pass --resume")
+    assert open(os.path.join(out_dir, "ckpt.npz"), "rb").read() == before
+
+
+def test_checkpoint_from_another_config(capsys, tmp_path, corpus_file):
+    out_dir = str(tmp_path / "run")
+    assert run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file,
+                                "--out-dir", out_dir], capsys)[0] == 0
+    one_line_error(capsys, ["--resume", "--n-neurons", "64", "--out-dir", out_dir],
+                   "trained with n_neurons=32, not 64")
+
+
+def test_corrupted_checkpoint(capsys, tmp_path):
+    bad = tmp_path / "ckpt.npz"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip archive")
+    one_line_error(capsys, ["--resume", str(bad), "--out-dir", str(tmp_path)],
+                   "is corrupted or not a brainlike-np checkpoint")
+    assert bad.read_bytes().startswith(b"PK\x03\x04 definitely")   # left as it was
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path, corpus_file):
+    out_dir = str(tmp_path / "run")
+    assert run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file,
+                                "--out-dir", out_dir], capsys)[0] == 0
+    ckpt = os.path.join(out_dir, "ckpt.npz")
+    before = open(ckpt, "rb").read()
+    one_line_error(capsys, ["--resume", "--max-iters", "50", "--lr", "1e38", "--warmup", "0",
+                            "--eval-every", "1000", "--out-dir", out_dir], "the loss became")
+    assert open(ckpt, "rb").read() == before
