@@ -85,10 +85,6 @@ class ReferenceOps:
         n = B * T * k
         dE = self.scatter_add_rows(xp.reshape(ids_e, (n,)),
                                    xp.reshape(dz_t * P_at, (n, 1)), V * N)
-        dP = self.scatter_add_rows(xp.reshape(ids_p, (n,)),
-                                   xp.reshape(dz_t * E_at, (n, 1)), T * N)
-        dP = xp.reshape(dP, (T, N))
-        if P.shape[0] > T:  # P covers a longer context than this batch uses
-            pad = xp.zeros((P.shape[0] - T, N), dtype=P.dtype, device=device_of(P))
-            dP = xp.concat([dP, pad], axis=0)
-        return xp.reshape(dE, (V, N)), dP
+        dP = self.scatter_add_rows(xp.reshape(ids_p, (n,)),       # rows past T stay zero
+                                   xp.reshape(dz_t * E_at, (n, 1)), P.shape[0] * N)
+        return xp.reshape(dE, (V, N)), xp.reshape(dP, P.shape)

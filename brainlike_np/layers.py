@@ -143,6 +143,21 @@ def gather_backward(dout, cache, ops):
     return xp.reshape(dx, (B, N, F))
 
 
+def first_rows_forward(table, n):
+    """The first n rows (e.g. positions of a shorter context): ``[R, F]`` -> ``[n, F]``."""
+    return table[:n, :], table.shape[0]
+
+
+def first_rows_backward(dout, n_rows):
+    """-> dtable ``[R, F]``: dout on the first rows, zero below."""
+    xp = get_namespace(dout)
+    n, F = dout.shape
+    if n == n_rows:
+        return dout
+    zeros = xp.zeros((n_rows - n, F), dtype=dout.dtype, device=device_of(dout))
+    return xp.concat([dout, zeros], axis=0)
+
+
 def per_sample_flat_ids(xp, idx, N):
     """idx ``[B, k]`` into rows of a ``[B*N, F]`` view: ``idx[b, j] + b*N``."""
     B = idx.shape[0]

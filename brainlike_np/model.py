@@ -113,26 +113,24 @@ def encoder_sparse_backward(da, dU_rows, p, cache, grads, ops):
 def encoder_dense_forward(p, x, cfg, ops):
     """-> a ``[B, N]`` (zero off the top-k), U ``[1, N, D]``, selection ``[B, N]``, cache."""
     xp = get_namespace(p["E"])
-    B, T = x.shape
+    T = x.shape[1]
     N = cfg.n_neurons
     E_rows, ce = L.embedding_forward(p["E"], x, ops)                 # [B, T, N]
-    z = p["b_e"] + xp.sum(E_rows * p["P"][:T, :], axis=1)               # [B, N]
+    P_used, n_positions = L.first_rows_forward(p["P"], T)           # [T, N]
+    z = p["b_e"] + xp.sum(E_rows * P_used, axis=1)                   # [B, N]
     idx = ops.topk(z, cfg.k_active)                                  # [B, k]
     selected = _selection_mask(xp, idx, N, z.dtype, ops)             # [B, N] 0/1
     s, cs = L.sigmoid_forward(z)
     a = s * selected                                                 # [B, N]
-    return a, p["U"][None, :, :], selected, (E_rows, ce, cs, selected)
+    return a, p["U"][None, :, :], selected, (E_rows, ce, cs, selected, P_used, n_positions)
 
 
 def encoder_dense_backward(da, dU_rows, p, cache, grads, ops):
-    E_rows, ce, cs, selected = cache
+    E_rows, ce, cs, selected, P_used, n_positions = cache
     xp = get_namespace(da)
-    T = E_rows.shape[1]
     dz = L.sigmoid_backward(da * selected, cs)                       # [B, N]
-    dE = L.embedding_backward(dz[:, None, :] * p["P"][None, :T, :], ce, ops)   # [V, N]
-    dP = xp.sum(dz[:, None, :] * E_rows, axis=0)                     # [T, N]
-    if p["P"].shape[0] > T:
-        dP = xp.concat([dP, xp.zeros_like(p["P"][T:, :])], axis=0)
+    dE = L.embedding_backward(dz[:, None, :] * P_used, ce, ops)      # [V, N]
+    dP = L.first_rows_backward(xp.sum(dz[:, None, :] * E_rows, axis=0), n_positions)
     for name, g in (("E", dE), ("P", dP), ("b_e", xp.sum(dz, axis=0)),
                     ("U", xp.sum(dU_rows, axis=0))):
         _accumulate(grads, name, g)
@@ -153,28 +151,26 @@ def input_read_forward(p, a, U_rows, x, cfg, ops):
     """a ``[B, M]``, U rows ``[B or 1, M, D]``, x ``[B, T]`` -> H ``[B, M, D]``."""
     T = x.shape[1]
     tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
-    C, cc = L.rmsnorm_forward(tok + p["Epos"][:T, :], p["g_t"])         # [B, T, D]
+    pos, n_positions = L.first_rows_forward(p["Epos"], T)            # [T, D]
+    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
     H0 = a[..., None] * U_rows                                       # [B, M, D]
     Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
     Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
                                  cfg.n_heads)                        # [B, M, D]
-    return H0 + Mx, (ct, cc, cq, cm, a, U_rows)
+    return H0 + Mx, (ct, cc, cq, cm, a, U_rows, n_positions)
 
 
 def input_read_backward(dH, p, cache, grads, ops):
     """-> (da ``[B, M]``, dU_rows ``[B, M, D]``)."""
     xp = get_namespace(dH)
-    ct, cc, cq, cm, a, U_rows = cache
+    ct, cc, cq, cm, a, U_rows, n_positions = cache
     dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dH, cm)
     dH0_norm, dg_x = L.rmsnorm_backward(dXq, cq)
     dH0 = dH + dH0_norm                                              # [B, M, D]
     da = xp.sum(dH0 * U_rows, axis=-1)                               # [B, M]
     dU_rows = dH0 * a[..., None]                                     # [B, M, D]
     dC_in, dg_t = L.rmsnorm_backward(dC, cc)                         # [B, T, D]
-    T = dC_in.shape[1]
-    dEpos = xp.sum(dC_in, axis=0)
-    if p["Epos"].shape[0] > T:
-        dEpos = xp.concat([dEpos, xp.zeros_like(p["Epos"][T:, :])], axis=0)
+    dEpos = L.first_rows_backward(xp.sum(dC_in, axis=0), n_positions)
     for name, g in (("Wq_x", dWq), ("Wk_x", dWk), ("Wv_x", dWv), ("Wo_x", dWo),
                     ("g_x", dg_x), ("g_t", dg_t), ("Epos", dEpos),
                     ("Etok", L.embedding_backward(dC_in, ct, ops))):

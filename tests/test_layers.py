@@ -161,3 +161,11 @@ def test_cross_entropy_is_stable_for_large_logits(backend):
     assert float(loss) == pytest.approx(0.0, abs=1e-12)
     loss, _ = L.cross_entropy_forward(logits, backend.asarray(np.array([1])))
     assert float(loss) == pytest.approx(1000.0)
+
+
+def test_first_rows(backend):
+    table = RNG.standard_normal((5, 3))
+    out, _ = L.first_rows_forward(backend.asarray(table), 2)
+    np.testing.assert_array_equal(backend.to_numpy(out), table[:2])
+    check_layer(backend, lambda t: L.first_rows_forward(t, 2),
+                lambda d, c: [L.first_rows_backward(d, c)], [table])
