@@ -2,15 +2,19 @@
 
 Same methods and semantics as :class:`~.reference.ReferenceOps` (read its docstrings
 for the index conventions), on NumPy arrays. Each operation is a small ``@njit``
-row function driven by a serial loop or, for large inputs, a ``prange`` loop:
+row function driven by a serial loop or, where enabled, a ``prange`` loop:
 
 - parallel loops never let two threads write the same output row: scatter-adds split
   the *output rows* between threads (each thread scans all ids and keeps its own), so
   every output element is summed in the same order as the serial loop and the result
   is bitwise identical whatever the thread count;
-- a parallel region costs microseconds to start (and more when the cores are busy),
-  so it is used only when an operation has at least ``parallel_min_work`` elements of
-  work and Numba has more than one thread (``NUMBA_NUM_THREADS``).
+- parallel loops are off by default. On the 2-vCPU machine this was tuned on they
+  were ~1.8x faster for topk and encoder_accumulate when the second core sat idle,
+  but 3-5x *slower* (about 8 ms a call) whenever anything else ran there, because
+  Numba's OpenMP threads spin while waiting; serial is the predictable choice. Turn
+  them on for inputs with at least ``parallel_min_work`` elements of work (argument,
+  or ``$BRAINLIKE_PARALLEL_MIN_WORK``) on machines with cores to spare, after
+  checking with ``bench/kernels.py`` (its serial and parallel columns).
 
 Sums accumulate in the arrays' dtype (float32 stays float32, like ``np.add.at``).
 Compiled code is cached on disk (``cache=True``), one specialisation per dtype.
@@ -19,14 +23,13 @@ Compiled code is cached on disk (``cache=True``), one specialisation per dtype.
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-# Elements of work (rows x features, or B*T*k terms) from which a parallel loop pays
-# on 2 cores; measured with bench/kernels.py.
-PARALLEL_MIN_WORK = 1 << 18
+ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
 
 
 # ---------------------------------------------------------------------------------
@@ -152,10 +155,14 @@ def _topk_row(z, out):
         out[j] = j
     for pos in range(k // 2 - 1, -1, -1):
         _sift_down(out, z, pos, k)
+    worst = z[out[0]]
     for j in range(k, z.shape[0]):
-        if _comes_after(z, out[0], j):
+        # every index in the heap is below j, so j wins only by a larger value (a tie
+        # keeps the lower index); the same test as _comes_after(z, out[0], j)
+        if z[j] > worst or (np.isnan(z[j]) and not np.isnan(worst)):
             out[0] = j
             _sift_down(out, z, 0, k)
+            worst = z[out[0]]
     for end in range(k - 1, 0, -1):   # move the worst remaining to the back
         out[0], out[end] = out[end], out[0]
         _sift_down(out, z, 0, end)
@@ -256,13 +263,16 @@ def _check_range(ids, n_rows, what):
 class NumbaCpuOps:
     """The sparse hot path as Numba CPU kernels (see the module docstring).
 
-    ``parallel_min_work``: elements of work from which an operation runs its parallel
-    loop; 0 always does, ``float('inf')`` never does.
+    ``parallel_min_work``: elements of work (rows x features, or B*T*k terms) from
+    which an operation runs its parallel loop; 0 always does, ``math.inf`` never does.
+    Default: ``$BRAINLIKE_PARALLEL_MIN_WORK``, else never.
     """
 
     name = "numba"
 
-    def __init__(self, parallel_min_work: float = PARALLEL_MIN_WORK):
+    def __init__(self, parallel_min_work: float | None = None):
+        if parallel_min_work is None:
+            parallel_min_work = float(os.environ.get(ENV_PARALLEL_MIN_WORK) or math.inf)
         self.parallel_min_work = parallel_min_work
 
     def _parts(self, work):
