@@ -334,7 +334,7 @@ class NumbaCpuOps:
         E, P, b_e = (np.ascontiguousarray(a) for a in (E, P, b_e))
         x = _as_ids(x, "x")
         B, T = x.shape
-        _check_encoder_shapes(E, P, T)
+        check_encoder_shapes(E, P, T)
         _check_range(x, E.shape[0], "x")
         dtype = np.result_type(E, P, b_e)
         out = np.empty((B, E.shape[1]), dtype=dtype)                     # [B, N]
@@ -353,7 +353,7 @@ class NumbaCpuOps:
         E, P, dz = (np.ascontiguousarray(a) for a in (E, P, dz))
         idx, x = _as_ids(idx, "idx"), _as_ids(x, "x")
         B, T = x.shape
-        _check_encoder_shapes(E, P, T)
+        check_encoder_shapes(E, P, T)
         if dz.shape != idx.shape or idx.shape[0] != B:
             raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")
         _check_range(x, E.shape[0], "x")
@@ -367,7 +367,7 @@ class NumbaCpuOps:
         return dE, dP
 
 
-def _check_encoder_shapes(E, P, T):
+def check_encoder_shapes(E, P, T):
     """ValueError unless E ``[V, N]`` and P ``[T', N]`` agree and T' covers T steps."""
     if E.ndim != 2 or P.ndim != 2 or E.shape[1] != P.shape[1]:
         raise ValueError(f"E [V, N] and P [T, N] do not match: {E.shape}, {P.shape}")
