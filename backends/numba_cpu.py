@@ -8,13 +8,14 @@ row function driven by a serial loop or, where enabled, a ``prange`` loop:
   the *output rows* between threads (each thread scans all ids and keeps its own), so
   every output element is summed in the same order as the serial loop and the result
   is bitwise identical whatever the thread count;
-- parallel loops are off by default. On the 2-vCPU machine this was tuned on they
-  were ~1.8x faster for topk and encoder_accumulate when the second core sat idle,
-  but 3-5x *slower* (about 8 ms a call) whenever anything else ran there, because
-  Numba's OpenMP threads spin while waiting; serial is the predictable choice. Turn
+- parallel loops are off by default. On the 2-vCPU machine they were tuned on
+  they ran ~2x faster than serial with nothing else running, but 2.5-30x slower
+  (up to ~12 ms a call) with a matmul between calls, as in training: the BLAS
+  threads and Numba's OpenMP threads wait for each other's cores
+  (``bench/kernels.py --interleave-matmul``). Serial is the predictable choice. Turn
   them on for inputs with at least ``parallel_min_work`` elements of work (argument,
   or ``$BRAINLIKE_PARALLEL_MIN_WORK``) on machines with cores to spare, after
-  checking with ``bench/kernels.py`` (its serial and parallel columns).
+  comparing the bench's serial and parallel columns there.
 
 Sums accumulate in the arrays' dtype (float32 stays float32, like ``np.add.at``).
 Compiled code is cached on disk (``cache=True``), one specialisation per dtype.

@@ -5,8 +5,9 @@
     BRAINLIKE_BACKEND=cupy python bench/kernels.py   # CUDA kernels, with bandwidth
 
 Every implementation of an operation runs in the same process on the same inputs,
-warm-up calls first (compilation), then the median of several timed repeats. Results
-go to bench/results/kernels.json (kernels-cupy.json for cupy) and a markdown table.
+warm-up calls first (compilation), then the median of several timed repeats, the
+implementations taking turns. Results go to bench/results/kernels.json
+(kernels-cupy.json for cupy) and a markdown table.
 """
 
 from __future__ import annotations
@@ -79,18 +80,24 @@ def add_at_encoder(dz, idx, E, P, x):
     return dE, dP
 
 
-def median_seconds(fn, repeats, sync):
-    """Median wall time of ``fn()`` over ``repeats`` calls, after two warm-up calls."""
-    for _ in range(2):
-        fn()
+def median_seconds(calls, repeats, sync, between=None):
+    """Median wall time of each of ``calls`` (name -> function), after two warm-up
+    calls each; the calls take turns, so a slow spell of the machine hits them all.
+    ``between``, if given, runs untimed before every timed call."""
+    for fn in calls.values():
+        for _ in range(2):
+            fn()
     sync()
-    times = []
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in calls.items():
+            if between is not None:
+                between()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def implementations(backend):
@@ -106,17 +113,17 @@ def implementations(backend):
             "numba parallel": NumbaCpuOps(parallel_min_work=0)}
 
 
-def run(backend, sizes, dtype, repeats):
+def run(backend, sizes, dtype, repeats, between=None):
     rng = np.random.default_rng(0)
     impls = implementations(backend)
     rows = []
     for case, op, host_args, add_at, nbytes in make_cases(sizes, rng, dtype):
         args = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args)
-        times = {name: median_seconds(lambda o=ops: getattr(o, op)(*args), repeats,
-                                      backend.synchronize)
-                 for name, ops in impls.items()}
-        if add_at is not None and backend.name == "numpy":
-            times["np.add.at"] = median_seconds(lambda: add_at(*args), repeats, lambda: None)
+        calls = {name: (lambda o=ops: getattr(o, op)(*args)) for name, ops in impls.items()}
+        if add_at is not None and backend.name == "numpy":   # after the reference
+            calls = {"np.add.at": lambda: add_at(*args), **calls}
+            calls = {"reference": calls.pop("reference"), **calls}
+        times = median_seconds(calls, repeats, backend.synchronize, between)
         rows.append(dict(case=case, op=op, seconds=times, bytes=nbytes,
                          gb_per_s={n: nbytes / t / 1e9 for n, t in times.items()}))
     return rows
@@ -140,16 +147,19 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per median")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--interleave-matmul", action="store_true",
+                        help="run an untimed 512x512 matmul before every timed call, as in "
+                             "training, where BLAS threads run between the kernels")
     args = parser.parse_args(argv)
 
     backend = get_backend()
     sizes = QUICK if args.quick else DESIGN
     repeats = args.repeats or (3 if args.quick else 15)
-    rows = run(backend, sizes, args.dtype, repeats)
+    between = _matmul(backend, args.dtype) if args.interleave_matmul else None
+    rows = run(backend, sizes, args.dtype, repeats, between)
 
     fast = "numba-cuda" if backend.name == "cupy" else "numba"
-    names = list(rows[0]["seconds"]) + (["np.add.at"] if backend.name == "numpy" else [])
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(name for r in rows for name in r["seconds"]))
     print(markdown(rows, names, fast))
     if backend.name == "cupy":
         print("\nachieved bandwidth (GB/s, bytes a kernel must move / time):")
@@ -158,6 +168,7 @@ def main(argv=None):
 
     import numba
     report = dict(backend=backend.name, dtype=args.dtype, sizes=sizes, repeats=repeats,
+                  interleave_matmul=args.interleave_matmul,
                   machine=dict(platform=platform.platform(), processor=platform.processor(),
                                cpus=os.cpu_count(), python=sys.version.split()[0],
                                numpy=np.__version__, numba=numba.__version__,
@@ -169,6 +180,12 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {out}")
+
+
+def _matmul(backend, dtype):
+    """A 512x512 matmul on the backend, for ``--interleave-matmul``."""
+    a = backend.asarray(np.random.default_rng(1).standard_normal((512, 512)).astype(dtype))
+    return lambda: a @ a
 
 
 def _threading_layer():

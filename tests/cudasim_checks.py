@@ -13,7 +13,7 @@ import array_api_compat.numpy as xp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainlike_np.backends import numba_cuda as kernels  # noqa: E402
-from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
+from brainlike_np.backends.cuda_target import SIMULATOR, cuda_config, current_stream  # noqa: E402
 from brainlike_np.backends.numba_cpu import NumbaCpuOps  # noqa: E402
 from brainlike_np.backends.reference import ReferenceOps  # noqa: E402
 
@@ -118,6 +118,7 @@ def _expect_value_error(call):
 
 def main():
     assert SIMULATOR, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM was set"
+    assert not cuda_config.CUDA_ARRAY_INTERFACE_SYNC, "CuPy arrays would sync per launch"
     rng = np.random.default_rng(0)
     check_launch_helpers(rng)
     check_ops(rng)
