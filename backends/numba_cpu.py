@@ -1,0 +1,376 @@
+"""Numba CPU kernels for the sparse hot path: ``backend.ops`` of the numpy backend.
+
+Same methods and semantics as :class:`~.reference.ReferenceOps` (read its docstrings
+for the index conventions), on NumPy arrays. Each operation is a small ``@njit``
+row function driven by a serial loop or, where enabled, a ``prange`` loop:
+
+- parallel loops never let two threads write the same output row: scatter-adds split
+  the *output rows* between threads (each thread scans all ids and keeps its own), so
+  every output element is summed in the same order as the serial loop and the result
+  is bitwise identical whatever the thread count;
+- parallel loops are off by default. On the 2-vCPU machine they were tuned on
+  they ran ~2x faster than serial with nothing else running, but 2.5-30x slower
+  (up to ~12 ms a call) with a matmul between calls, as in training: the BLAS
+  threads and Numba's OpenMP threads wait for each other's cores
+  (``bench/kernels.py --interleave-matmul``). Serial is the predictable choice. Turn
+  them on for inputs with at least ``parallel_min_work`` elements of work (argument,
+  or ``$BRAINLIKE_PARALLEL_MIN_WORK``) on machines with cores to spare, after
+  comparing the bench's serial and parallel columns there.
+
+Sums accumulate in the arrays' dtype (float32 stays float32, like ``np.add.at``).
+Compiled code is cached on disk (``cache=True``), one specialisation per dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
+
+
+# ---------------------------------------------------------------------------------
+# row functions shared by the serial and parallel drivers
+# ---------------------------------------------------------------------------------
+@njit(cache=True)
+def _first_out_of_range(ids, n_rows):
+    """Position of the first id outside ``[0, n_rows)``, or -1: ids ``[n]``."""
+    for i in range(ids.shape[0]):
+        if ids[i] < 0 or ids[i] >= n_rows:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def _copy_row(src, dst):
+    """``dst[:] = src``: both ``[F]``."""
+    for f in range(src.shape[0]):
+        dst[f] = src[f]
+
+
+@njit(cache=True)
+def _add_row(src, dst):
+    """``dst[:] += src``: both ``[F]``."""
+    for f in range(src.shape[0]):
+        dst[f] += src[f]
+
+
+@njit(cache=True)
+def _owned_rows(n_rows, n_parts, part):
+    """The output rows ``[lo, hi)`` that thread ``part`` of ``n_parts`` writes."""
+    return n_rows * part // n_parts, n_rows * (part + 1) // n_parts
+
+
+@njit(cache=True)
+def _scatter_scaled(dst, src, coef, at):
+    """``dst[at[j]] += coef[j] * src[at[j]]`` for each j: dst, src ``[N]``, coef, at ``[k]``."""
+    for j in range(at.shape[0]):
+        n = at[j]
+        dst[n] += coef[j] * src[n]
+
+
+# ---------------------------------------------------------------------------------
+# gather / scatter-add of rows
+# ---------------------------------------------------------------------------------
+@njit(cache=True)
+def _gather_rows_serial(table, ids, out):
+    """``out[i] = table[ids[i]]``: table ``[R, F]``, ids ``[n]``, out ``[n, F]``."""
+    for i in range(ids.shape[0]):
+        _copy_row(table[ids[i]], out[i])
+
+
+@njit(cache=True, parallel=True)
+def _gather_rows_parallel(table, ids, out):
+    """:func:`_gather_rows_serial` with the rows split between threads."""
+    for i in prange(ids.shape[0]):
+        _copy_row(table[ids[i]], out[i])
+
+
+@njit(cache=True)
+def _scatter_add_rows_serial(ids, rows, out):
+    """``out[ids[i]] += rows[i]`` in order of i: ids ``[n]``, rows ``[n, F]``, out ``[R, F]``."""
+    for i in range(ids.shape[0]):
+        _add_row(rows[i], out[ids[i]])
+
+
+@njit(cache=True, parallel=True)
+def _scatter_add_rows_parallel(ids, rows, out, n_parts):
+    """:func:`_scatter_add_rows_serial`, each of ``n_parts`` threads owning a block of
+    output rows and adding, in order of i, the rows whose id falls in its block."""
+    for part in prange(n_parts):
+        lo, hi = _owned_rows(out.shape[0], n_parts, part)
+        for i in range(ids.shape[0]):
+            if lo <= ids[i] < hi:
+                _add_row(rows[i], out[ids[i]])
+
+
+# ---------------------------------------------------------------------------------
+# top-k: a bounded heap per row
+# ---------------------------------------------------------------------------------
+@njit(cache=True)
+def _comes_after(z, i, j):
+    """True when index i ranks after index j in the top-k order of row z ``[N]``:
+    larger values first, NaN above every number, ties to the lower index (the order
+    of a stable descending argsort)."""
+    a, b = z[i], z[j]
+    if a == b or (np.isnan(a) and np.isnan(b)):
+        return i > j
+    if np.isnan(a):
+        return False
+    if np.isnan(b):
+        return True
+    return a < b
+
+
+@njit(cache=True)
+def _sift_down(heap, z, pos, size):
+    """Restore the heap below ``pos``: every parent ranks after its children, so
+    ``heap[0]`` is the index ranking last. heap ``[>= size]`` indices into z ``[N]``."""
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            return
+        if child + 1 < size and _comes_after(z, heap[child + 1], heap[child]):
+            child += 1
+        if not _comes_after(z, heap[child], heap[pos]):
+            return
+        heap[pos], heap[child] = heap[child], heap[pos]
+        pos = child
+
+
+@njit(cache=True)
+def _topk_row(z, out):
+    """The indices of the k largest entries of z ``[N]``, best first, into out ``[k]``.
+
+    One pass over z keeps the best k seen in a heap (worst at the root), then the
+    heap is sorted in place: O(N log k).
+    """
+    k = out.shape[0]
+    if k == 0:
+        return
+    for j in range(k):
+        out[j] = j
+    for pos in range(k // 2 - 1, -1, -1):
+        _sift_down(out, z, pos, k)
+    worst = z[out[0]]
+    for j in range(k, z.shape[0]):
+        # every index in the heap is below j, so j wins only by a larger value (a tie
+        # keeps the lower index); the same test as _comes_after(z, out[0], j)
+        if z[j] > worst or (np.isnan(z[j]) and not np.isnan(worst)):
+            out[0] = j
+            _sift_down(out, z, 0, k)
+            worst = z[out[0]]
+    for end in range(k - 1, 0, -1):   # move the worst remaining to the back
+        out[0], out[end] = out[end], out[0]
+        _sift_down(out, z, 0, end)
+
+
+@njit(cache=True)
+def _topk_serial(z, out):
+    """:func:`_topk_row` for every row: z ``[B, N]``, out ``[B, k]``."""
+    for b in range(z.shape[0]):
+        _topk_row(z[b], out[b])
+
+
+@njit(cache=True, parallel=True)
+def _topk_parallel(z, out):
+    """:func:`_topk_serial` with the rows split between threads."""
+    for b in prange(z.shape[0]):
+        _topk_row(z[b], out[b])
+
+
+# ---------------------------------------------------------------------------------
+# the encoder: z = b_e + sum_t E[x[:, t]] * P[t], and its sparse backward
+# ---------------------------------------------------------------------------------
+@njit(cache=True)
+def _encoder_row(E, P, b_e, x_row, out):
+    """``out = b_e + sum_t E[x_row[t]] * P[t]``: x_row ``[T]``, out ``[N]``."""
+    _copy_row(b_e, out)
+    for t in range(x_row.shape[0]):
+        e, p = E[x_row[t]], P[t]                         # [N], [N]
+        for n in range(out.shape[0]):
+            out[n] += e[n] * p[n]
+
+
+@njit(cache=True)
+def _encoder_accumulate_serial(E, P, b_e, x, out):
+    """:func:`_encoder_row` for every sample: x ``[B, T]``, out ``[B, N]``."""
+    for b in range(x.shape[0]):
+        _encoder_row(E, P, b_e, x[b], out[b])
+
+
+@njit(cache=True, parallel=True)
+def _encoder_accumulate_parallel(E, P, b_e, x, out):
+    """:func:`_encoder_accumulate_serial` with the samples split between threads."""
+    for b in prange(x.shape[0]):
+        _encoder_row(E, P, b_e, x[b], out[b])
+
+
+@njit(cache=True)
+def _encoder_backward_serial(dz, idx, E, P, x, dE, dP):
+    """Add the encoder gradients at the selected neurons into dE ``[V, N]``, dP ``[T', N]``:
+
+    ``dE[x[b, t], idx[b, j]] += dz[b, j] * P[t, idx[b, j]]`` and
+    ``dP[t, idx[b, j]] += dz[b, j] * E[x[b, t], idx[b, j]]``, in order of (b, t, j);
+    dz, idx ``[B, k]``, x ``[B, T]``. B*T*k terms, nothing else is read or written.
+    """
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            v = x[b, t]
+            _scatter_scaled(dE[v], P[t], dz[b], idx[b])
+            _scatter_scaled(dP[t], E[v], dz[b], idx[b])
+
+
+@njit(cache=True, parallel=True)
+def _encoder_backward_parallel(dz, idx, E, P, x, dE, dP, n_parts):
+    """:func:`_encoder_backward_serial` in two race-free parallel loops, with the same
+    order of terms for every output element: dP split by row t, dE by blocks of rows."""
+    for t in prange(x.shape[1]):
+        for b in range(x.shape[0]):
+            _scatter_scaled(dP[t], E[x[b, t]], dz[b], idx[b])
+    for part in prange(n_parts):
+        lo, hi = _owned_rows(dE.shape[0], n_parts, part)
+        for b in range(x.shape[0]):
+            for t in range(x.shape[1]):
+                v = x[b, t]
+                if lo <= v < hi:
+                    _scatter_scaled(dE[v], P[t], dz[b], idx[b])
+
+
+# ---------------------------------------------------------------------------------
+# host side: checks, allocation, and the choice of serial or parallel
+# ---------------------------------------------------------------------------------
+def _as_ids(ids, what):
+    """ids as a C-contiguous integer array; TypeError for a non-integer dtype."""
+    ids = np.ascontiguousarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be an integer array, got dtype {ids.dtype}")
+    return ids
+
+
+def _check_range(ids, n_rows, what):
+    """ValueError naming the first id of ``ids`` outside ``[0, n_rows)``."""
+    flat = ids.reshape(-1)
+    bad = _first_out_of_range(flat, n_rows)
+    if bad >= 0:
+        raise ValueError(
+            f"{what} out of range: {what}.flat[{bad}] = {flat[bad]}, valid ids are 0..{n_rows - 1}")
+
+
+class NumbaCpuOps:
+    """The sparse hot path as Numba CPU kernels (see the module docstring).
+
+    ``parallel_min_work``: elements of work (rows x features, or B*T*k terms) from
+    which an operation runs its parallel loop; 0 always does, ``math.inf`` never does.
+    Default: ``$BRAINLIKE_PARALLEL_MIN_WORK``, else never.
+    """
+
+    name = "numba"
+
+    def __init__(self, parallel_min_work: float | None = None):
+        if parallel_min_work is None:
+            parallel_min_work = float(os.environ.get(ENV_PARALLEL_MIN_WORK) or math.inf)
+        self.parallel_min_work = parallel_min_work
+
+    def _parts(self, work):
+        """Number of threads for ``work`` elements: 1 means run the serial loop."""
+        threads = numba.get_num_threads()
+        return threads if threads > 1 and work >= self.parallel_min_work else 1
+
+    # ---- rows of a table ----------------------------------------------------------
+    def gather_rows(self, table, ids):
+        """``table[ids]``: table ``[R, *F]``, ids ``[*I]`` -> ``[*I, *F]``."""
+        table = np.ascontiguousarray(table)
+        ids = _as_ids(ids, "ids")
+        flat_ids = ids.reshape(-1)                                        # [n]
+        rows = table.reshape(table.shape[0], math.prod(table.shape[1:]))  # [R, F]
+        _check_range(flat_ids, rows.shape[0], "ids")
+        out = np.empty((flat_ids.shape[0], rows.shape[1]), dtype=table.dtype)  # [n, F]
+        if self._parts(out.size) > 1:
+            _gather_rows_parallel(rows, flat_ids, out)
+        else:
+            _gather_rows_serial(rows, flat_ids, out)
+        return out.reshape(ids.shape + table.shape[1:])
+
+    def scatter_add_rows(self, ids, rows, n_rows):
+        """``out[ids[i]] += rows[i]``: ids ``[n]``, rows ``[n, F]`` -> out ``[n_rows, F]``.
+
+        Ids may repeat; every contribution is summed, in order of i.
+        """
+        ids = _as_ids(ids, "ids")
+        rows = np.ascontiguousarray(rows)
+        if ids.shape != rows.shape[:1] or rows.ndim != 2:
+            raise ValueError(f"ids [n] and rows [n, F] do not match: {ids.shape}, {rows.shape}")
+        _check_range(ids, n_rows, "ids")
+        out = np.zeros((n_rows, rows.shape[1]), dtype=rows.dtype)       # [n_rows, F]
+        parts = self._parts(rows.size)
+        if parts > 1:
+            _scatter_add_rows_parallel(ids, rows, out, parts)
+        else:
+            _scatter_add_rows_serial(ids, rows, out)
+        return out
+
+    # ---- selection ------------------------------------------------------------------
+    def topk(self, z, k):
+        """Indices of the k largest entries of each row: z ``[B, N]`` -> ``[B, k]`` int64,
+        by descending value, ties to the lower index, NaN first (as a stable argsort)."""
+        z = np.ascontiguousarray(z)
+        if not 0 <= k <= z.shape[1]:
+            raise ValueError(f"k = {k} is outside 0..{z.shape[1]} (the row length)")
+        out = np.empty((z.shape[0], k), dtype=np.int64)                  # [B, k]
+        if self._parts(z.size) > 1:
+            _topk_parallel(z, out)
+        else:
+            _topk_serial(z, out)
+        return out
+
+    # ---- the encoder ----------------------------------------------------------------
+    def encoder_accumulate(self, E, P, b_e, x):
+        """``z[b] = b_e + sum_t E[x[b, t]] * P[t]``: E ``[V, N]``, P ``[T', N]`` (T' >= T),
+        b_e ``[N]``, x ``[B, T]`` -> z ``[B, N]``, without forming ``[B, T, N]``."""
+        E, P, b_e = (np.ascontiguousarray(a) for a in (E, P, b_e))
+        x = _as_ids(x, "x")
+        B, T = x.shape
+        check_encoder_shapes(E, P, T)
+        _check_range(x, E.shape[0], "x")
+        dtype = np.result_type(E, P, b_e)
+        out = np.empty((B, E.shape[1]), dtype=dtype)                     # [B, N]
+        if self._parts(B * T * E.shape[1]) > 1:
+            _encoder_accumulate_parallel(E, P, b_e, x, out)
+        else:
+            _encoder_accumulate_serial(E, P, b_e, x, out)
+        return out
+
+    def encoder_backward(self, dz, idx, E, P, x):
+        """Gradients of ``encoder_accumulate`` when only ``dz[b, idx[b, j]]`` is nonzero.
+
+        dz ``[B, k]`` at neurons idx ``[B, k]`` -> (dE ``[V, N]``, dP ``[T', N]``); only
+        ``B*T*k`` entries are touched, never ``B*T*N``.
+        """
+        E, P, dz = (np.ascontiguousarray(a) for a in (E, P, dz))
+        idx, x = _as_ids(idx, "idx"), _as_ids(x, "x")
+        B, T = x.shape
+        check_encoder_shapes(E, P, T)
+        if dz.shape != idx.shape or idx.shape[0] != B:
+            raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")
+        _check_range(x, E.shape[0], "x")
+        _check_range(idx, E.shape[1], "idx")
+        dE, dP = np.zeros_like(E), np.zeros_like(P)                     # [V, N], [T', N]
+        parts = self._parts(B * T * idx.shape[1])
+        if parts > 1:
+            _encoder_backward_parallel(dz, idx, E, P, x, dE, dP, parts)
+        else:
+            _encoder_backward_serial(dz, idx, E, P, x, dE, dP)
+        return dE, dP
+
+
+def check_encoder_shapes(E, P, T):
+    """ValueError unless E ``[V, N]`` and P ``[T', N]`` agree and T' covers T steps."""
+    if E.ndim != 2 or P.ndim != 2 or E.shape[1] != P.shape[1]:
+        raise ValueError(f"E [V, N] and P [T, N] do not match: {E.shape}, {P.shape}")
+    if T > P.shape[0]:
+        raise ValueError(f"x has {T} steps but P covers only {P.shape[0]}")

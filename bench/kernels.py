@@ -1,0 +1,201 @@
+"""Time the sparse hot-path operations: reference vs Numba kernels vs ``np.add.at``.
+
+    python bench/kernels.py            # design sizes, numpy backend (CPU kernels)
+    python bench/kernels.py --quick    # smaller sizes, fewer repeats
+    BRAINLIKE_BACKEND=cupy python bench/kernels.py   # CUDA kernels, with bandwidth
+
+Every implementation of an operation runs in the same process on the same inputs,
+warm-up calls first (compilation), then the median of several timed repeats, the
+implementations taking turns. Results go to bench/results/kernels.json
+(kernels-cupy.json for cupy) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brainlike_np.backends import get_backend
+from brainlike_np.backends.reference import ReferenceOps
+
+DESIGN = dict(B=32, N=4096, k=128, D=256, T=128, V=256)
+QUICK = dict(B=8, N=1024, k=32, D=64, T=32, V=64)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_cases(s, rng, dtype):
+    """(case name, op name, host args, add.at stand-in or None, bytes a kernel must move)."""
+    B, N, k, D, T, V = (s[key] for key in ("B", "N", "k", "D", "T", "V"))
+    item = np.dtype(dtype).itemsize
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    tokens = rng.integers(0, V, (B, T))                                  # [B, T]
+    neurons = rng.integers(0, B * N, B * k)                              # [B*k] into B*N rows
+    z = normal(B, N)
+    idx = np.argsort(-z, axis=1, kind="stable")[:, :k]                   # [B, k]
+    E, P, b_e = normal(V, N), normal(T, N), normal(N)
+    dz = normal(B, k)
+    return [
+        ("gather embedding", "gather_rows", (normal(V, D), tokens), None,
+         2 * B * T * D * item),
+        ("gather neurons", "gather_rows", (normal(B * N, D), neurons), None,
+         2 * B * k * D * item),
+        ("scatter embedding", "scatter_add_rows", (tokens.reshape(-1), normal(B * T, D), V),
+         add_at_rows, (B * T * D + V * D) * item),
+        ("scatter neurons", "scatter_add_rows", (neurons, normal(B * k, D), B * N),
+         add_at_rows, (B * k * D + B * N * D) * item),
+        ("topk", "topk", (z, k), None, B * N * item + B * k * 8),
+        ("encoder_accumulate", "encoder_accumulate", (E, P, b_e, tokens), None,
+         (2 * B * T * N + B * N) * item),
+        ("encoder_backward", "encoder_backward", (dz, idx, E, P, tokens), add_at_encoder,
+         (4 * B * T * k + V * N + T * N) * item),
+    ]
+
+
+def add_at_rows(ids, rows, n_rows):
+    """``np.add.at`` doing what scatter_add_rows does."""
+    out = np.zeros((n_rows, rows.shape[1]), dtype=rows.dtype)
+    np.add.at(out, ids, rows)
+    return out
+
+
+def add_at_encoder(dz, idx, E, P, x):
+    """``np.add.at`` doing what encoder_backward does, on the B*T*k touched entries."""
+    T = x.shape[1]
+    v, t = x[:, :, None], np.arange(T)[None, :, None]                   # [B, T, 1]
+    n, g = idx[:, None, :], dz[:, None, :]                               # [B, 1, k]
+    dE, dP = np.zeros_like(E), np.zeros_like(P)
+    np.add.at(dE, (v, n), g * P[t, n])                                   # [B, T, k] terms
+    np.add.at(dP, (t, n), g * E[v, n])
+    return dE, dP
+
+
+def median_seconds(calls, repeats, sync, between=None):
+    """Median wall time of each of ``calls`` (name -> function), after two warm-up
+    calls each; the calls take turns, so a slow spell of the machine hits them all.
+    ``between``, if given, runs untimed before every timed call."""
+    for fn in calls.values():
+        for _ in range(2):
+            fn()
+    sync()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            if between is not None:
+                between()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def implementations(backend):
+    """Name -> ops object for every implementation timed on this backend."""
+    if backend.name == "cupy":
+        from brainlike_np.backends.numba_cuda import NumbaCudaOps
+        return {"reference": ReferenceOps(backend.xp),
+                "numba-cuda": NumbaCudaOps(),
+                "numba-cuda det": NumbaCudaOps(deterministic=True)}
+    from brainlike_np.backends.numba_cpu import NumbaCpuOps
+    return {"reference": ReferenceOps(backend.xp),
+            "numba": NumbaCpuOps(),
+            "numba parallel": NumbaCpuOps(parallel_min_work=0)}
+
+
+def run(backend, sizes, dtype, repeats, between=None):
+    rng = np.random.default_rng(0)
+    impls = implementations(backend)
+    rows = []
+    for case, op, host_args, add_at, nbytes in make_cases(sizes, rng, dtype):
+        args = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args)
+        calls = {name: (lambda o=ops: getattr(o, op)(*args)) for name, ops in impls.items()}
+        if add_at is not None and backend.name == "numpy":   # after the reference
+            calls = {"np.add.at": lambda: add_at(*args), **calls}
+            calls = {"reference": calls.pop("reference"), **calls}
+        times = median_seconds(calls, repeats, backend.synchronize, between)
+        rows.append(dict(case=case, op=op, seconds=times, bytes=nbytes,
+                         gb_per_s={n: nbytes / t / 1e9 for n, t in times.items()}))
+    return rows
+
+
+def markdown(rows, names, fast):
+    """A table of milliseconds per implementation and the speed-ups of ``fast``."""
+    head = ["case"] + [f"{n} ms" for n in names] + [f"{n} / {fast}" for n in names if n != fast]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        t = r["seconds"]
+        ms = [f"{t[n] * 1e3:.3f}" if n in t else "-" for n in names]
+        ratio = [f"{t[n] / t[fast]:.1f}x" if n in t else "-" for n in names if n != fast]
+        lines.append("| " + " | ".join([r["case"]] + ms + ratio) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per median")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--interleave-matmul", action="store_true",
+                        help="run an untimed 512x512 matmul before every timed call, as in "
+                             "training, where BLAS threads run between the kernels")
+    args = parser.parse_args(argv)
+
+    backend = get_backend()
+    sizes = QUICK if args.quick else DESIGN
+    repeats = args.repeats or (3 if args.quick else 15)
+    between = _matmul(backend, args.dtype) if args.interleave_matmul else None
+    rows = run(backend, sizes, args.dtype, repeats, between)
+
+    fast = "numba-cuda" if backend.name == "cupy" else "numba"
+    names = list(dict.fromkeys(name for r in rows for name in r["seconds"]))
+    print(markdown(rows, names, fast))
+    if backend.name == "cupy":
+        print("\nachieved bandwidth (GB/s, bytes a kernel must move / time):")
+        for r in rows:
+            print(f"  {r['case']}: " + ", ".join(f"{n} {g:.0f}" for n, g in r["gb_per_s"].items()))
+
+    import numba
+    report = dict(backend=backend.name, dtype=args.dtype, sizes=sizes, repeats=repeats,
+                  interleave_matmul=args.interleave_matmul,
+                  machine=dict(platform=platform.platform(), processor=platform.processor(),
+                               cpus=os.cpu_count(), python=sys.version.split()[0],
+                               numpy=np.__version__, numba=numba.__version__,
+                               numba_threads=numba.get_num_threads(),
+                               threading_layer=_threading_layer()),
+                  results=rows)
+    default = "kernels.json" if backend.name == "numpy" else f"kernels-{backend.name}.json"
+    out = args.out or RESULTS / default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {out}")
+
+
+def _matmul(backend, dtype):
+    """A 512x512 matmul on the backend, for ``--interleave-matmul``."""
+    a = backend.asarray(np.random.default_rng(1).standard_normal((512, 512)).astype(dtype))
+    return lambda: a @ a
+
+
+def _threading_layer():
+    """The Numba threading layer in use (known once a parallel kernel has run)."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Numba CUDA kernels checked in the CUDA simulator, on tiny NumPy arrays.
+
+Run as a script (``tests/test_kernels.py`` does, in a subprocess): the simulator is
+chosen when ``numba.cuda`` is first imported, and a test session has imported it
+already for real hardware. Exits non-zero on the first failed check.
+"""
+
+import os
+
+os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before anything imports numba.cuda
+
+import array_api_compat.numpy as xp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from brainlike_np.backends import numba_cuda as kernels  # noqa: E402
+from brainlike_np.backends.cuda_target import SIMULATOR, cuda_config, current_stream  # noqa: E402
+from brainlike_np.backends.numba_cpu import NumbaCpuOps  # noqa: E402
+from brainlike_np.backends.reference import ReferenceOps  # noqa: E402
+
+REF = ReferenceOps(xp)
+CPU = NumbaCpuOps()
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+DTYPES = [(np.float32, np.int32), (np.float64, np.int64)]  # each float and id width once
+
+
+def check_launch_helpers(rng):
+    """Each launch helper against the reference, outputs allocated here."""
+    stream = current_stream()
+    for dtype, id_dtype in DTYPES:
+        table = rng.standard_normal((9, 5)).astype(dtype)                 # [R, F]
+        ids = rng.integers(0, 9, 7).astype(id_dtype)                      # [n], repeats
+        out = np.empty((7, 5), dtype)
+        kernels.launch_gather_rows(table, ids, out, stream)
+        assert np.array_equal(out, REF.gather_rows(table, ids)), "gather_rows"
+
+        rows = rng.standard_normal((12, 3)).astype(dtype)                 # [n, F]
+        ids = rng.integers(0, 4, 12).astype(id_dtype)
+        expected = REF.scatter_add_rows(ids, rows, 5)
+        out = np.zeros((5, 3), dtype)
+        kernels.launch_scatter_add_rows(ids, rows, out, stream)
+        np.testing.assert_allclose(out, expected, **TOL[dtype], err_msg="atomic scatter")
+        order, starts = kernels.segment_bounds(xp, ids, 5)
+        out = np.zeros((5, 3), dtype)
+        kernels.launch_segment_sum_rows(order, starts, rows, out, stream)
+        assert np.array_equal(out, CPU.scatter_add_rows(ids, rows, 5)), "segment sum"
+
+        E, P, b_e, x = _encoder_inputs(rng, dtype, id_dtype)
+        out = np.empty((x.shape[0], E.shape[1]), dtype)
+        kernels.launch_encoder_accumulate(E, P, b_e, x, out, stream)
+        np.testing.assert_allclose(out, REF.encoder_accumulate(E, P, b_e, x), **TOL[dtype],
+                                   err_msg="encoder_accumulate")
+        dz, idx = _backward_inputs(rng, dtype, id_dtype, x.shape[0], E.shape[1])
+        dE, dP = np.zeros_like(E), np.zeros_like(P)
+        kernels.launch_encoder_backward(dz, idx, E, P, x, dE, dP, stream)
+        for got, want in zip((dE, dP), REF.encoder_backward(dz, idx, E, P, x)):
+            np.testing.assert_allclose(got, want, **TOL[dtype], err_msg="encoder_backward")
+
+
+def check_ops(rng):
+    """NumbaCudaOps end to end (NumPy allocating), atomic and deterministic modes."""
+    for deterministic in (False, True):
+        ops = kernels.NumbaCudaOps(deterministic=deterministic, array_module=np)
+        dtype, id_dtype = DTYPES[deterministic]
+        tol = TOL[dtype]
+        table = rng.standard_normal((6, 2, 2)).astype(dtype)
+        ids = rng.integers(0, 6, (2, 3)).astype(id_dtype)
+        assert np.array_equal(ops.gather_rows(table, ids), REF.gather_rows(table, ids))
+
+        rows = rng.standard_normal((10, 3)).astype(dtype)
+        ids = rng.integers(0, 3, 10).astype(id_dtype)
+        got = ops.scatter_add_rows(ids, rows, 4)
+        np.testing.assert_allclose(got, REF.scatter_add_rows(ids, rows, 4), **tol)
+        empty = ops.scatter_add_rows(ids[:0], rows[:0], 4)
+        assert empty.shape == (4, 3) and not empty.any()
+        _expect_value_error(lambda: ops.scatter_add_rows(ids + 4, rows, 4))
+        _expect_value_error(lambda: ops.gather_rows(table, ids - 4))
+
+        z = np.round(rng.standard_normal((3, 8)), 1).astype(dtype)       # ties
+        for k in (1, 3, 8):
+            assert np.array_equal(ops.topk(z, k), REF.topk(z, k)), f"topk k={k}"
+
+        E, P, b_e, x = _encoder_inputs(rng, dtype, id_dtype)
+        np.testing.assert_allclose(ops.encoder_accumulate(E, P, b_e, x),
+                                   REF.encoder_accumulate(E, P, b_e, x), **tol)
+        assert ops.encoder_accumulate(E, P, b_e, x[:0]).shape == (0, E.shape[1])
+        dz, idx = _backward_inputs(rng, dtype, id_dtype, x.shape[0], E.shape[1])
+        got = ops.encoder_backward(dz, idx, E, P, x)
+        for g, want in zip(got, REF.encoder_backward(dz, idx, E, P, x)):
+            np.testing.assert_allclose(g, want, **tol)
+        if deterministic:  # same order of additions as the serial CPU kernel
+            for g, cpu in zip(got, CPU.encoder_backward(dz, idx, E, P, x)):
+                assert np.array_equal(g, cpu), "deterministic encoder_backward"
+
+
+def _encoder_inputs(rng, dtype, id_dtype):
+    """E [V, N], P [T', N] with T' > T, b_e [N], x [B, T] with repeated tokens."""
+    E = rng.standard_normal((5, 8)).astype(dtype)
+    P = rng.standard_normal((4, 8)).astype(dtype)
+    b_e = rng.standard_normal(8).astype(dtype)
+    x = rng.integers(0, 5, (2, 3)).astype(id_dtype)
+    return E, P, b_e, x
+
+
+def _backward_inputs(rng, dtype, id_dtype, B, N):
+    """dz [B, k] and idx [B, k] with a repeated neuron in every row."""
+    idx = rng.integers(0, N, (B, 3)).astype(id_dtype)
+    idx[:, -1] = idx[:, 0]
+    return rng.standard_normal((B, 3)).astype(dtype), idx
+
+
+def _expect_value_error(call):
+    try:
+        call()
+    except ValueError:
+        return
+    raise AssertionError("expected ValueError for ids out of range")
+
+
+def main():
+    assert SIMULATOR, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM was set"
+    assert not cuda_config.CUDA_ARRAY_INTERFACE_SYNC, "CuPy arrays would sync per launch"
+    rng = np.random.default_rng(0)
+    check_launch_helpers(rng)
+    check_ops(rng)
+    print("cudasim checks passed")
+
+
+if __name__ == "__main__":
+    main()
