@@ -111,34 +111,36 @@ def _cupy_module():
 
 
 def _numba_ops(backend_name: str, required: bool):
-    """The Numba kernels for this backend, or None when they cannot be loaded."""
+    """The Numba kernels for this backend, or None when Numba (or, for cupy, the Numba
+    CUDA target) is not installed and ``required`` is False. Other import errors are
+    bugs and propagate."""
+    if backend_name not in ("numpy", "cupy"):
+        if required:
+            raise BackendError(f"backend '{backend_name}' has no Numba kernels; "
+                               "use kernels='reference'")
+        return None
     try:
         if backend_name == "numpy":
-            from .numba_cpu import NumbaCpuOps
-            return NumbaCpuOps()
-        if backend_name == "cupy":
-            from .numba_cuda import NumbaCudaOps
-            return NumbaCudaOps()
-    except ImportError as exc:
+            from .numba_cpu import NumbaCpuOps as Ops
+        else:
+            from .numba_cuda import NumbaCudaOps as Ops
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("numba", "cuda"):
+            raise
         if required:
             raise BackendError(
-                f"kernels 'numba' for backend '{backend_name}' cannot be loaded ({exc}); "
-                f"install numba (and numba-cuda for cupy) or set {ENV_KERNELS}=reference"
-            ) from exc
+                f"kernels 'numba' for backend '{backend_name}' need {exc.name}, which is not "
+                f"installed: pip install -e '.[cuda12]' for the GPU kernels, or set "
+                f"{ENV_KERNELS}=reference") from exc
         return None
-    if required:
-        raise BackendError(
-            f"backend '{backend_name}' has no Numba kernels; use kernels='reference'")
-    return None
+    return Ops()
 
 
 def _choose_ops(backend_name: str, xp, kernels: str):
     if kernels not in KERNEL_CHOICES:
         raise BackendError(
             f"unknown kernels '{kernels}'; choose one of: {', '.join(KERNEL_CHOICES)}")
-    if kernels == "reference" or backend_name == "array_api_strict":
-        if kernels == "numba":
-            _numba_ops(backend_name, required=True)  # raises with the reason
+    if kernels == "reference":
         return ReferenceOps(xp)
     ops = _numba_ops(backend_name, required=(kernels == "numba"))
     return ops if ops is not None else ReferenceOps(xp)

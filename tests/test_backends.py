@@ -82,3 +82,13 @@ def test_memory_accounting_sees_an_allocation(backend):
     assert backend.memory.peak_bytes() - base >= 4 * 2**20
     backend.memory.reset_peak()
     assert backend.memory.peak_bytes() < base + 4 * 2**20
+
+
+def test_kernel_choice(monkeypatch):
+    assert get_backend("numpy", kernels="reference").ops.name == "reference"
+    assert get_backend("numpy", kernels="numba").ops.name == "numba"
+    assert get_backend("array_api_strict").ops.name == "reference"
+    monkeypatch.setenv("BRAINLIKE_KERNELS", "reference")
+    assert get_backend("numpy").ops.name == "reference"
+    with pytest.raises(BackendError, match="has no Numba kernels"):
+        get_backend("array_api_strict", kernels="numba")
