@@ -18,6 +18,7 @@ from . import model as brainlike_model
 from .backends import host
 from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
 from .config import PRESETS, ModelConfig
+from .distributed import SingleProcess
 from .optim import AdamW, clip_by_global_norm
 
 MODELS = {
@@ -49,6 +50,7 @@ class TrainState:
     grad_clip: float = 1.0
     dtype: str = "float32"
     extra_meta: dict = field(default_factory=dict)
+    comm: object = field(default_factory=SingleProcess, repr=False)   # data-parallel ranks
 
     @property
     def module(self):
@@ -72,11 +74,13 @@ class TrainState:
         return host.sample_windows(tokens, batch_size, self.cfg.context, self.sampler)
 
     def train_step(self, x, y, lr: float) -> dict:
-        """One AdamW step on host batch (x, y); parameters are left untouched if the
-        loss or the gradients are not finite."""
+        """One AdamW step on host batch (x, y) (this rank's slice of the global batch when
+        data-parallel); parameters are left untouched if the loss or the gradients are not
+        finite."""
         xb, yb = self.backend.asarray(x), self.backend.asarray(y)
         loss, grads = self.module.loss_and_grads(self.params, xb, yb, self.cfg,
                                                  self.backend.ops, **self._model_kwargs())
+        loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
         grads, norm = clip_by_global_norm(grads, self.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise TrainingDiverged(

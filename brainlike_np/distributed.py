@@ -1,0 +1,173 @@
+"""Data-parallel training over MPI: ``mpirun -n P python -m brainlike_np.train --distributed``.
+
+Every rank holds the whole model and draws the same global batch from the same seeded
+sampler, then computes the loss and gradients of its own equal slice. The loss of a slice
+is the mean over its windows, so the mean over the ranks of their (loss, gradients) is the
+global batch's: one all-reduce per step over a single flat buffer (every gradient, then
+the loss) leaves all ranks with identical gradients, hence identical clipping, AdamW
+updates and parameters.
+
+Transport, chosen by the backend that ``$BRAINLIKE_BACKEND`` asks for:
+
+- host arrays (numpy, array-api-strict): MPI's Allreduce through mpi4py;
+- CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs (one GPU per rank, picked by
+  the rank's index on its node); MPI only broadcasts NCCL's id, agrees on stopping and
+  aborts.
+
+mpi4py is the optional ``distributed`` extra and is imported only by :func:`connect`: a
+single-process run uses :class:`SingleProcess` and never loads MPI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .backends import ENV_BACKEND, device_of, get_namespace
+
+INSTALL_HINT = ("pip install -e '.[distributed]' (mpi4py) and an MPI library, e.g. "
+                "apt-get install openmpi-bin")
+
+
+class DistributedError(RuntimeError):
+    """Distributed training cannot start or continue; the message says why."""
+
+
+class SingleProcess:
+    """One process, no communication: the rank's slice is the whole batch."""
+
+    rank = 0
+    size = 1
+
+    def local_part(self, batch):
+        return batch
+
+    def average(self, loss: float, grads: dict) -> tuple[float, dict]:
+        return loss, grads
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def check_same(self, what: str, value: str) -> None:
+        """Nothing to compare with."""
+
+
+class MpiCommunicator:
+    """The ranks of ``MPI.COMM_WORLD``, reducing host buffers with MPI."""
+
+    def __init__(self, MPI, world):
+        self.MPI, self.world = MPI, world
+        self.rank, self.size = world.Get_rank(), world.Get_size()
+
+    def local_part(self, batch):
+        """This rank's equal slice of a global host batch: ``[B, ...]`` -> ``[B / P, ...]``."""
+        per_rank = batch.shape[0] // self.size
+        return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def average(self, loss: float, grads: dict) -> tuple[float, dict]:
+        """This rank's (mean loss, its gradients) -> the mean over all ranks, with one
+        all-reduce; every rank gets the same result."""
+        flat, shapes = flatten(grads, loss)
+        flat = self.allreduce_mean(flat)
+        return float(flat[-1]), unflatten(flat[:-1], shapes)
+
+    def allreduce_mean(self, flat):
+        """Element-wise mean over the ranks of a 1-d host-backend array ``[n]``."""
+        host = np.from_dlpack(flat)                    # [n] view, no copy
+        total = np.empty_like(host)
+        self.world.Allreduce(host, total, op=self.MPI.SUM)
+        return get_namespace(flat).asarray(total / self.size)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one."""
+        return self.world.allreduce(bool(flag), op=self.MPI.LOR)
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` (any picklable object), on every rank."""
+        return self.world.bcast(value, root=0)
+
+    def check_same(self, what: str, value: str) -> None:
+        """Raise DistributedError on every rank unless all ranks hold the same ``value``."""
+        values = self.world.allgather(value)
+        differing = [rank for rank, v in enumerate(values) if v != values[0]]
+        if differing:
+            raise DistributedError(
+                f"rank(s) {differing} start from another {what} than rank 0: every rank "
+                "must read the same --data and checkpoint files (a filesystem all nodes share)")
+
+    def local_rank(self) -> int:
+        """This rank's index among the ranks on its node (collective)."""
+        return self.world.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job now (no rank is left waiting in a collective)."""
+        self.world.Abort(code)
+
+
+class NcclCommunicator(MpiCommunicator):
+    """Sums CuPy buffers on the GPUs with NCCL; one GPU per rank."""
+
+    def __init__(self, MPI, world, cupy, nccl):
+        super().__init__(MPI, world)
+        self.cupy, self.nccl = cupy, nccl
+        gpus = cupy.cuda.runtime.getDeviceCount()
+        cupy.cuda.Device(self.local_rank() % gpus).use()   # before the backend picks its device
+        unique_id = self.broadcast(nccl.get_unique_id() if self.rank == 0 else None)
+        self.nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+
+    def allreduce_mean(self, flat):
+        """Element-wise mean over the ranks of a contiguous CuPy array ``[n]`` (summed in place)."""
+        dtype = getattr(self.nccl, f"NCCL_{flat.dtype.name.upper()}")   # NCCL_FLOAT32/64
+        stream = self.cupy.cuda.get_current_stream()
+        self.nccl_comm.allReduce(flat.data.ptr, flat.data.ptr, flat.size, dtype,
+                                 self.nccl.NCCL_SUM, stream.ptr)
+        return flat / self.size
+
+
+def flatten(grads: dict, loss: float):
+    """-> (one contiguous buffer ``[n_params + 1]``: every gradient raveled, then the loss;
+    the shapes that undo it)."""
+    first = next(iter(grads.values()))
+    xp = get_namespace(first)
+    parts = [xp.reshape(g, (-1,)) for g in grads.values()]
+    parts.append(xp.asarray([loss], dtype=first.dtype, device=device_of(first)))
+    return xp.concat(parts), {name: tuple(g.shape) for name, g in grads.items()}
+
+
+def unflatten(flat, shapes: dict) -> dict:
+    """Buffer ``[n_params]`` -> gradients ``name -> [shape]`` (views into ``flat``)."""
+    xp = get_namespace(flat)
+    grads, start = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        grads[name] = xp.reshape(flat[start:start + size], shape)
+        start += size
+    return grads
+
+
+def connect() -> MpiCommunicator:
+    """Join the MPI job this process was launched in (mpirun, srun); for the cupy
+    backend also pick this rank's GPU and set up NCCL. Call before ``get_backend()``."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as exc:   # RuntimeError: mpi4py found no MPI library
+        reason = " ".join(str(exc).split())
+        raise DistributedError(f"--distributed needs mpi4py and MPI ({reason}): "
+                               f"{INSTALL_HINT}") from None
+    if os.environ.get(ENV_BACKEND, "").strip().lower() == "cupy":
+        return NcclCommunicator(MPI, MPI.COMM_WORLD, *_cupy_and_nccl())
+    return MpiCommunicator(MPI, MPI.COMM_WORLD)
+
+
+def _cupy_and_nccl():
+    try:
+        import cupy
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        raise DistributedError(
+            f"--distributed on the cupy backend needs CuPy with NCCL ({exc}): pip install "
+            "-e '.[cuda12,distributed]' and NCCL (python -m cupyx.tools.install_library "
+            "--library nccl --cuda 12.x)") from None
+    return cupy, nccl
