@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 from tqdm import tqdm
 
@@ -21,6 +22,7 @@ from .backends import BackendError, get_backend, host
 from .checkpoint import CheckpointError
 from .config import PRESET_BATCH_SIZE, ConfigError
 from .data import DataError, load_corpus
+from .distributed import DistributedError, SingleProcess, connect
 from .optim import cosine_lr
 from .training import MODELS, TrainingDiverged, TrainState, model_kind
 
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], help="parameter dtype")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help=f"continue from CKPT (default: <out-dir>/{CHECKPOINT_NAME})")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpirun/srun (the 'distributed' extra); "
+                        "--batch-size is the global batch")
     group = p.add_argument_group("model config (override the preset)")
     for name, typ in config_fields().items():
         group.add_argument("--" + name.replace("_", "-"), type=typ, dest="cfg_" + name)
@@ -115,22 +120,29 @@ def check_resume_config(state: TrainState, overrides: dict, path: str) -> None:
 
 
 class StopFlag:
-    """Ctrl-C sets a flag the loop checks after each step; a second Ctrl-C aborts."""
+    """Ctrl-C sets a flag the loop checks after each step; a second Ctrl-C aborts.
 
-    def __init__(self):
+    ``distributed``: SIGTERM sets it too (Open MPI's mpirun turns Ctrl-C into SIGTERM to
+    every rank; Slurm sends SIGINT then SIGTERM), and a second signal does not abort: the
+    launcher kills the ranks itself after its grace period."""
+
+    def __init__(self, distributed=False):
         self.requested = False
+        self.distributed = distributed
+        self.signals = (signal.SIGINT, signal.SIGTERM) if distributed else (signal.SIGINT,)
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and not self.distributed:
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def prepare(args):
@@ -169,28 +181,44 @@ def prepare(args):
     return state, settings, corpus, ckpt_path
 
 
-def run(args) -> int:
+def join_ranks(state, settings, corpus, comm) -> None:
+    """Give ``state`` the communicator, after checking that the ranks agree."""
+    if settings["batch_size"] % comm.size:
+        raise ConfigError(f"--batch-size {settings['batch_size']} must be divisible by the "
+                          f"number of ranks ({comm.size}): each takes an equal slice")
+    comm.check_same("state (step, settings, data, sampler)", json.dumps(
+        [state.step, settings, corpus.train.shape[0], state.sampler.bit_generator.state]))
+    state.comm = comm
+
+
+def run(args, comm) -> int:
     state, s, corpus, ckpt_path = prepare(args)
+    join_ranks(state, s, corpus, comm)
+    root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
     backend = state.backend
     baselines = host.count_model_losses(corpus.train, corpus.valid)
     eval_rng = backend.rng(s["seed"] + 10_000)
     eval_windows = [host.sample_windows(corpus.valid, s["batch_size"], state.cfg.context,
                                         eval_rng) for _ in range(s["eval_batches"])]
     os.makedirs(args.out_dir, exist_ok=True)
-    metrics_file = open(os.path.join(args.out_dir, METRICS_NAME), "a")
+    metrics_file = open(os.path.join(args.out_dir, METRICS_NAME) if root else os.devnull, "a")
     tokens_per_step = s["batch_size"] * state.cfg.context
-    print(f"model {state.model_name} ({state.path}) {state.cfg}\n"
-          f"backend {backend.name} (kernels: {backend.ops.name}), batch {s['batch_size']}, "
-          f"steps {state.step}->{s['max_iters']}, corpus {corpus.name}: "
-          f"{corpus.train.shape[0]:,} train / {corpus.valid.shape[0]:,} valid bytes\n"
-          f"baselines (valid, nats/byte): unigram {baselines['unigram']:.3f}, "
-          f"bigram {baselines['bigram']:.3f}", flush=True)
+    if root:
+        print(f"model {state.model_name} ({state.path}) {state.cfg}\n"
+              f"backend {backend.name} (kernels: {backend.ops.name}), batch {s['batch_size']}"
+              f"{f' over {comm.size} ranks' if comm.size > 1 else ''}, "
+              f"steps {state.step}->{s['max_iters']}, corpus {corpus.name}: "
+              f"{corpus.train.shape[0]:,} train / {corpus.valid.shape[0]:,} valid bytes\n"
+              f"baselines (valid, nats/byte): unigram {baselines['unigram']:.3f}, "
+              f"bigram {baselines['bigram']:.3f}", flush=True)
 
     def log(record):
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
 
     def evaluate_and_save(reason):
+        if not root:
+            return None
         val = state.evaluate(eval_windows)
         record = {"step": state.step, "val_loss": val, "val_bits_per_byte": host.nats_to_bits(val),
                   **{f"{k}_baseline": v for k, v in baselines.items()}}
@@ -203,16 +231,16 @@ def run(args) -> int:
 
     backend.memory.reset_peak()
     started = time.perf_counter()
-    bar = tqdm(total=s["max_iters"], initial=state.step, disable=None, mininterval=1.0,
-               dynamic_ncols=True)
+    bar = tqdm(total=s["max_iters"], initial=state.step, disable=None if root else True,
+               mininterval=1.0, dynamic_ncols=True)
     val = None
     try:
-        with StopFlag() as stop:
+        with StopFlag(distributed=comm.size > 1) as stop:
             while state.step < s["max_iters"]:
                 lr = cosine_lr(state.step, s["lr"], s["warmup"], s["max_iters"], s["min_lr_ratio"])
                 t0 = time.perf_counter()
-                x, y = state.sample_batch(corpus.train, s["batch_size"])
-                m = state.train_step(x, y, lr)
+                x, y = state.sample_batch(corpus.train, s["batch_size"])   # the global batch
+                m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
                 backend.synchronize()
                 dt = time.perf_counter() - t0
                 peak = backend.memory.peak_bytes()
@@ -221,16 +249,19 @@ def run(args) -> int:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
                                 peak_mb=f"{peak / 2**20:.0f}", refresh=False)
-                if stop.requested:
+                if comm.any_rank(stop.requested):    # every rank stops at the same step
                     evaluate_and_save("interrupted: checkpoint saved")
-                    print(f"interrupted at step {state.step}; resume with --resume "
-                          f"--out-dir {args.out_dir}", file=sys.stderr)
+                    if root:
+                        print(f"interrupted at step {state.step}; resume with --resume "
+                              f"--out-dir {args.out_dir}", file=sys.stderr)
                     return EXIT_INTERRUPTED
                 if state.step % s["eval_every"] == 0 or state.step == s["max_iters"]:
                     val = evaluate_and_save("checkpoint saved")
     finally:
         bar.close()
         metrics_file.close()
+    if not root:
+        return 0
     if val is None:   # resumed at or past max_iters: report the current model
         val = evaluate_and_save("checkpoint saved")
     wall = time.perf_counter() - started
@@ -241,13 +272,42 @@ def run(args) -> int:
     return 0
 
 
-USER_ERRORS = (BackendError, ConfigError, DataError, CheckpointError, TrainingDiverged)
+USER_ERRORS = (BackendError, ConfigError, DataError, CheckpointError, TrainingDiverged,
+               DistributedError)
+
+
+def run_distributed(args) -> int:
+    """One rank of an mpirun/srun job. An error on any rank ends the whole job (MPI
+    Abort) instead of leaving the other ranks waiting forever in the next all-reduce; the
+    last checkpoint on disk stays intact (written atomically by rank 0)."""
+    try:
+        comm = connect()
+    except DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return run(args, comm)
+    except (Exception, KeyboardInterrupt) as exc:
+        print(f"error: rank {comm.rank}: {failure_message(exc)}", file=sys.stderr, flush=True)
+        comm.abort(1)
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for the user; the traceback too when it is a bug, not a user error."""
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted outside a training step; the last checkpoint on disk is intact"
+    traceback.print_exc()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.distributed:
+        return run_distributed(args)
     try:
-        return run(args)
+        return run(args, SingleProcess())
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
