@@ -122,9 +122,9 @@ def check_resume_config(state: TrainState, overrides: dict, path: str) -> None:
 class StopFlag:
     """Ctrl-C sets a flag the loop checks after each step; a second Ctrl-C aborts.
 
-    ``distributed``: SIGTERM sets it too (Open MPI's mpirun turns Ctrl-C into SIGTERM to
-    every rank; Slurm sends SIGINT then SIGTERM), and a second signal does not abort: the
-    launcher kills the ranks itself after its grace period."""
+    ``distributed``: SIGTERM sets it too (on Ctrl-C, Open MPI's mpirun sends every rank
+    SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM), and a second signal does
+    not abort: the launcher kills the ranks itself after its grace period."""
 
     def __init__(self, distributed=False):
         self.requested = False
