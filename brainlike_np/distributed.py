@@ -74,11 +74,12 @@ class MpiCommunicator:
         return float(flat[-1]), unflatten(flat[:-1], shapes)
 
     def allreduce_mean(self, flat):
-        """Element-wise mean over the ranks of a 1-d host-backend array ``[n]``."""
-        host = np.from_dlpack(flat)                    # [n] view, no copy
-        total = np.empty_like(host)
-        self.world.Allreduce(host, total, op=self.MPI.SUM)
-        return get_namespace(flat).asarray(total / self.size)
+        """Element-wise mean over the ranks of a 1-d host-backend array ``[n]`` (``flat``
+        is a scratch buffer: it may be overwritten)."""
+        host = np.from_dlpack(flat)          # [n], on the CPU: shares flat's memory
+        self.world.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+        host /= self.size
+        return get_namespace(flat).asarray(host)
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one."""
