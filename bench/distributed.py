@@ -70,7 +70,7 @@ def measure(args) -> dict | None:
     from brainlike_np.backends import get_backend
     from brainlike_np.config import preset
     from brainlike_np.data import load_corpus
-    from brainlike_np.distributed import SingleProcess, connect
+    from brainlike_np.backends.distributed import SingleProcess, connect
     from brainlike_np.training import TrainState
 
     comm = connect() if args.distributed else SingleProcess()

@@ -22,7 +22,7 @@ from .backends import BackendError, get_backend, host
 from .checkpoint import CheckpointError
 from .config import PRESET_BATCH_SIZE, ConfigError
 from .data import DataError, load_corpus
-from .distributed import DistributedError, SingleProcess, connect
+from .backends.distributed import DistributedError, SingleProcess, connect
 from .optim import cosine_lr
 from .training import MODELS, TrainingDiverged, TrainState, model_kind
 

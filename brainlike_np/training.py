@@ -18,7 +18,7 @@ from . import model as brainlike_model
 from .backends import host
 from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
 from .config import PRESETS, ModelConfig
-from .distributed import SingleProcess
+from .backends.distributed import SingleProcess
 from .optim import AdamW, clip_by_global_norm
 
 MODELS = {

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from .backends import ENV_BACKEND, device_of, get_namespace
+from . import ENV_BACKEND, device_of, get_namespace
 
 INSTALL_HINT = ("pip install -e '.[distributed]' (mpi4py) and an MPI library, e.g. "
                 "apt-get install openmpi-bin")
