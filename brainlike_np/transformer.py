@@ -134,7 +134,8 @@ def causal_attention_forward(X, Wq, Wk, Wv, Wo, n_heads):
     v, cv = L.linear_forward(X, Wv)
     q, k, v = (L._split_heads(xp, t, n_heads) for t in (q, k, v))  # [B, h, T, d]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    probs = _causal_softmax(xp, (q @ xp.matrix_transpose(k)) * scale)   # [B, h, T, T]
+    q = q * scale                # scaling q, not the [B, h, T, T] scores, saves a pass
+    probs = _causal_softmax(xp, q @ xp.matrix_transpose(k))         # [B, h, T, T]
     heads = probs @ v                                               # [B, h, T, d]
     out, co = L.linear_forward(L._merge_heads(xp, heads), Wo)       # [B, T, D]
     return out, (cq, ck, cv, co, q, k, v, probs, scale, n_heads)
@@ -146,12 +147,10 @@ def causal_attention_backward(dout, cache):
     cq, ck, cv, co, q, k, v, probs, scale, n_heads = cache
     dmerged, dWo, _ = L.linear_backward(dout, co)                   # [B, T, D]
     dheads = L._split_heads(xp, dmerged, n_heads)                   # [B, h, T, d]
-    dprobs = dheads @ xp.matrix_transpose(v)                        # [B, h, T, T]
     dv = xp.matrix_transpose(probs) @ dheads                        # [B, h, T, d]
-    # softmax backward; future positions have probs == 0 and get zero gradient
-    dscores = probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True)) * scale
-    dq = dscores @ k                                                # [B, h, T, d]
-    dk = xp.matrix_transpose(dscores) @ q                           # [B, h, T, d]
+    dscores = _softmax_backward(xp, probs, dheads @ xp.matrix_transpose(v))  # [B, h, T, T]
+    dq = (dscores @ k) * scale                                      # [B, h, T, d]
+    dk = xp.matrix_transpose(dscores) @ q                           # q is scaled already
     dXq, dWq, _ = L.linear_backward(L._merge_heads(xp, dq), cq)
     dXk, dWk, _ = L.linear_backward(L._merge_heads(xp, dk), ck)
     dXv, dWv, _ = L.linear_backward(L._merge_heads(xp, dv), cv)
@@ -160,29 +159,42 @@ def causal_attention_backward(dout, cache):
 
 def _causal_softmax(xp, scores):
     """Softmax over keys j <= query i: scores ``[B, h, T, T]``. The diagonal is always
-    kept, so no row is empty."""
+    kept, so no row is empty. Names are rebound so that few ``[B, h, T, T]`` arrays
+    are alive at once: they are the largest of the model."""
     T = scores.shape[-1]
     pos = xp.arange(T, device=device_of(scores))
     keep = pos[None, :] <= pos[:, None]                              # [T, T]
-    masked = xp.where(keep, scores, -math.inf)
-    e = xp.exp(masked - xp.max(masked, axis=-1, keepdims=True))     # 0 where masked
-    return e / xp.sum(e, axis=-1, keepdims=True)
+    s = xp.where(keep, scores, -math.inf)
+    del scores
+    s = xp.exp(s - xp.max(s, axis=-1, keepdims=True))               # 0 where masked
+    return s / xp.sum(s, axis=-1, keepdims=True)
+
+
+def _softmax_backward(xp, probs, dprobs):
+    """d scores = probs * (dprobs - sum(dprobs * probs)); masked entries have probs 0
+    and get zero gradient."""
+    d = dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True)
+    del dprobs
+    return d * probs
 
 
 # ---------------------------------------------------------------------------------
 # MLP: gelu(X @ W1) @ W2
 # ---------------------------------------------------------------------------------
 def gelu_forward(x):
-    """tanh-approximated GELU: 0.5 x (1 + tanh(c (x + a x^3)))."""
-    xp = get_namespace(x)
-    t = xp.tanh(GELU_C * (x + GELU_A * x * x * x))
-    return 0.5 * x * (1.0 + t), (x, t)
+    """tanh-approximated GELU: 0.5 x (1 + tanh(c (x + a x^3))). The cache is x alone:
+    the backward recomputes the tanh rather than keep a second ``[B, T, F]`` array."""
+    return 0.5 * x * (1.0 + _gelu_tanh(x)), x
 
 
-def gelu_backward(dout, cache):
-    x, t = cache
+def gelu_backward(dout, x):
+    t = _gelu_tanh(x)
     dinner = GELU_C * (1.0 + 3.0 * GELU_A * x * x)
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner)
+
+
+def _gelu_tanh(x):
+    return get_namespace(x).tanh(GELU_C * (x + GELU_A * x * x * x))
 
 
 def mlp_forward(X, W1, W2):
