@@ -104,7 +104,7 @@ def transformer_logits(p, x, cfg):
         A = rmsnorm(X, p["g_attn"][l])
         X = X + attention(A, A, p["Wq"][l], p["Wk"][l], p["Wv"][l], p["Wo"][l],
                           cfg.n_heads, causal_softmax)
-        hidden = F.gelu(rmsnorm(X, p["g_mlp"][l]) @ p["W1"][l], approximate="tanh")
+        hidden = F.relu(rmsnorm(X, p["g_mlp"][l]) @ p["W1"][l])
         X = X + hidden @ p["W2"][l]
     return rmsnorm(X, p["g_f"]) @ p["W_out"]
 
