@@ -26,7 +26,7 @@ the parameter names are the same for every depth and ``NO_DECAY`` is a constant.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from . import layers as L
 from .backends import device_of, get_namespace
@@ -58,6 +58,16 @@ class TransformerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TransformerConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def with_overrides(self, **overrides) -> "TransformerConfig":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 PRESETS = {
@@ -309,6 +319,13 @@ def next_logits(p, x, cfg: TransformerConfig, ops):
     X, _ = trunk_forward(p, x, cfg, ops)                            # [B*T, D]
     last = xp.reshape(X, (B, T, cfg.d_model))[:, -1, :]             # [B, D]
     return head_forward(p, last)[0]
+
+
+def loss(p, x, y, cfg: TransformerConfig, ops) -> float:
+    """Cross-entropy of y ``[B]`` at the last position only, without the backward
+    (for evaluation): the same task, from the same full window, that the brain-like
+    model is scored on. Training uses every position (``loss_and_grads``)."""
+    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
 
 
 def next_byte_targets(x, y):

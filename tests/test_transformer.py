@@ -98,6 +98,9 @@ def test_loss_is_mean_cross_entropy_of_the_next_byte_at_every_position(backend):
     assert loss == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(backend.to_numpy(tr.next_logits(params, x, cfg, backend.ops)),
                                logits[:, -1, :], rtol=1e-12)
+    # evaluation scores the last position alone: the brain-like model's task
+    last = -np.mean(log_probs[np.arange(len(yh)), -1, yh])
+    assert tr.loss(params, x, y, cfg, backend.ops) == pytest.approx(last, rel=1e-12)
 
 
 def test_every_parameter_gets_a_nonzero_gradient_at_init(backend):
@@ -155,6 +158,16 @@ def test_same_seed_same_loss_and_gradients_on_every_backend(backend, dtype_name)
 def test_invalid_configs_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tr.TransformerConfig(**{**TINY.to_dict(), **overrides})
+
+
+def test_config_round_trips_and_overrides():
+    cfg = tr.preset("default")
+    assert tr.TransformerConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.with_overrides(n_layers=2, d_mlp=None) == tr.TransformerConfig(n_layers=2)
+    with pytest.raises(ConfigError, match="unknown config fields: n_neurons"):
+        tr.TransformerConfig.from_dict({**cfg.to_dict(), "n_neurons": 4})
+    with pytest.raises(ConfigError, match="n_heads"):
+        cfg.with_overrides(n_heads=3)
 
 
 def test_unknown_preset_names_the_choices():
