@@ -21,6 +21,7 @@ import math
 from .backends import device_of, get_namespace
 
 RMS_EPS = 1e-6
+MASK_BIAS = 1e30      # added (negated) to masked attention scores; finite in float32
 
 
 # ---------------------------------------------------------------------------------
@@ -185,12 +186,12 @@ def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
     q, cq = linear_forward(xq, Wq)                     # [B, Lq, D]
     k, ck = linear_forward(xkv, Wk)                    # [B, Lk, D]
     v, cv = linear_forward(xkv, Wv)                    # [B, Lk, D]
-    q, k, v = (_split_heads(xp, t, n_heads) for t in (q, k, v))    # [B, h, L, d]
+    q, k, v = (split_heads(xp, t, n_heads) for t in (q, k, v))    # [B, h, L, d]
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ xp.matrix_transpose(k)) * scale      # [B, h, Lq, Lk]
     probs = _masked_softmax(xp, scores, key_mask)      # [B, h, Lq, Lk]
     heads = probs @ v                                  # [B, h, Lq, d]
-    out, co = linear_forward(_merge_heads(xp, heads), Wo)          # [B, Lq, D]
+    out, co = linear_forward(merge_heads(xp, heads), Wo)          # [B, Lq, D]
     cache = (cq, ck, cv, co, q, k, v, probs, scale, n_heads)
     return out, cache
 
@@ -200,43 +201,50 @@ def attention_backward(dout, cache):
     xp = get_namespace(dout)
     cq, ck, cv, co, q, k, v, probs, scale, n_heads = cache
     dmerged, dWo, _ = linear_backward(dout, co)                    # [B, Lq, D]
-    dheads = _split_heads(xp, dmerged, n_heads)                    # [B, h, Lq, d]
+    dheads = split_heads(xp, dmerged, n_heads)                    # [B, h, Lq, d]
     dprobs = dheads @ xp.matrix_transpose(v)                       # [B, h, Lq, Lk]
     dv = xp.matrix_transpose(probs) @ dheads                       # [B, h, Lk, d]
-    # softmax backward; masked entries have probs == 0 and so get zero gradient
-    dscores = probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True)) * scale
+    dscores = softmax_backward(probs, dprobs) * scale              # [B, h, Lq, Lk]
     dq = dscores @ k                                               # [B, h, Lq, d]
     dk = xp.matrix_transpose(dscores) @ q                          # [B, h, Lk, d]
-    dxq, dWq, _ = linear_backward(_merge_heads(xp, dq), cq)
-    dxk, dWk, _ = linear_backward(_merge_heads(xp, dk), ck)
-    dxv, dWv, _ = linear_backward(_merge_heads(xp, dv), cv)
+    dxq, dWq, _ = linear_backward(merge_heads(xp, dq), cq)
+    dxk, dWk, _ = linear_backward(merge_heads(xp, dk), ck)
+    dxv, dWv, _ = linear_backward(merge_heads(xp, dv), cv)
     return dxq, dxk + dxv, dWq, dWk, dWv, dWo
 
 
-def _split_heads(xp, t, n_heads):
+def split_heads(xp, t, n_heads):
     """``[B, L, D]`` -> ``[B, h, L, D/h]``."""
     B, L, D = t.shape
     return xp.permute_dims(xp.reshape(t, (B, L, n_heads, D // n_heads)), (0, 2, 1, 3))
 
 
-def _merge_heads(xp, t):
+def merge_heads(xp, t):
     """``[B, h, L, d]`` -> ``[B, L, h*d]``."""
     B, h, L, d = t.shape
     return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (B, L, h * d))
 
 
+def softmax_backward(probs, dprobs):
+    """d scores = probs * (dprobs - sum(dprobs * probs)) over the last axis; masked
+    entries have probs 0 and so get zero gradient."""
+    xp = get_namespace(probs)
+    return probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True))
+
+
 def _masked_softmax(xp, scores, key_mask):
-    """Softmax over the last axis, over unmasked keys only; all-masked rows are zero."""
+    """Softmax over the last axis, over unmasked keys only; all-masked rows are zero.
+
+    Masking is by a 0 / -1e30 bias and a 0/1 factor on ``[B, 1, 1, Lk]``, broadcast:
+    cheaper than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor. A masked score
+    minus the row maximum is about -1e30, whose exp is exactly 0."""
     if key_mask is None:
-        shifted = scores - xp.max(scores, axis=-1, keepdims=True)
-        e = xp.exp(shifted)
+        e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
         return e / xp.sum(e, axis=-1, keepdims=True)
-    keep = key_mask[:, None, None, :]                                   # [B, 1, 1, Lk]
-    lowest = xp.finfo(scores.dtype).min
-    row_max = xp.max(xp.where(keep, scores, lowest), axis=-1, keepdims=True)
-    shifted = xp.where(keep, scores - row_max, 0.0)   # finite everywhere: no overflow
-    e = xp.where(keep, xp.exp(shifted), 0.0)                            # [B, h, Lq, Lk]
-    total = xp.sum(e, axis=-1, keepdims=True)
+    keep = xp.astype(key_mask[:, None, None, :], scores.dtype)         # [B, 1, 1, Lk] 0/1
+    biased = scores + (keep - 1.0) * MASK_BIAS                          # [B, h, Lq, Lk]
+    e = xp.exp(biased - xp.max(biased, axis=-1, keepdims=True)) * keep  # all-masked rows: 0
+    total = xp.sum(e, axis=-1, keepdims=True)                           # [B, h, Lq, 1]
     return e / xp.where(total > 0, total, 1.0)
 
 

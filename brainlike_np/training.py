@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from . import model as brainlike_model
+from . import transformer
 from .backends import host
 from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
 from .config import PRESETS, ModelConfig
@@ -23,6 +24,8 @@ from .optim import AdamW, clip_by_global_norm
 
 MODELS = {
     "brainlike": SimpleNamespace(module=brainlike_model, config_cls=ModelConfig, presets=PRESETS),
+    "transformer": SimpleNamespace(module=transformer, config_cls=transformer.TransformerConfig,
+                                   presets=transformer.PRESETS),
 }
 
 

@@ -127,15 +127,6 @@ def init_params(cfg: TransformerConfig, backend, seed: int = 0, dtype: str = "fl
     return params
 
 
-def _pad_rows(g, n_rows):
-    """g ``[r, D]`` -> ``[n_rows, D]`` with zero rows appended (a table longer than used)."""
-    xp = get_namespace(g)
-    if g.shape[0] == n_rows:
-        return g
-    pad = xp.zeros((n_rows - g.shape[0], g.shape[1]), dtype=g.dtype, device=device_of(g))
-    return xp.concat([g, pad], axis=0)
-
-
 # ---------------------------------------------------------------------------------
 # causal multi-head self-attention (tokens as rows: [B*T, D] in and out)
 # ---------------------------------------------------------------------------------
@@ -144,11 +135,11 @@ def causal_attention_forward(X, B, Wq, Wk, Wv, Wo, n_heads):
     xp = get_namespace(X)
     BT, D = X.shape
     q, k, v = (xp.reshape(X @ W, (B, BT // B, D)) for W in (Wq, Wk, Wv))   # [B, T, D]
-    q, k, v = (L._split_heads(xp, t, n_heads) for t in (q, k, v))  # [B, h, T, d]
+    q, k, v = (L.split_heads(xp, t, n_heads) for t in (q, k, v))  # [B, h, T, d]
     scale = 1.0 / math.sqrt(q.shape[-1])
     q = q * scale                # scaling q, not the [B, h, T, T] scores, saves a pass
     probs = _causal_softmax(xp, q @ xp.matrix_transpose(k))         # [B, h, T, T]
-    merged = xp.reshape(L._merge_heads(xp, probs @ v), (BT, D))     # [B*T, D]
+    merged = xp.reshape(L.merge_heads(xp, probs @ v), (BT, D))     # [B*T, D]
     return merged @ Wo, (X, Wq, Wk, Wv, Wo, merged, q, k, v, probs, scale)
 
 
@@ -158,12 +149,12 @@ def causal_attention_backward(dout, cache):
     X, Wq, Wk, Wv, Wo, merged, q, k, v, probs, scale = cache
     B, h, T, d = q.shape
     dWo = merged.T @ dout                                           # [D, D]
-    dheads = L._split_heads(xp, xp.reshape(dout @ Wo.T, (B, T, h * d)), h)  # [B, h, T, d]
+    dheads = L.split_heads(xp, xp.reshape(dout @ Wo.T, (B, T, h * d)), h)  # [B, h, T, d]
     dv = xp.matrix_transpose(probs) @ dheads                        # [B, h, T, d]
-    dscores = _softmax_backward(xp, probs, dheads @ xp.matrix_transpose(v))  # [B, h, T, T]
+    dscores = L.softmax_backward(probs, dheads @ xp.matrix_transpose(v))  # [B, h, T, T]
     dq = (dscores @ k) * scale                                      # [B, h, T, d]
     dk = xp.matrix_transpose(dscores) @ q                           # q is scaled already
-    rows = lambda t: xp.reshape(L._merge_heads(xp, t), (B * T, h * d))   # noqa: E731
+    rows = lambda t: xp.reshape(L.merge_heads(xp, t), (B * T, h * d))   # noqa: E731
     dq, dk, dv = rows(dq), rows(dk), rows(dv)                       # [B*T, D]
     dX = dq @ Wq.T + dk @ Wk.T + dv @ Wv.T                          # [B*T, D]
     return dX, X.T @ dq, X.T @ dk, X.T @ dv, dWo
@@ -185,14 +176,6 @@ def _causal_bias(xp, T, dtype, device):
     pos = xp.arange(T, device=device)
     blocked = xp.full((T, T), -math.inf, dtype=dtype, device=device)
     return xp.where(pos[None, :] <= pos[:, None], xp.zeros_like(blocked), blocked)
-
-
-def _softmax_backward(xp, probs, dprobs):
-    """d scores = probs * (dprobs - sum(dprobs * probs)); masked entries have probs 0
-    and get zero gradient."""
-    d = dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True)
-    del dprobs
-    return d * probs
 
 
 # ---------------------------------------------------------------------------------
@@ -272,7 +255,7 @@ def trunk_backward(dX, p, cache, cfg, grads, ops):
         grads[name] = xp.stack([g[name] for g in per_layer], axis=0)   # [Ly, ...]
     dX = xp.reshape(dX, (B, -1, cfg.d_model))                        # [B, T, D]
     grads["Etok"] = L.embedding_backward(dX, ct, ops)               # [V, D]
-    grads["Epos"] = _pad_rows(xp.sum(dX, axis=0), p["Epos"].shape[0])   # [T, D]
+    grads["Epos"] = L.first_rows_backward(xp.sum(dX, axis=0), p["Epos"].shape[0])   # [T, D]
 
 
 def head_forward(p, X):

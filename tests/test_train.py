@@ -177,3 +177,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_pa
     one_line_error(capsys, ["--resume", "--max-iters", "50", "--lr", "1e38", "--warmup", "0",
                             "--eval-every", "1000", "--out-dir", out_dir], "the loss became")
     assert open(ckpt, "rb").read() == before
+
+
+def test_the_transformer_trains_and_generates_through_the_same_cli(tmp_path, corpus_file, capsys):
+    out_dir = str(tmp_path / "run")
+    code, out, _ = run_main(["--model", "transformer", "--preset", "tiny", "--max-iters", "6",
+                             "--eval-every", "3", "--eval-batches", "2", "--data", corpus_file,
+                             "--out-dir", out_dir], capsys)
+    assert code == 0 and "model transformer" in out
+    losses = [loss for _, loss in train_losses(out_dir)]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert gen.main(["--checkpoint", os.path.join(out_dir, "ckpt.npz"),
+                     "--max-new-bytes", "5"]) == 0
+    one_line_error(capsys, ["--model", "transformer", "--preset", "tiny", "--k-active", "4",
+                            "--data", corpus_file, "--out-dir", str(tmp_path / "x")],
+                   "model 'transformer' has no config field(s) k_active")
