@@ -12,15 +12,18 @@ from .training import TrainState
 
 def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float = 0.8,
              top_k: int = 0, seed: int = 0) -> bytes:
-    """``n_bytes`` new bytes after ``prompt``; the model reads the last ``context`` bytes."""
+    """``n_bytes`` new bytes after ``prompt``; the model reads the last ``context`` bytes.
+
+    The model was trained on full windows, so a prompt shorter than the context is
+    left-padded with newlines (as if it started a file) rather than read short."""
     rng = state.backend.rng(seed)
-    start = prompt or b"\n"           # an empty prompt starts from a newline
-    out = bytearray(start)
+    T = state.cfg.context
+    out = bytearray(b"\n" * max(0, T - len(prompt)) + prompt)
     for _ in range(n_bytes):
-        window = host.as_tokens(bytes(out[-state.cfg.context:]))[None, :].astype("int64")
-        logits = state.next_logits(window)[0]                          # [V]
+        window = host.as_tokens(bytes(out[-T:]))[None, :].astype("int64")   # [1, T]
+        logits = state.next_logits(window)[0]                                # [V]
         out.append(host.sample_from_logits(logits, rng, temperature, top_k))
-    return bytes(out[len(start):])
+    return bytes(out[-n_bytes:]) if n_bytes else b""
 
 
 def main(argv=None) -> int:

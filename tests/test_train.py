@@ -62,7 +62,8 @@ def test_generation_is_reproducible_and_greedy_is_argmax(tmp_path, corpus_file, 
     b = gen.generate(state, b"def ", 15, temperature=1.0, seed=3)
     assert a == b and len(a) == 15
     greedy = gen.generate(state, b"def ", 1, temperature=0.0)
-    window = np.frombuffer(b"def ", dtype=np.uint8)[None, :].astype(np.int64)
+    padded = b"\n" * (state.cfg.context - 4) + b"def "    # short prompts are left-padded
+    window = np.frombuffer(padded, dtype=np.uint8)[None, :].astype(np.int64)
     assert greedy[0] == int(np.argmax(state.next_logits(window)[0]))
 
 
