@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--batch-size is the global batch")
     group = p.add_argument_group("model config (override the preset)")
     for name, typ in config_fields().items():
-        group.add_argument("--" + name.replace("_", "-"), type=typ, dest="cfg_" + name)
+        group.add_argument("--" + name.replace("_", "-"), type=typ, dest="cfg_" + name,
+                           metavar=name.upper())
     return p
 
 

@@ -27,3 +27,26 @@ def assert_close(actual, expected, rtol=1e-6, atol=1e-8, what=""):
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+# float32: sums are reordered between implementations (Numba kernels vs the reference,
+# BLAS blockings), so 1e-4 relative; float64 agrees to rounding.
+CROSS_BACKEND_TOL = {"float32": 1e-4, "float64": 1e-10}
+
+
+def assert_matches_numpy_backend(backend, dtype_name, loss_and_grads_on):
+    """``loss_and_grads_on(b) -> (loss, grads)`` on backend b agrees with the numpy
+    backend: the loss to the dtype's tolerance, relative, and each gradient relative to
+    its largest entry."""
+    from brainlike_np.backends import get_backend
+    tol = CROSS_BACKEND_TOL[dtype_name]
+    outs = []
+    for b in (get_backend("numpy"), backend):
+        loss, grads = loss_and_grads_on(b)
+        outs.append((loss, {n: b.to_numpy(g) for n, g in grads.items()}))
+    (loss_ref, grads_ref), (loss, grads) = outs
+    np.testing.assert_allclose(loss, loss_ref, rtol=tol)
+    for name in grads_ref:
+        scale = np.max(np.abs(grads_ref[name])) + 1e-30
+        np.testing.assert_allclose(grads[name] / scale, grads_ref[name] / scale,
+                                   atol=tol, err_msg=name)
