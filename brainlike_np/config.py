@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass, validated, with named presets."""
+"""Model configuration: one frozen dataclass per model kind, validated, with named presets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,26 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and the fix."""
 
 
+class ConfigDict:
+    """Dict round-trips and overrides shared by the model kinds' config dataclasses."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def with_overrides(self, **overrides):
+        """A copy with the given fields replaced (None means keep), validated again."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigDict):
     vocab_size: int = 256      # V: bytes
     context: int = 64          # T: the window the model reads
     n_neurons: int = 1024      # N
@@ -35,25 +53,11 @@ class ModelConfig:
         if not 0.0 <= self.tau < 1.0:
             raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-    def with_overrides(self, **overrides) -> "ModelConfig":
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
 
 PRESETS = {
     # for tests: every code path, in milliseconds
     "tiny": ModelConfig(context=8, n_neurons=32, d_state=8, k_active=6, n_steps=2, n_heads=2),
-    # trains on 2 CPU cores in a few minutes
+    # 1200 steps of batch 64 train in about 7 minutes on 2 CPU cores (0.34 s a step)
     "default": ModelConfig(),
     # the design note's sizes
     "seed": ModelConfig(context=128, n_neurons=4096, d_state=256, k_active=128, n_steps=5,

@@ -26,11 +26,11 @@ the parameter names are the same for every depth and ``NO_DECAY`` is a constant.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from . import layers as L
 from .backends import device_of, get_namespace
-from .config import ConfigError
+from .config import ConfigDict, ConfigError
 
 # gains get no weight decay
 NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})
@@ -40,7 +40,7 @@ NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})
 # configuration
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ConfigDict):
     vocab_size: int = 256      # V: bytes
     context: int = 64          # T
     d_model: int = 128         # D
@@ -55,19 +55,6 @@ class TransformerConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads "
                               f"({self.n_heads})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TransformerConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-    def with_overrides(self, **overrides) -> "TransformerConfig":
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 PRESETS = {
