@@ -258,13 +258,13 @@ def run(args, comm) -> int:
                     return EXIT_INTERRUPTED
                 if state.step % s["eval_every"] == 0 or state.step == s["max_iters"]:
                     val = evaluate_and_save("checkpoint saved")
+        if val is None:   # resumed at or past max_iters: report the current model
+            val = evaluate_and_save("checkpoint saved")
     finally:
         bar.close()
         metrics_file.close()
     if not root:
         return 0
-    if val is None:   # resumed at or past max_iters: report the current model
-        val = evaluate_and_save("checkpoint saved")
     wall = time.perf_counter() - started
     print(f"done: {state.step} steps in {wall:.1f} s, peak array memory "
           f"{backend.memory.peak_bytes() / 2**20:.1f} MiB; valid loss {val:.4f} nats/byte "

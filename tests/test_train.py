@@ -94,6 +94,15 @@ def test_ctrl_c_saves_and_resume_continues_the_same_loss_sequence(
     assert len(train_losses(split)) == 12
 
 
+def test_resuming_a_finished_run_reports_it_without_training(tmp_path, corpus_file, capsys):
+    out_dir = str(tmp_path / "run")
+    assert run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file,
+                                "--out-dir", out_dir], capsys)[0] == 0
+    code, out, _ = run_main(["--resume", "--out-dir", out_dir], capsys)
+    assert code == 0 and "done: 5 steps" in out
+    assert len(train_losses(out_dir)) == 5
+
+
 def one_line_error(capsys, argv, expected):
     code, _, err = run_main(argv, capsys)
     assert code != 0
