@@ -76,6 +76,22 @@ class Backend:
         """N(0, std^2) drawn on the host in float64 and moved to the device."""
         return self.asarray(rng.standard_normal(shape) * std, dtype=dtype)
 
+    def init_params(self, shapes: dict, std_of, seed: int, dtype: str) -> dict:
+        """Parameters ``name -> array``, drawn on the host in ``shapes`` order, so the same
+        seed gives the same weights on every backend. ``std_of(name, shape)`` is a
+        standard deviation for N(0, std^2), or "zeros" / "ones"."""
+        rng, dt = self.rng(seed), self.dtype(dtype)
+        params = {}
+        for name, shape in shapes.items():
+            std = std_of(name, shape)
+            if std == "zeros":
+                params[name] = self.zeros(shape, dt)
+            elif std == "ones":
+                params[name] = self.ones(shape, dt)
+            else:
+                params[name] = self.normal(rng, shape, std, dt)
+        return params
+
     def zeros(self, shape, dtype):
         return self.xp.zeros(shape, dtype=dtype, device=self.device)
 

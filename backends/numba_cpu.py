@@ -354,9 +354,7 @@ class NumbaCpuOps:
         E, P, dz = (np.ascontiguousarray(a) for a in (E, P, dz))
         idx, x = _as_ids(idx, "idx"), _as_ids(x, "x")
         B, T = x.shape
-        check_encoder_shapes(E, P, T)
-        if dz.shape != idx.shape or idx.shape[0] != B:
-            raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")
+        check_encoder_backward_shapes(dz, idx, E, P, x)
         _check_range(x, E.shape[0], "x")
         _check_range(idx, E.shape[1], "idx")
         dE, dP = np.zeros_like(E), np.zeros_like(P)                     # [V, N], [T', N]
@@ -374,3 +372,11 @@ def check_encoder_shapes(E, P, T):
         raise ValueError(f"E [V, N] and P [T, N] do not match: {E.shape}, {P.shape}")
     if T > P.shape[0]:
         raise ValueError(f"x has {T} steps but P covers only {P.shape[0]}")
+
+
+def check_encoder_backward_shapes(dz, idx, E, P, x):
+    """ValueError unless the encoder's shapes agree and dz, idx are both ``[B, k]``."""
+    B, T = x.shape
+    check_encoder_shapes(E, P, T)
+    if dz.shape != idx.shape or idx.shape[0] != B:
+        raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")

@@ -30,7 +30,7 @@ import math
 from array_api_compat import array_namespace
 
 from .cuda_target import cuda, current_stream
-from .numba_cpu import check_encoder_shapes
+from .numba_cpu import check_encoder_backward_shapes, check_encoder_shapes
 
 THREADS_PER_BLOCK = 256
 
@@ -282,9 +282,7 @@ class NumbaCudaOps:
         dz ``[B, k]`` at neurons idx ``[B, k]`` -> (dE ``[V, N]``, dP ``[T', N]``)."""
         dz, idx, E, P, x = self._contiguous(dz, idx, E, P, x)
         B, T = x.shape
-        check_encoder_shapes(E, P, T)
-        if dz.shape != idx.shape or idx.shape[0] != B:
-            raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")
+        check_encoder_backward_shapes(dz, idx, E, P, x)
         self._check_range(x, E.shape[0], "x")
         self._check_range(idx, E.shape[1], "idx")
         stream = current_stream()

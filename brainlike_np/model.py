@@ -65,19 +65,9 @@ def _init_std(name: str, shape: tuple, cfg: ModelConfig) -> float | str:
 
 def init_params(cfg: ModelConfig, backend, seed: int = 0, dtype: str = "float32") -> dict:
     """Initial parameters, drawn on the host: the same seed gives the same weights
-    on every backend. Draws happen in ``param_shapes`` order."""
-    rng = backend.rng(seed)
-    dt = backend.dtype(dtype)
-    params = {}
-    for name, shape in param_shapes(cfg).items():
-        std = _init_std(name, shape, cfg)
-        if std == "zeros":
-            params[name] = backend.zeros(shape, dt)
-        elif std == "ones":
-            params[name] = backend.ones(shape, dt)
-        else:
-            params[name] = backend.normal(rng, shape, std, dt)
-    return params
+    on every backend."""
+    return backend.init_params(param_shapes(cfg), lambda n, s: _init_std(n, s, cfg),
+                               seed, dtype)
 
 
 def _accumulate(grads: dict, name: str, g) -> None:

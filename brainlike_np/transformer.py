@@ -102,16 +102,10 @@ def _init_std(name: str, shape: tuple, cfg: TransformerConfig) -> float | str:
 
 
 def init_params(cfg: TransformerConfig, backend, seed: int = 0, dtype: str = "float32") -> dict:
-    """Initial parameters, drawn on the host in ``param_shapes`` order: the same seed
-    gives the same weights on every backend."""
-    rng = backend.rng(seed)
-    dt = backend.dtype(dtype)
-    params = {}
-    for name, shape in param_shapes(cfg).items():
-        std = _init_std(name, shape, cfg)
-        params[name] = (backend.ones(shape, dt) if std == "ones"
-                        else backend.normal(rng, shape, std, dt))
-    return params
+    """Initial parameters, drawn on the host: the same seed gives the same weights on
+    every backend."""
+    return backend.init_params(param_shapes(cfg), lambda n, s: _init_std(n, s, cfg),
+                               seed, dtype)
 
 
 # ---------------------------------------------------------------------------------

@@ -50,3 +50,13 @@ def assert_matches_numpy_backend(backend, dtype_name, loss_and_grads_on):
         scale = np.max(np.abs(grads_ref[name])) + 1e-30
         np.testing.assert_allclose(grads[name] / scale, grads_ref[name] / scale,
                                    atol=tol, err_msg=name)
+
+
+def perturbed_params(backend, init_params, cfg, seed=1):
+    """float64 initial parameters plus N(0, 0.3^2) noise, so zero- or one-initialised ones
+    (Wo, gains, biases) are generic points for a gradient check."""
+    params = init_params(cfg, backend, seed=seed, dtype="float64")
+    rng = np.random.default_rng(seed + 100)
+    return {n: backend.asarray(backend.to_numpy(v) + 0.3 * rng.standard_normal(v.shape),
+                               backend.dtype("float64"))
+            for n, v in params.items()}

@@ -7,6 +7,7 @@ from brainlike_np import layers as L
 from brainlike_np import model
 from brainlike_np.config import ConfigError, ModelConfig, preset
 from brainlike_np.optim import AdamW
+import gradcheck
 from gradcheck import assert_matches_numpy_backend
 
 TINY = preset("tiny")
@@ -23,13 +24,7 @@ def batch(cfg, B=3, seed=0):
 
 
 def perturbed_params(backend, cfg, seed=1):
-    """Initial parameters plus noise, so zero-initialised ones (Wo, gains, biases) are
-    generic points for a gradient check."""
-    params = model.init_params(cfg, backend, seed=seed, dtype="float64")
-    rng = np.random.default_rng(seed + 100)
-    return {n: backend.asarray(backend.to_numpy(v) + 0.3 * rng.standard_normal(v.shape),
-                               backend.dtype("float64"))
-            for n, v in params.items()}
+    return gradcheck.perturbed_params(backend, model.init_params, cfg, seed)
 
 
 def loss_at(backend, cfg, params_host, x, y, path):

@@ -6,6 +6,7 @@ import pytest
 
 from brainlike_np import transformer as tr
 from brainlike_np.config import ConfigError
+import gradcheck
 from gradcheck import assert_matches_numpy_backend
 
 TINY = tr.preset("tiny")
@@ -19,12 +20,7 @@ def batch(cfg, B=3, seed=0):
 
 
 def perturbed_params(backend, cfg, seed=1):
-    """Initial parameters plus noise, so gains are generic points for a gradient check."""
-    params = tr.init_params(cfg, backend, seed=seed, dtype="float64")
-    rng = np.random.default_rng(seed + 100)
-    return {n: backend.asarray(backend.to_numpy(v) + 0.3 * rng.standard_normal(v.shape),
-                               backend.dtype("float64"))
-            for n, v in params.items()}
+    return gradcheck.perturbed_params(backend, tr.init_params, cfg, seed)
 
 
 def loss_at(backend, cfg, params_host, x, y):
