@@ -14,11 +14,8 @@ from .backends import get_namespace
 
 def global_norm(grads: dict) -> float:
     """sqrt of the sum of squares of every gradient entry."""
-    total = 0.0
-    for g in grads.values():
-        xp = get_namespace(g)
-        total += float(xp.sum(g * g))
-    return math.sqrt(total)
+    squares = [get_namespace(g).sum(g * g) for g in grads.values()]
+    return math.sqrt(float(sum(squares)))     # one device-to-host read, not one per tensor
 
 
 def clip_by_global_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
