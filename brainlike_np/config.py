@@ -57,7 +57,7 @@ class ModelConfig(ConfigDict):
 PRESETS = {
     # for tests: every code path, in milliseconds
     "tiny": ModelConfig(context=8, n_neurons=32, d_state=8, k_active=6, n_steps=2, n_heads=2),
-    # 1200 steps of batch 64 train in about 7 minutes on 2 CPU cores (0.34 s a step)
+    # 1200 steps of batch 64 train in about 8 minutes on 2 CPU cores (0.34-0.38 s a step)
     "default": ModelConfig(),
     # the design note's sizes
     "seed": ModelConfig(context=128, n_neurons=4096, d_state=256, k_active=128, n_steps=5,
