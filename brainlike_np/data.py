@@ -9,6 +9,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .backends import host
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
@@ -66,6 +68,15 @@ def load_text_file(path: str) -> Corpus:
     cut = int(len(data) * (1.0 - VALID_FRACTION))
     tokens = host.as_tokens(data)
     return Corpus(path, tokens[:cut], tokens[cut:])
+
+
+def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int = 0):
+    """Uniformly random host tokens x ``[B, T]`` and targets y ``[B]`` (int64), for tests
+    and benchmarks that need inputs of a shape rather than text."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab_size, size=(batch_size, context))                # [B, T]
+    y = rng.integers(0, vocab_size, size=batch_size)                           # [B]
+    return x, y
 
 
 def load_corpus(path: str | None = None) -> Corpus:
