@@ -55,7 +55,7 @@ class Backend:
     # ---- arrays in and out -------------------------------------------------------
     def asarray(self, host_array, dtype=None):
         """A host (NumPy) array as an array of this backend, on its device."""
-        x = self.xp.asarray(np.ascontiguousarray(host_array), device=self.device)
+        x = self.xp.asarray(np.asarray(host_array, order="C"), device=self.device)   # keeps 0-d
         return x if dtype is None else self.xp.astype(x, dtype)
 
     def to_numpy(self, x) -> np.ndarray:

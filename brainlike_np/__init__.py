@@ -8,18 +8,19 @@ Importing this package is light: no GPU library is imported until a GPU backend 
 
     import brainlike_np as bl
     backend = bl.get_backend("numpy")
-    state = bl.TrainState.create("brainlike", bl.preset("tiny"), backend, seed=0)
+    state = bl.TrainState.create("brainlike", bl.get_preset("brainlike", "tiny"), backend,
+                                 bl.TrainSettings(seed=0))
 """
 
-from . import model
 from .backends import Backend, BackendError, get_backend
 from .checkpoint import CheckpointError
-from .config import ConfigError, ModelConfig, preset
+from .config import ConfigError
 from .data import load_corpus
-from .training import TrainingDiverged, TrainState
+from .models import MODELS, get_model, get_preset
+from .train_state import TrainingDiverged, TrainSettings, TrainState
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "BackendError", "CheckpointError", "ConfigError", "ModelConfig",
-           "TrainState", "TrainingDiverged", "__version__", "get_backend",
-           "load_corpus", "model", "preset"]
+__all__ = ["MODELS", "Backend", "BackendError", "CheckpointError", "ConfigError",
+           "TrainSettings", "TrainState", "TrainingDiverged", "__version__", "get_backend",
+           "get_model", "get_preset", "load_corpus"]

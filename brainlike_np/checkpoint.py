@@ -6,24 +6,30 @@ Entries:
 - ``meta.json``: a ``uint8`` array holding UTF-8 JSON: ``format``, ``model`` (the model
   kind), ``config`` (the model config fields), ``step``, ``optimizer`` (AdamW
   hyper-parameters and step), ``rng`` (the data sampler's NumPy bit-generator state),
-  ``train`` (the training arguments) and ``metrics`` (the last evaluation).
+  ``train`` (the training settings, ``TrainSettings``) and ``metrics`` (the last
+  evaluation).
 
     import json, numpy as np
     ck = np.load("out/ckpt.npz")
     meta = json.loads(ck["meta.json"].tobytes())
     W_dec = ck["params/W_dec"]
 
-Writes are atomic (temporary file, fsync, rename): a crash mid-write leaves the
-previous checkpoint intact.
+Writes are atomic (temporary file, fsync, rename): a crash or a full disk mid-write
+leaves the previous checkpoint intact, and a state holding NaN or infinity is never
+written.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import tempfile
 import zipfile
 
-from .backends import host
+import numpy as np
 
-FORMAT = "brainlike-np/1"
+FORMAT = "brainlike-np/2"   # 2: execution path in the config, training settings in "train"
 
 
 class CheckpointError(ValueError):
@@ -31,18 +37,26 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str, params: dict, optimizer, meta: dict, backend) -> None:
+    """Write the state atomically; CheckpointError, and the file at ``path`` untouched,
+    if any array holds a NaN or an infinity: a diverged state never replaces a good one."""
     arrays = {f"params/{n}": backend.to_numpy(v) for n, v in params.items()}
     for name in optimizer.m:
         arrays[f"adam_m/{name}"] = backend.to_numpy(optimizer.m[name])
         arrays[f"adam_v/{name}"] = backend.to_numpy(optimizer.v[name])
-    host.save_npz_atomic(path, arrays, {"format": FORMAT, **meta,
+    not_finite = [key for key, a in arrays.items() if not np.all(np.isfinite(a))]
+    if not_finite:
+        raise CheckpointError(
+            f"not saving '{path}': {', '.join(not_finite[:3])} hold NaN or infinite values "
+            "(training diverged); the last checkpoint is kept: lower --lr or raise --warmup "
+            "and resume from it")
+    save_npz_atomic(path, arrays, {"format": FORMAT, **meta,
                                         "optimizer": optimizer.state()})
 
 
 def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
     """-> (params, adam_m, adam_v, meta), as host arrays; CheckpointError if unusable."""
     try:
-        arrays, meta = host.load_npz(path)
+        arrays, meta = load_npz(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' does not exist; check the path, or "
                               "start without --resume") from None
@@ -53,7 +67,7 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
             "a new run") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{path}' has format {meta.get('format')!r}, "
-                              f"expected {FORMAT!r}")
+                              f"this version reads {FORMAT!r}; start a new run")
     groups = {"params": {}, "adam_m": {}, "adam_v": {}}
     for key, value in arrays.items():
         group, _, name = key.partition("/")
@@ -63,16 +77,58 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
     return groups["params"], groups["adam_m"], groups["adam_v"], meta
 
 
-def check_shapes(path: str, params: dict, expected_shapes: dict) -> None:
-    """Raise CheckpointError unless ``params`` has exactly the expected names and shapes."""
-    missing = set(expected_shapes) - set(params)
-    extra = set(params) - set(expected_shapes)
+def check_shapes(path: str, arrays: dict, expected_shapes: dict, what: str = "parameter") -> None:
+    """Raise CheckpointError unless ``arrays`` has exactly the expected names and shapes."""
+    missing = set(expected_shapes) - set(arrays)
+    extra = set(arrays) - set(expected_shapes)
     if missing or extra:
         raise CheckpointError(
-            f"checkpoint '{path}' does not match the model: missing "
+            f"checkpoint '{path}' does not match the model ({what}): missing "
             f"{sorted(missing) or 'nothing'}, unexpected {sorted(extra) or 'nothing'}")
     for name, shape in expected_shapes.items():
-        if tuple(params[name].shape) != tuple(shape):
+        if tuple(arrays[name].shape) != tuple(shape):
             raise CheckpointError(
-                f"checkpoint '{path}': parameter {name} has shape "
-                f"{tuple(params[name].shape)}, the config needs {tuple(shape)}")
+                f"checkpoint '{path}': {what} {name} has shape "
+                f"{tuple(arrays[name].shape)}, the config needs {tuple(shape)}")
+
+
+# ---- .npz archives: arrays plus a JSON entry ------------------------------------
+META_KEY = "meta.json"
+
+
+def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
+    """Write arrays plus a JSON ``meta`` entry to ``path`` atomically: a temporary file
+    in the same folder, fsync, then rename, so a crash never leaves a half-written file
+    in place of the previous one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    payload = dict(arrays)
+    payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())   # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_npz(path: str) -> tuple[dict, dict]:
+    """-> (arrays, meta). Raises ValueError/OSError/KeyError on a damaged file."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    return arrays, meta

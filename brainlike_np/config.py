@@ -1,22 +1,36 @@
-"""Model configuration: one frozen dataclass per model kind, validated, with named presets."""
+"""What every config dataclass shares: validation errors, dict round trips, overrides,
+and the one way to look a name up in a table of choices."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 
 
 class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and the fix."""
 
 
+def choose(table: dict, name: str, what: str, where: str = ""):
+    """``table[name]``, or ConfigError naming the valid choices: ``what`` says what the
+    name is ("model", "preset"), ``where`` where it was looked for (" for model 'x'")."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown {what} '{name}'{where}; choose one of: "
+                          f"{', '.join(map(str, table))}") from None
+
+
 class ConfigDict:
-    """Dict round-trips and overrides shared by the model kinds' config dataclasses."""
+    """Dict round trips and overrides for frozen config dataclasses."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict):
+        if not isinstance(values, dict):
+            raise ConfigError(f"a {cls.__name__} must be a mapping of fields, got "
+                              f"{type(values).__name__}")
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
@@ -26,49 +40,20 @@ class ConfigDict:
         """A copy with the given fields replaced (None means keep), validated again."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-
-@dataclass(frozen=True)
-class ModelConfig(ConfigDict):
-    vocab_size: int = 256      # V: bytes
-    context: int = 64          # T: the window the model reads
-    n_neurons: int = 1024      # N
-    d_state: int = 128         # D
-    k_active: int = 64         # k: neurons kept by top-k
-    n_steps: int = 5           # S: interaction steps
-    n_heads: int = 4           # h, with D % h == 0
-    tau: float = 0.01          # activation threshold for attending
-
-    def __post_init__(self):
-        for name in ("vocab_size", "context", "n_neurons", "d_state", "k_active", "n_heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_steps < 0:
-            raise ConfigError(f"n_steps must be 0 or more, got {self.n_steps}")
-        if self.k_active > self.n_neurons:
-            raise ConfigError(f"k_active ({self.k_active}) must be at most n_neurons "
-                              f"({self.n_neurons}): lower --k-active or raise --n-neurons")
-        if self.d_state % self.n_heads:
-            raise ConfigError(f"d_state ({self.d_state}) must be divisible by n_heads "
-                              f"({self.n_heads})")
-        if not 0.0 <= self.tau < 1.0:
-            raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
+    def check_types(self) -> None:
+        """ConfigError unless every field holds a value of its annotated type (``int``,
+        ``float``, ``str``; an int is accepted as a float; None where None is the
+        default); called by ``__post_init__``, so a damaged checkpoint or a wrong
+        library call is refused with the field's name."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            expected = _FIELD_TYPES[f.type]
+            ok = isinstance(value, expected) and not isinstance(value, bool)
+            if not ok:
+                raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
 
 
-PRESETS = {
-    # for tests: every code path, in milliseconds
-    "tiny": ModelConfig(context=8, n_neurons=32, d_state=8, k_active=6, n_steps=2, n_heads=2),
-    # 1200 steps of batch 64 train in about 8 minutes on 2 CPU cores (0.34-0.38 s a step)
-    "default": ModelConfig(),
-    # the design note's sizes
-    "seed": ModelConfig(context=128, n_neurons=4096, d_state=256, k_active=128, n_steps=5,
-                        n_heads=4),
-}
-
-PRESET_BATCH_SIZE = {"tiny": 4, "default": 64, "seed": 32}
-
-
-def preset(name: str) -> ModelConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from None
+# config field annotations (strings under ``from __future__ import annotations``) -> types
+_FIELD_TYPES = {"int": int, "float": (int, float), "str": str}

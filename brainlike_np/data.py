@@ -1,5 +1,9 @@
-"""Byte-level corpora: the default (the running Python's standard library sources) or
-any text file, split deterministically into train and validation."""
+"""Byte-level corpora on the host: the default (the running Python's standard library
+sources) or any text file, split deterministically into train and validation; windows
+drawn from them with a seeded NumPy generator; count-model baselines.
+
+Everything here is host-side NumPy (bytes in, ``uint8``/``int64`` arrays out), whatever
+the backend: batches go to the device with ``backend.asarray``."""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import math
 
-from .backends import host
+import numpy as np
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
 VALID_FRACTION = 0.1
@@ -54,7 +58,7 @@ def load_stdlib_corpus() -> Corpus:
     if not train or not valid:
         raise DataError(f"no Python sources found under {root}; pass --data FILE")
     return Corpus(f"python-stdlib ({root})",
-                  host.as_tokens(b"\n".join(train)), host.as_tokens(b"\n".join(valid)))
+                  as_tokens(b"\n".join(train)), as_tokens(b"\n".join(valid)))
 
 
 def load_text_file(path: str) -> Corpus:
@@ -66,7 +70,7 @@ def load_text_file(path: str) -> Corpus:
     if not data:
         raise DataError(f"data file '{path}' is empty; pass a text file with content")
     cut = int(len(data) * (1.0 - VALID_FRACTION))
-    tokens = host.as_tokens(data)
+    tokens = as_tokens(data)
     return Corpus(path, tokens[:cut], tokens[cut:])
 
 
@@ -81,3 +85,33 @@ def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int
 
 def load_corpus(path: str | None = None) -> Corpus:
     return load_stdlib_corpus() if path is None else load_text_file(path)
+
+
+def as_tokens(data: bytes) -> np.ndarray:
+    """Bytes as a ``uint8`` token array ``[n]``."""
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def sample_windows(tokens: np.ndarray, batch_size: int, context: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random windows x ``[B, T]`` (int64) and the byte after each, y ``[B]``."""
+    starts = rng.integers(0, tokens.shape[0] - context, size=batch_size)       # [B]
+    x = tokens[starts[:, None] + np.arange(context)[None, :]].astype(np.int64)  # [B, T]
+    y = tokens[starts + context].astype(np.int64)                               # [B]
+    return x, y
+
+
+def count_model_losses(train: np.ndarray, valid: np.ndarray) -> dict:
+    """Validation cross-entropy (nats/byte) of unigram and bigram count models fit on
+    ``train``, with add-one smoothing."""
+    unigram = np.bincount(train, minlength=256).astype(np.float64) + 1.0           # [256]
+    log_p1 = np.log(unigram / unigram.sum())
+    pairs = train[:-1].astype(np.int64) * 256 + train[1:]
+    bigram = np.bincount(pairs, minlength=256 * 256).reshape(256, 256) + 1.0        # [256, 256]
+    log_p2 = np.log(bigram / bigram.sum(axis=1, keepdims=True))
+    return {"unigram": float(-log_p1[valid].mean()),
+            "bigram": float(-log_p2[valid[:-1], valid[1:]].mean())}
+
+
+def nats_to_bits(nats: float) -> float:
+    return nats / math.log(2.0)

@@ -5,9 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .backends import BackendError, get_backend, host
+import numpy as np
+
+from .backends import BackendError, get_backend
 from .checkpoint import CheckpointError
-from .training import TrainState
+from .data import as_tokens
+from .train_state import TrainState
+
+
+def sample_from_logits(logits: np.ndarray, rng: np.random.Generator,
+                       temperature: float = 1.0, top_k: int = 0) -> int:
+    """One token from logits ``[V]``; temperature 0 is greedy, top_k 0 keeps all."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits / temperature
+    if 0 < top_k < scaled.shape[0]:
+        cutoff = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled >= cutoff, scaled, -np.inf)
+    probs = np.exp(scaled - scaled.max())
+    return int(rng.choice(scaled.shape[0], p=probs / probs.sum()))
 
 
 def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float = 0.8,
@@ -20,9 +37,9 @@ def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float 
     T = state.cfg.context
     out = bytearray(b"\n" * max(0, T - len(prompt)) + prompt)
     for _ in range(n_bytes):
-        window = host.as_tokens(bytes(out[-T:]))[None, :].astype("int64")   # [1, T]
+        window = as_tokens(bytes(out[-T:]))[None, :].astype("int64")   # [1, T]
         logits = state.next_logits(window)[0]                                # [V]
-        out.append(host.sample_from_logits(logits, rng, temperature, top_k))
+        out.append(sample_from_logits(logits, rng, temperature, top_k))
     return bytes(out[-n_bytes:]) if n_bytes else b""
 
 

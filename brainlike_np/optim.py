@@ -69,6 +69,24 @@ class AdamW:
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "weight_decay": self.weight_decay, "step": self.step}
 
+    @classmethod
+    def from_state(cls, state: dict, no_decay: frozenset) -> "AdamW":
+        """The optimizer ``state()`` describes, without moments; ValueError if a field is
+        missing, of the wrong type or out of range."""
+        if not isinstance(state, dict):
+            raise ValueError(f"optimizer state must be a mapping, got {type(state).__name__}")
+        numbers = {}
+        for name in ("beta1", "beta2", "eps", "weight_decay"):
+            value = state[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"optimizer {name} must be a finite number, got {value!r}")
+            numbers[name] = float(value)
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"optimizer step must be an integer >= 0, got {step!r}")
+        return cls(**numbers, no_decay=no_decay, step=step)
+
 
 def cosine_lr(step: int, base_lr: float, warmup: int, max_steps: int,
               min_ratio: float = 0.1) -> float:

@@ -1,8 +1,9 @@
-"""The trainer: ``python -m brainlike_np.train`` (see ``--help``).
+"""The trainer's command line: ``python -m brainlike_np.train`` (see ``--help``).
 
-With no arguments it trains the ``default`` preset on the default corpus (the running
-Python's standard library sources) on the backend named by ``$BRAINLIKE_BACKEND``.
-Output folder: ``ckpt.npz`` (see checkpoint.py) and ``metrics.jsonl``.
+With no arguments it trains the ``default`` preset of the brain-like model on the
+default corpus (the running Python's standard library sources) on the backend named by
+``$BRAINLIKE_BACKEND``. Output folder: ``ckpt.npz`` (see checkpoint.py) and
+``metrics.jsonl``. The training itself is the library in ``train_state.py``.
 """
 
 from __future__ import annotations
@@ -10,271 +11,336 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .backends import BackendError, get_backend, host
-from .checkpoint import CheckpointError
-from .config import PRESET_BATCH_SIZE, ConfigError
-from .data import DataError, load_corpus
+from .backends import BackendError, get_backend
 from .backends.distributed import DistributedError, SingleProcess, connect
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .data import DataError, count_model_losses, load_corpus, nats_to_bits, sample_windows
+from .models import MODELS, get_model, get_preset
 from .optim import cosine_lr
-from .training import MODELS, TrainingDiverged, TrainState, model_kind
+from .outdir import OutDir, OutDirError
+from .train_state import TrainingDiverged, TrainSettings, TrainState
 
-CHECKPOINT_NAME = "ckpt.npz"
-METRICS_NAME = "metrics.jsonl"
-EXIT_INTERRUPTED = 130
-
-# training settings: CLI flag -> default (None: taken from the preset)
-TRAIN_DEFAULTS = {
-    "preset": "default", "model": "brainlike", "path": "sparse", "batch_size": None,
-    "max_iters": 1200, "lr": 3e-3, "warmup": 100, "min_lr_ratio": 0.1,
-    "weight_decay": 0.01, "grad_clip": 1.0, "eval_every": 200, "eval_batches": 16,
-    "data": None, "seed": 0, "dtype": "float32",
-}
+EXIT_INTERRUPTED = 130      # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143       # SIGTERM (Slurm, Kubernetes, kill)
+DEFAULT_BATCH_SIZE = 32     # for presets that name none
 
 
-def config_fields() -> dict:
-    """Every model config field of every model kind: name -> type."""
-    fields = {}
-    for kind in MODELS.values():
-        for f in dataclasses.fields(kind.config_cls):
-            fields[f.name] = type(f.default)
-    return fields
-
-
+# ---------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m brainlike_np.train",
-        description="Train the brain-like sparse language model on bytes. "
-                    "Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
-    p.add_argument("--model", choices=list(MODELS), help="model kind (default brainlike)")
-    p.add_argument("--preset", help="named config: tiny, default, seed (default: default)")
-    p.add_argument("--path", choices=["sparse", "dense"], help="brain-like execution path")
-    p.add_argument("--max-iters", type=int, help="training steps (default 1200)")
-    p.add_argument("--batch-size", type=int, help="windows per step (default: the preset's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
-    p.add_argument("--warmup", type=int, help="linear warmup steps (default 100)")
-    p.add_argument("--min-lr-ratio", type=float, help="final lr / peak lr (default 0.1)")
-    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
-    p.add_argument("--grad-clip", type=float, help="global gradient norm limit (0: off)")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations (default 200)")
-    p.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
-    p.add_argument("--data", help="a text file to train on (default: Python stdlib sources)")
+        description="Train a byte-level language model (the brain-like sparse model by "
+                    "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
+    p.add_argument("--model", help=f"model: {', '.join(MODELS)} (default brainlike)")
+    p.add_argument("--preset", help="named model config, e.g. tiny, default, seed "
+                                    "(default: default)")
     p.add_argument("--out-dir", default="out", help="checkpoint and metrics folder (default out)")
-    p.add_argument("--seed", type=int, help="seed for weights and data (default 0)")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="parameter dtype")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
-                   help=f"continue from CKPT (default: <out-dir>/{CHECKPOINT_NAME})")
+                   help="continue from CKPT (default: <out-dir>/ckpt.npz); the settings "
+                        "given again replace the saved ones, except --data, --seed, --dtype "
+                        "and the model's")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of mpirun/srun (the 'distributed' extra); "
                         "--batch-size is the global batch")
-    group = p.add_argument_group("model config (override the preset)")
-    for name, typ in config_fields().items():
-        group.add_argument("--" + name.replace("_", "-"), type=typ, dest="cfg_" + name,
-                           metavar=name.upper())
+    group = p.add_argument_group("training settings")
+    for f in dataclasses.fields(TrainSettings):
+        default = "" if f.default is None else f" (default {f.default})"
+        group.add_argument(f"--{_flag(f.name)}", type=_parse_number(f.type), dest=f"train_{f.name}",
+                           metavar=f.name.upper(), help=f.metadata["help"] + default)
+    added = set()
+    for name, model in MODELS.items():
+        group = p.add_argument_group(f"{name} model config (overrides the preset)")
+        for f in dataclasses.fields(model.Config):
+            if f.name not in added:
+                group.add_argument(f"--{_flag(f.name)}", type=_parse_number(f.type),
+                                   dest=f"cfg_{f.name}", metavar=f.name.upper(),
+                                   help=f"default: the preset's ({getattr(model.PRESETS['default'], f.name)} "
+                                        "in the default preset)")
+                added.add(f.name)
     return p
 
 
-def resolve_settings(args, saved: dict | None) -> dict:
-    """Explicit flags win, then the resumed run's settings, then the defaults."""
-    settings = dict(TRAIN_DEFAULTS)
-    settings.update(saved or {})
-    for name in TRAIN_DEFAULTS:
-        if getattr(args, name, None) is not None:
-            settings[name] = getattr(args, name)
-    return settings
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
-def config_overrides(args) -> dict:
-    return {n: getattr(args, "cfg_" + n) for n in config_fields()
-            if getattr(args, "cfg_" + n) is not None}
+def _parse_number(type_name: str):
+    """argparse type for a config field: ints and floats parsed, floats must be finite."""
+    def parse_float(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        return value
+    return {"int": int, "float": parse_float}.get(type_name, str)
 
 
-def build_config(settings: dict, overrides: dict):
-    kind = model_kind(settings["model"])
-    if settings["preset"] not in kind.presets:
-        raise ConfigError(f"unknown preset '{settings['preset']}' for model "
-                          f"'{settings['model']}'; choose one of: {', '.join(kind.presets)}")
-    base = kind.presets[settings["preset"]]
-    known = {f.name for f in dataclasses.fields(kind.config_cls)}
-    unknown = set(overrides) - known
+def given(args, prefix: str) -> dict:
+    """The flags the user gave, with ``prefix`` removed from their names."""
+    return {k[len(prefix):]: v for k, v in vars(args).items()
+            if k.startswith(prefix) and v is not None}
+
+
+# ---------------------------------------------------------------------------------
+# set-up: everything is checked before any training time is spent
+# ---------------------------------------------------------------------------------
+@dataclass
+class Run:
+    state: TrainState
+    corpus: object
+    out: OutDir
+    batch_size: int
+
+
+def new_state(args, backend, corpus) -> TrainState:
+    model_name = args.model or "brainlike"
+    cfg = get_preset(model_name, args.preset or "default")
+    config_flags = given(args, "cfg_")
+    unknown = set(config_flags) - {f.name for f in dataclasses.fields(cfg)}
     if unknown:
-        raise ConfigError(f"model '{settings['model']}' has no config field(s) "
+        raise ConfigError(f"model '{model_name}' has no config field(s) "
                           f"{', '.join(sorted(unknown))}")
-    return base.with_overrides(**overrides)
+    cfg = cfg.with_overrides(**config_flags)
+    settings = TrainSettings(**given(args, "train_"))
+    if settings.batch_size is None:
+        batch = get_model(model_name).BATCH_SIZES.get(args.preset or "default", DEFAULT_BATCH_SIZE)
+        settings = dataclasses.replace(settings, batch_size=batch)
+    corpus.check_fits(cfg.context)
+    return TrainState.create(model_name, cfg, backend, settings)
 
 
-def check_resume_config(state: TrainState, overrides: dict, path: str) -> None:
-    current = state.cfg.to_dict()
-    for name, value in overrides.items():
-        if current.get(name) != value:
+def resumed_state(args, backend, path: str) -> TrainState:
+    state = TrainState.load(path, backend)
+    if args.model and args.model != state.model_name:
+        raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
+                              f"'{args.model}'; drop --model to resume it")
+    if args.preset:
+        raise ConfigError("--preset cannot change on --resume (the checkpoint holds the "
+                          "model's config); drop it, or start a new run in another --out-dir")
+    saved = state.cfg.to_dict()
+    for name, value in given(args, "cfg_").items():
+        if saved.get(name) != value:
             raise CheckpointError(
-                f"checkpoint '{path}' was trained with {name}={current.get(name)}, not "
-                f"{value}; drop --{name.replace('_', '-')} to resume it, or start a new "
-                "run in another --out-dir")
+                f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value}; "
+                f"drop --{_flag(name)} to resume it, or start a new run in another --out-dir")
+    state.with_settings(dataclasses.replace(state.settings, **given(args, "train_")))
+    return state
 
 
+def prepare(args, backend, out: OutDir) -> Run:
+    if args.resume is not None:
+        state = resumed_state(args, backend, args.resume or out.checkpoint)
+        corpus = load_corpus(state.settings.data)
+        corpus.check_fits(state.cfg.context)
+    else:
+        out.check_fresh()
+        corpus = load_corpus(given(args, "train_").get("data"))
+        state = new_state(args, backend, corpus)
+    return Run(state, corpus, out, state.settings.batch_size)
+
+
+def join_ranks(run: Run, comm) -> None:
+    """Give the state the communicator, after checking that the ranks agree."""
+    s = run.state.settings
+    if s.batch_size % comm.size:
+        raise ConfigError(f"--batch-size {s.batch_size} must be divisible by the number of "
+                          f"ranks ({comm.size}): each takes an equal slice")
+    comm.check_same("state (step, settings, data, sampler)", json.dumps(
+        [run.state.step, s.to_dict(), run.corpus.train.shape[0],
+         run.state.sampler.bit_generator.state]))
+    run.state.comm = comm
+
+
+# ---------------------------------------------------------------------------------
+# rank 0's duties: evaluation, logs, checkpoints
+# ---------------------------------------------------------------------------------
+class Reporter:
+    """Evaluates, logs and saves on rank 0; does nothing on the other ranks."""
+
+    def __init__(self, run: Run, root: bool):
+        self.run, self.root = run, root
+        s, state = run.state.settings, run.state
+        self.baselines = count_model_losses(run.corpus.train, run.corpus.valid) if root else {}
+        eval_rng = state.backend.rng(s.seed + 10_000)
+        self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
+                                            eval_rng) for _ in range(s.eval_batches)] if root else []
+        self.metrics = run.out.open_metrics(upto_step=state.step) if root else None
+
+    def banner(self, comm) -> None:
+        if not self.root:
+            return
+        state, s, corpus = self.run.state, self.run.state.settings, self.run.corpus
+        print(f"model {state.model_name} {state.cfg}\n"
+              f"backend {state.backend.name} (kernels: {state.backend.ops.name}), batch "
+              f"{s.batch_size}{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
+              f"{state.step}->{s.max_iters}, corpus {corpus.name}: {corpus.train.shape[0]:,} "
+              f"train / {corpus.valid.shape[0]:,} valid bytes\n"
+              f"baselines (valid, nats/byte): unigram {self.baselines['unigram']:.3f}, "
+              f"bigram {self.baselines['bigram']:.3f}", flush=True)
+
+    def log_step(self, record: dict) -> None:
+        if self.root:
+            self.metrics.write(record)
+
+    def evaluate_and_save(self, reason: str):
+        """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
+        never holds an evaluation whose checkpoint was not written."""
+        if not self.root:
+            return None
+        state = self.run.state
+        val = state.evaluate(self.eval_windows)
+        state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
+                         **{f"{k}_baseline": v for k, v in self.baselines.items()}}
+        state.save(self.run.out.checkpoint)
+        self.metrics.write(state.metrics)
+        tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
+                   f" | unigram {self.baselines['unigram']:.3f} | bigram "
+                   f"{self.baselines['bigram']:.3f} | {reason}")
+        return val
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+# ---------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------
 class StopFlag:
-    """Ctrl-C sets a flag the loop checks after each step; a second Ctrl-C aborts.
+    """Ctrl-C (SIGINT) and SIGTERM set a flag the loop checks after each step: it saves
+    and exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once, keeping the
+    last checkpoint on disk.
 
-    ``distributed``: SIGTERM sets it too (on Ctrl-C, Open MPI's mpirun sends every rank
-    SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM), and a second signal does
-    not abort: the launcher kills the ranks itself after its grace period."""
+    ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
+    every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
+    kills the ranks itself after its grace period."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, distributed=False):
-        self.requested = False
+        self.signum = None
         self.distributed = distributed
-        self.signals = (signal.SIGINT, signal.SIGTERM) if distributed else (signal.SIGINT,)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested and not self.distributed:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():
             signal.signal(s, previous)
 
 
-def prepare(args):
-    """-> (state, settings, corpus, checkpoint path); raises the user-facing errors."""
-    backend = get_backend()
-    ckpt_path = os.path.join(args.out_dir, CHECKPOINT_NAME)
-    overrides = config_overrides(args)
-    if args.resume is not None:
-        resume_path = args.resume or ckpt_path
-        state = TrainState.load(resume_path, backend)
-        check_resume_config(state, overrides, resume_path)
-        settings = resolve_settings(args, state.extra_meta.get("train"))
-        if settings["model"] != state.model_name:
-            raise CheckpointError(f"checkpoint '{resume_path}' holds a '{state.model_name}' "
-                                  f"model, not '{settings['model']}'")
-    else:
-        if os.path.exists(ckpt_path):
-            raise CheckpointError(
-                f"'{ckpt_path}' already exists; pass --resume to continue that run, or "
-                "choose another --out-dir (nothing was overwritten)")
-        settings = resolve_settings(args, None)
-        cfg = build_config(settings, overrides)
-        state = TrainState.create(settings["model"], cfg, backend, seed=settings["seed"],
-                                  path=settings["path"], dtype=settings["dtype"],
-                                  weight_decay=settings["weight_decay"],
-                                  grad_clip=settings["grad_clip"])
-    if settings["batch_size"] is None:
-        settings["batch_size"] = PRESET_BATCH_SIZE.get(settings["preset"], 32)
-    for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
-        if settings[name] <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, "
-                              f"got {settings[name]}")
-    corpus = load_corpus(settings["data"])
-    corpus.check_fits(state.cfg.context)
-    state.extra_meta["train"] = settings
-    return state, settings, corpus, ckpt_path
-
-
-def join_ranks(state, settings, corpus, comm) -> None:
-    """Give ``state`` the communicator, after checking that the ranks agree."""
-    if settings["batch_size"] % comm.size:
-        raise ConfigError(f"--batch-size {settings['batch_size']} must be divisible by the "
-                          f"number of ranks ({comm.size}): each takes an equal slice")
-    comm.check_same("state (step, settings, data, sampler)", json.dumps(
-        [state.step, settings, corpus.train.shape[0], state.sampler.bit_generator.state]))
-    state.comm = comm
-
-
-def run(args, comm) -> int:
-    state, s, corpus, ckpt_path = prepare(args)
-    join_ranks(state, s, corpus, comm)
-    root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
+def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
+    """Train up to max_iters; -> (exit code, last validation loss or None)."""
+    state, s = run.state, run.state.settings
     backend = state.backend
-    baselines = host.count_model_losses(corpus.train, corpus.valid)
-    eval_rng = backend.rng(s["seed"] + 10_000)
-    eval_windows = [host.sample_windows(corpus.valid, s["batch_size"], state.cfg.context,
-                                        eval_rng) for _ in range(s["eval_batches"])]
-    os.makedirs(args.out_dir, exist_ok=True)
-    metrics_file = open(os.path.join(args.out_dir, METRICS_NAME) if root else os.devnull, "a")
-    tokens_per_step = s["batch_size"] * state.cfg.context
-    if root:
-        print(f"model {state.model_name} ({state.path}) {state.cfg}\n"
-              f"backend {backend.name} (kernels: {backend.ops.name}), batch {s['batch_size']}"
-              f"{f' over {comm.size} ranks' if comm.size > 1 else ''}, "
-              f"steps {state.step}->{s['max_iters']}, corpus {corpus.name}: "
-              f"{corpus.train.shape[0]:,} train / {corpus.valid.shape[0]:,} valid bytes\n"
-              f"baselines (valid, nats/byte): unigram {baselines['unigram']:.3f}, "
-              f"bigram {baselines['bigram']:.3f}", flush=True)
-
-    def log(record):
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-
-    def evaluate_and_save(reason):
-        if not root:
-            return None
-        val = state.evaluate(eval_windows)
-        record = {"step": state.step, "val_loss": val, "val_bits_per_byte": host.nats_to_bits(val),
-                  **{f"{k}_baseline": v for k, v in baselines.items()}}
-        log(record)
-        state.save(ckpt_path, metrics=record)
-        tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({host.nats_to_bits(val):.3f} "
-                   f"bits/byte) | unigram {baselines['unigram']:.3f} | bigram "
-                   f"{baselines['bigram']:.3f} | {reason}")
-        return val
-
-    backend.memory.reset_peak()
-    started = time.perf_counter()
-    bar = tqdm(total=s["max_iters"], initial=state.step, disable=None if root else True,
+    tokens_per_step = s.batch_size * state.cfg.context
+    bar = tqdm(total=s.max_iters, initial=state.step, disable=None if reporter.root else True,
                mininterval=1.0, dynamic_ncols=True)
     val = None
     try:
-        with StopFlag(distributed=comm.size > 1) as stop:
-            while state.step < s["max_iters"]:
-                lr = cosine_lr(state.step, s["lr"], s["warmup"], s["max_iters"], s["min_lr_ratio"])
-                t0 = time.perf_counter()
-                x, y = state.sample_batch(corpus.train, s["batch_size"])   # the global batch
-                m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
-                backend.synchronize()
-                dt = time.perf_counter() - t0
-                peak = backend.memory.peak_bytes()
-                log({"step": state.step, "loss": m["loss"], "lr": lr, "grad_norm": m["grad_norm"],
-                     "tokens_per_s": tokens_per_step / dt, "peak_bytes": peak})
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
-                                peak_mb=f"{peak / 2**20:.0f}", refresh=False)
-                if comm.any_rank(stop.requested):    # every rank stops at the same step
-                    evaluate_and_save("interrupted: checkpoint saved")
-                    if root:
-                        print(f"interrupted at step {state.step}; resume with --resume "
-                              f"--out-dir {args.out_dir}", file=sys.stderr)
-                    return EXIT_INTERRUPTED
-                if state.step % s["eval_every"] == 0 or state.step == s["max_iters"]:
-                    val = evaluate_and_save("checkpoint saved")
-        if val is None:   # resumed at or past max_iters: report the current model
-            val = evaluate_and_save("checkpoint saved")
+        while state.step < s.max_iters:
+            lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
+            t0 = time.perf_counter()
+            x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+            m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
+            backend.synchronize()
+            dt = time.perf_counter() - t0
+            peak = backend.memory.peak_bytes()
+            reporter.log_step({"step": state.step, "loss": m["loss"], "lr": lr,
+                               "grad_norm": m["grad_norm"], "tokens_per_s": tokens_per_step / dt,
+                               "peak_bytes": peak})
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
+                            peak_mb=f"{peak / 2**20:.0f}", refresh=False)
+            if comm.any_rank(stop.requested):    # every rank stops at the same step
+                reporter.evaluate_and_save("interrupted: checkpoint saved")
+                if reporter.root:
+                    print(f"interrupted at step {state.step}; resume with --resume "
+                          f"--out-dir {run.out.path}", file=sys.stderr)
+                return stop.exit_code, None
+            if state.step % s.eval_every == 0 or state.step == s.max_iters:
+                val = reporter.evaluate_and_save("checkpoint saved")
     finally:
         bar.close()
-        metrics_file.close()
-    if not root:
-        return 0
-    wall = time.perf_counter() - started
-    print(f"done: {state.step} steps in {wall:.1f} s, peak array memory "
-          f"{backend.memory.peak_bytes() / 2**20:.1f} MiB; valid loss {val:.4f} nats/byte "
-          f"({host.nats_to_bits(val):.3f} bits/byte) vs unigram {baselines['unigram']:.3f}, "
-          f"bigram {baselines['bigram']:.3f}; checkpoint {ckpt_path}")
-    return 0
+    if val is None:   # resumed at or past max_iters: report the current model
+        val = reporter.evaluate_and_save("checkpoint saved")
+    return 0, val
 
 
+def run(args, comm) -> int:
+    backend = get_backend()
+    root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
+    with OutDir(args.out_dir, writer=root) as out:
+        job = prepare(args, backend, out)
+        join_ranks(job, comm)
+        reporter = Reporter(job, root)
+        reporter.banner(comm)
+        backend.memory.reset_peak()
+        started = time.perf_counter()
+        try:
+            with StopFlag(distributed=comm.size > 1) as stop:
+                code, val = train_loop(job, reporter, comm, stop)
+            peak = backend.memory.peak_bytes()
+        finally:
+            reporter.close()
+            backend.memory.stop()
+    if root and code == 0:
+        b = reporter.baselines
+        print(f"done: {job.state.step} steps in {time.perf_counter() - started:.1f} s, peak "
+              f"array memory {peak / 2**20:.1f} MiB; valid loss "
+              f"{val:.4f} nats/byte ({nats_to_bits(val):.3f} bits/byte) vs unigram "
+              f"{b['unigram']:.3f}, bigram {b['bigram']:.3f}; checkpoint {out.checkpoint}")
+    return code
+
+
+# ---------------------------------------------------------------------------------
+# errors: one line for the user, the whole job ended on any rank's failure
+# ---------------------------------------------------------------------------------
 USER_ERRORS = (BackendError, ConfigError, DataError, CheckpointError, TrainingDiverged,
-               DistributedError)
+               DistributedError, OutDirError)
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for the user; the traceback too when it is a bug, not a user error."""
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" '{exc.filename}'" if exc.filename else ""
+        return (f"{exc.strerror or exc}{where}: check that the path exists, is writable "
+                "and its disk has space; the last checkpoint on disk is intact")
+    if isinstance(exc, MemoryError):
+        return ("out of memory: lower --batch-size, --eval-batches or the model's size; "
+                "the last checkpoint on disk is intact")
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted outside a training step; the last checkpoint on disk is intact"
+    traceback.print_exc()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_distributed(args) -> int:
@@ -293,29 +359,19 @@ def run_distributed(args) -> int:
         comm.abort(1)
 
 
-def failure_message(exc: BaseException) -> str:
-    """One line for the user; the traceback too when it is a bug, not a user error."""
-    if isinstance(exc, USER_ERRORS):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted outside a training step; the last checkpoint on disk is intact"
-    traceback.print_exc()
-    return f"{type(exc).__name__}: {exc}"
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.distributed:
         return run_distributed(args)
     try:
         return run(args, SingleProcess())
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("aborted by a second Ctrl-C; the last checkpoint on disk is intact",
+        print("error: aborted by a second Ctrl-C; the last checkpoint on disk is intact",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (Exception, MemoryError) as exc:
+        print(f"error: {failure_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

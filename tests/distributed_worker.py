@@ -13,7 +13,7 @@ import signal
 import sys
 
 from brainlike_np import train
-from brainlike_np.training import TrainState
+from brainlike_np.train_state import TrainState
 
 
 def fail_by_raising(step):

@@ -1,6 +1,8 @@
-"""Central finite differences in float64, on the host, for checking hand-written backprop."""
+"""Central finite differences in float64, on the host, for checking hand-written backprop,
+and the cross-backend agreement check."""
 
 import numpy as np
+import pytest
 
 
 def numeric_grad(loss_of, arrays, which, eps=1e-6):
@@ -29,6 +31,39 @@ def assert_close(actual, expected, rtol=1e-6, atol=1e-8, what=""):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
+def assert_model_gradients_match(backend, model, cfg, params, x, y, eps=1e-6, seed=2):
+    """A model's ``loss_and_grads`` against central differences of its loss, in float64:
+    along a random direction over all parameters at once (rel 1e-6), and per tensor at
+    its largest-gradient entry and a random one (rel 1e-5)."""
+    f64 = backend.dtype("float64")
+    _, grads = model.loss_and_grads(params, x, y, cfg, backend.ops)
+    host = {n: backend.to_numpy(v) for n, v in params.items()}
+    grads = {n: backend.to_numpy(g) for n, g in grads.items()}
+    assert set(grads) == set(host)
+
+    def loss_at(values):
+        p = {n: backend.asarray(v, f64) for n, v in values.items()}
+        return model.loss_and_grads(p, x, y, cfg, backend.ops)[0]
+
+    def central_difference(shifted):
+        return (loss_at(shifted(eps)) - loss_at(shifted(-eps))) / (2 * eps)
+
+    rng = np.random.default_rng(seed)
+    direction = {n: rng.standard_normal(v.shape) for n, v in host.items()}
+    numeric = central_difference(lambda s: {n: host[n] + s * direction[n] for n in host})
+    analytic = sum(float(np.sum(grads[n] * direction[n])) for n in host)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+    for name, value in host.items():
+        for i in {int(np.argmax(np.abs(grads[name]))), int(rng.integers(value.size))}:
+            def shifted(s):
+                moved = value.copy()
+                moved.reshape(-1)[i] += s
+                return {**host, name: moved}
+            assert grads[name].reshape(-1)[i] == pytest.approx(
+                central_difference(shifted), rel=1e-5, abs=1e-8), f"{name}[{i}]"
+
+
 # float32: sums are reordered between implementations (Numba kernels vs the reference,
 # BLAS blockings), so 1e-4 relative; float64 agrees to rounding.
 CROSS_BACKEND_TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -52,11 +87,18 @@ def assert_matches_numpy_backend(backend, dtype_name, loss_and_grads_on):
                                    atol=tol, err_msg=name)
 
 
-def perturbed_params(backend, init_params, cfg, seed=1):
+def perturbed_params(backend, model, cfg, seed=1):
     """float64 initial parameters plus N(0, 0.3^2) noise, so zero- or one-initialised ones
     (Wo, gains, biases) are generic points for a gradient check."""
-    params = init_params(cfg, backend, seed=seed, dtype="float64")
+    params = model.init_params(cfg, backend, seed=seed, dtype="float64")
     rng = np.random.default_rng(seed + 100)
     return {n: backend.asarray(backend.to_numpy(v) + 0.3 * rng.standard_normal(v.shape),
                                backend.dtype("float64"))
             for n, v in params.items()}
+
+
+def device_batch(backend, cfg, batch_size=3, seed=0):
+    """Random tokens for ``cfg`` on ``backend``: x ``[B, T]``, y ``[B]``."""
+    from brainlike_np.data import random_batch
+    x, y = random_batch(batch_size, cfg.context, cfg.vocab_size, seed)
+    return backend.asarray(x), backend.asarray(y)

@@ -18,7 +18,7 @@ import pytest
 
 from brainlike_np import train
 from brainlike_np.backends import get_backend
-from brainlike_np.training import TrainState
+from brainlike_np.train_state import TrainState
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")

@@ -10,7 +10,7 @@ import pytest
 
 import brainlike_np.generate as gen
 from brainlike_np import train
-from brainlike_np.training import TrainState
+from brainlike_np.train_state import TrainState
 from brainlike_np.backends import get_backend
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from . import layers as L
-from .backends import device_of, get_namespace
-from .config import ConfigDict, ConfigError
+from .. import layers as L
+from ..backends import device_of, get_namespace
+from ..config import ConfigDict, ConfigError
 
 # gains get no weight decay
 NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})
@@ -49,6 +49,7 @@ class TransformerConfig(ConfigDict):
     d_mlp: int = 512           # F
 
     def __post_init__(self):
+        self.check_types()
         for f in fields(self):
             if getattr(self, f.name) <= 0:
                 raise ConfigError(f"{f.name} must be positive, got {getattr(self, f.name)}")
@@ -57,22 +58,18 @@ class TransformerConfig(ConfigDict):
                               f"({self.n_heads})")
 
 
+Config = TransformerConfig
+
 PRESETS = {
     # for tests: every code path, in milliseconds
-    "tiny": TransformerConfig(context=8, d_model=8, n_layers=2, n_heads=2, d_mlp=16),
+    "tiny": Config(context=8, d_model=8, n_layers=2, n_heads=2, d_mlp=16),
     # about the brain-like default's parameter count (0.86M vs 0.96M) and context
-    "default": TransformerConfig(),
+    "default": Config(),
     # the design note's Transformer
-    "note": TransformerConfig(context=128, d_model=512, n_layers=12, n_heads=8, d_mlp=2048),
+    "note": Config(context=128, d_model=512, n_layers=12, n_heads=8, d_mlp=2048),
 }
-
-
-def preset(name: str) -> TransformerConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown transformer preset '{name}'; "
-                          f"choose one of: {', '.join(PRESETS)}") from None
+BATCH_SIZES = {"tiny": 4, "default": 64, "note": 32}
+EXECUTION_OPTIONS: dict = {}
 
 
 # ---------------------------------------------------------------------------------
@@ -255,7 +252,7 @@ def head_backward(dlogits, cache, grads):
 
 
 # ---------------------------------------------------------------------------------
-# the whole model (same API as brainlike_np.model)
+# the whole model (the interface in models/__init__.py)
 # ---------------------------------------------------------------------------------
 def forward(p, x, cfg: TransformerConfig, ops):
     """tokens x ``[B, T']`` -> (logits at every position ``[B, T', V]``, cache)."""
@@ -278,11 +275,7 @@ def backward(dlogits, p, cache, cfg: TransformerConfig, ops) -> dict:
 
 def next_logits(p, x, cfg: TransformerConfig, ops):
     """Logits for the byte after each window: x ``[B, T']`` -> ``[B, V]``."""
-    xp = get_namespace(p["W_out"])
-    B, T = x.shape
-    X, _ = trunk_forward(p, x, cfg, ops)                            # [B*T, D]
-    last = xp.reshape(X, (B, T, cfg.d_model))[:, -1, :]             # [B, D]
-    return head_forward(p, last)[0]
+    return forward(p, x, cfg, ops)[0][:, -1, :]
 
 
 def loss(p, x, y, cfg: TransformerConfig, ops) -> float:

@@ -21,9 +21,11 @@ non-selected neurons held at zero. Both give the same logits and gradients.
 
 from __future__ import annotations
 
-from . import layers as L
-from .backends import device_of, get_namespace
-from .config import ModelConfig
+from dataclasses import dataclass
+
+from .. import layers as L
+from ..backends import device_of, get_namespace
+from ..config import ConfigDict, ConfigError
 
 PATHS = ("sparse", "dense")
 # gains and biases get no weight decay
@@ -31,9 +33,59 @@ NO_DECAY = frozenset({"b_e", "g_t", "g_x", "g", "b_u", "b_a", "g_f", "b_dec"})
 
 
 # ---------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BrainlikeConfig(ConfigDict):
+    vocab_size: int = 256      # V: bytes
+    context: int = 64          # T: the window the model reads
+    n_neurons: int = 1024      # N
+    d_state: int = 128         # D
+    k_active: int = 64         # k: neurons kept by top-k
+    n_steps: int = 5           # S: interaction steps
+    n_heads: int = 4           # h, with D % h == 0
+    tau: float = 0.01          # activation threshold for attending
+    # execution options: how to compute, not what (every choice gives the same result)
+    path: str = "sparse"       # "sparse": [B, k, D] active set; "dense": [B, N, D]
+
+    def __post_init__(self):
+        self.check_types()
+        for name in ("vocab_size", "context", "n_neurons", "d_state", "k_active", "n_heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_steps < 0:
+            raise ConfigError(f"n_steps must be 0 or more, got {self.n_steps}")
+        if self.k_active > self.n_neurons:
+            raise ConfigError(f"k_active ({self.k_active}) must be at most n_neurons "
+                              f"({self.n_neurons}): lower --k-active or raise --n-neurons")
+        if self.d_state % self.n_heads:
+            raise ConfigError(f"d_state ({self.d_state}) must be divisible by n_heads "
+                              f"({self.n_heads})")
+        if not 0.0 <= self.tau < 1.0:
+            raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
+        if self.path not in PATHS:
+            raise ConfigError(f"unknown path '{self.path}'; choose one of: {', '.join(PATHS)}")
+
+
+Config = BrainlikeConfig
+
+PRESETS = {
+    # for tests: every code path, in milliseconds
+    "tiny": Config(context=8, n_neurons=32, d_state=8, k_active=6, n_steps=2, n_heads=2),
+    # 1200 steps of batch 64 train in about 8 minutes on 2 CPU cores (0.34-0.38 s a step)
+    "default": Config(),
+    # the design note's sizes
+    "seed": Config(context=128, n_neurons=4096, d_state=256, k_active=128, n_steps=5,
+                   n_heads=4),
+}
+BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32}
+EXECUTION_OPTIONS = {"path": ("dense",)}
+
+
+# ---------------------------------------------------------------------------------
 # parameters
 # ---------------------------------------------------------------------------------
-def param_shapes(cfg: ModelConfig) -> dict:
+def param_shapes(cfg: Config) -> dict:
     V, T, N, D = cfg.vocab_size, cfg.context, cfg.n_neurons, cfg.d_state
     return {
         "E": (V, N), "P": (T, N), "b_e": (N,),
@@ -46,7 +98,7 @@ def param_shapes(cfg: ModelConfig) -> dict:
     }
 
 
-def _init_std(name: str, shape: tuple, cfg: ModelConfig) -> float | str:
+def _init_std(name: str, shape: tuple, cfg: Config) -> float | str:
     """Standard deviation of a parameter's initial normal, or "zeros" / "ones"."""
     if name in ("E", "U", "Etok", "Epos"):
         return 1.0
@@ -63,7 +115,7 @@ def _init_std(name: str, shape: tuple, cfg: ModelConfig) -> float | str:
     return (1.0 / shape[0]) ** 0.5     # every other matrix / vector: N(0, 1/fan_in)
 
 
-def init_params(cfg: ModelConfig, backend, seed: int = 0, dtype: str = "float32") -> dict:
+def init_params(cfg: Config, backend, seed: int = 0, dtype: str = "float32") -> dict:
     """Initial parameters, drawn on the host: the same seed gives the same weights
     on every backend."""
     return backend.init_params(param_shapes(cfg), lambda n, s: _init_std(n, s, cfg),
@@ -264,28 +316,26 @@ def decoder_backward(dlogits, p, cache, cfg, grads, ops):
 # ---------------------------------------------------------------------------------
 # the whole model
 # ---------------------------------------------------------------------------------
-def forward(p, x, cfg: ModelConfig, ops, path: str = "sparse"):
+def forward(p, x, cfg: Config, ops):
     """tokens x ``[B, T']`` (T' <= T) -> (logits ``[B, V]``, cache for ``backward``)."""
-    if path == "sparse":
+    if cfg.path == "sparse":
         a, U_rows, idx, cenc = encoder_sparse_forward(p, x, cfg, ops)
         selected = None
-    elif path == "dense":
+    else:
         a, U_rows, selected, cenc = encoder_dense_forward(p, x, cfg, ops)
         idx = None
-    else:
-        raise ValueError(f"unknown path '{path}'; choose one of: {', '.join(PATHS)}")
     H, cread = input_read_forward(p, a, U_rows, x, cfg, ops)
     steps = []
     for _ in range(cfg.n_steps):
         H, a, cs = step_forward(p, H, a, cfg, selected)
         steps.append(cs)
     logits, cdec = decoder_forward(p, H, a, idx, cfg, ops)
-    return logits, (path, cenc, cread, steps, cdec)
+    return logits, (cenc, cread, steps, cdec)
 
 
-def backward(dlogits, p, cache, cfg: ModelConfig, ops) -> dict:
+def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
     """-> grads, a dict with one entry per parameter."""
-    path, cenc, cread, steps, cdec = cache
+    cenc, cread, steps, cdec = cache
     grads = {}
     dH, da = decoder_backward(dlogits, p, cdec, cfg, grads, ops)
     for cs in reversed(steps):
@@ -293,7 +343,7 @@ def backward(dlogits, p, cache, cfg: ModelConfig, ops) -> dict:
         da = None      # earlier activations only set the next step's key mask
     da_read, dU_rows = input_read_backward(dH, p, cread, grads, ops)
     da_enc = da_read if da is None else da + da_read
-    encoder_backward = encoder_sparse_backward if path == "sparse" else encoder_dense_backward
+    encoder_backward = encoder_sparse_backward if cfg.path == "sparse" else encoder_dense_backward
     encoder_backward(da_enc, dU_rows, p, cenc, grads, ops)
     for name, value in p.items():      # parameters unused by this config (S = 0)
         if name not in grads:
@@ -301,19 +351,19 @@ def backward(dlogits, p, cache, cfg: ModelConfig, ops) -> dict:
     return grads
 
 
-def next_logits(p, x, cfg: ModelConfig, ops, path: str = "sparse"):
+def next_logits(p, x, cfg: Config, ops):
     """Logits of the byte after each window: x ``[B, T']`` -> ``[B, V]``."""
-    return forward(p, x, cfg, ops, path)[0]
+    return forward(p, x, cfg, ops)[0]
 
 
-def loss(p, x, y, cfg: ModelConfig, ops, path: str = "sparse") -> float:
+def loss(p, x, y, cfg: Config, ops) -> float:
     """Mean cross-entropy without the backward pass (for evaluation)."""
-    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops, path), y)[0])
+    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
 
 
-def loss_and_grads(p, x, y, cfg: ModelConfig, ops, path: str = "sparse"):
+def loss_and_grads(p, x, y, cfg: Config, ops):
     """Mean cross-entropy of the next byte ``y`` ``[B]`` given windows ``x`` ``[B, T]``."""
-    logits, cache = forward(p, x, cfg, ops, path)
+    logits, cache = forward(p, x, cfg, ops)
     loss, closs = L.cross_entropy_forward(logits, y)
     grads = backward(L.cross_entropy_backward(1.0, closs), p, cache, cfg, ops)
     return float(loss), grads

@@ -1,0 +1,73 @@
+"""The model registry and the interface every model module follows.
+
+A model is a module (``brainlike.py``, ``transformer.py``) that provides what
+:class:`Model` lists; the trainer, the generator, the benches and the generic tests use
+nothing else. Adding a model variant is one new module here plus one line in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..config import choose
+from . import brainlike, transformer
+
+
+class Model(Protocol):
+    """What a model module provides (read ``brainlike.py`` for a full example).
+
+    Shapes: x ``[B, T']`` int tokens (T' <= the config's context), y ``[B]`` the byte
+    after each window, p a dict ``name -> array`` on a backend, ``ops`` the backend's
+    hot-path operations (``backend.ops``).
+    """
+
+    Config: type
+    """Frozen config dataclass (a :class:`~brainlike_np.config.ConfigDict`), validated in
+    ``__post_init__``. Execution options (how to compute, not what) are fields too, so
+    they are saved, validated and resumed with the rest."""
+    PRESETS: dict
+    """name -> Config; every model has a ``"tiny"`` preset (the generic tests use it)
+    and a ``"default"`` one (what the trainer runs without flags)."""
+    BATCH_SIZES: dict
+    """preset name -> the trainer's default batch size for it."""
+    EXECUTION_OPTIONS: dict
+    """config field -> its values that must give the same loss and gradients as the
+    default (the generic tests check each one)."""
+    NO_DECAY: frozenset
+    """parameter names that get no weight decay (gains, biases)."""
+
+    def param_shapes(self, cfg) -> dict:
+        """name -> shape tuple, in the order parameters are drawn."""
+
+    def init_params(self, cfg, backend, seed: int = 0, dtype: str = "float32") -> dict:
+        """Initial parameters, drawn on the host (same seed, same weights on every backend)."""
+
+    def loss_and_grads(self, p, x, y, cfg, ops) -> tuple:
+        """-> (the training loss as a float, grads: one array per parameter)."""
+
+    def loss(self, p, x, y, cfg, ops):
+        """Mean cross-entropy of y given x, a float, without the backward: the
+        evaluation every model is scored on."""
+
+    def next_logits(self, p, x, cfg, ops):
+        """Logits ``[B, V]`` of the byte after each window."""
+
+
+MODELS = {
+    "brainlike": brainlike,
+    "transformer": transformer,
+}
+
+
+def get_model(name: str) -> Model:
+    """The model module registered as ``name``; ConfigError naming the choices if none."""
+    return choose(MODELS, name, "model")
+
+
+def get_preset(model_name: str, preset_name: str):
+    """The named preset config of a model."""
+    return choose(get_model(model_name).PRESETS, preset_name, "preset",
+                  f" for model '{model_name}'")
+
+
+__all__ = ["MODELS", "Model", "get_model", "get_preset"]

@@ -1,0 +1,217 @@
+"""Training as a library: :class:`TrainSettings` (the training hyper-parameters) and
+:class:`TrainState` (model, optimizer and data sampler): ``state.train_step(x, y, lr)``
+is one AdamW step; ``save``/``load`` write and read checkpoints that resume bit-for-bit.
+The command line around it is ``train.py``.
+
+    from brainlike_np import TrainState, TrainSettings, get_backend, get_preset
+    state = TrainState.create("brainlike", get_preset("brainlike", "tiny"),
+                              get_backend("numpy"), TrainSettings(seed=0))
+    x, y = state.sample_batch(corpus.train, batch_size=8)
+    metrics = state.train_step(x, y, lr=1e-3)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.distributed import SingleProcess
+from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
+from .config import ConfigDict, ConfigError
+from .data import sample_windows
+from .models import get_model
+from .optim import AdamW, clip_by_global_norm
+
+DTYPES = ("float32", "float64")
+
+
+def _setting(default, help_text):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class TrainSettings(ConfigDict):
+    """How a model is trained; saved in the checkpoint (``meta["train"]``). The fields in
+    ``FIXED`` define the run and cannot change on resume; the others can."""
+
+    batch_size: int = _setting(None, "windows per step, the global batch when distributed "
+                                     "(default: the preset's)")
+    max_iters: int = _setting(1200, "the step to train up to")
+    lr: float = _setting(3e-3, "peak learning rate")
+    warmup: int = _setting(100, "linear warmup steps")
+    min_lr_ratio: float = _setting(0.1, "final lr / peak lr of the cosine decay, in [0, 1]")
+    weight_decay: float = _setting(0.01, "AdamW decoupled weight decay")
+    grad_clip: float = _setting(1.0, "global gradient norm limit (0: off)")
+    eval_every: int = _setting(200, "steps between evaluations and checkpoints")
+    eval_batches: int = _setting(16, "validation batches per evaluation")
+    data: str = _setting(None, "a text file to train on (default: Python stdlib sources)")
+    seed: int = _setting(0, "seed for the weights and the data order")
+    dtype: str = _setting("float32", "parameter dtype: float32 or float64")
+
+    FIXED = ("data", "seed", "dtype")
+
+    def __post_init__(self):
+        self.check_types()
+        for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+        for name in ("warmup", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+                raise ConfigError(f"--{_flag(name)} must be a finite number "
+                                  f"{'above' if name == 'lr' else 'at least'} 0, got {value}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+def check_batch(x, y, vocab_size: int) -> None:
+    """ValueError unless host x ``[B, T]`` and y ``[B]`` are integer tokens in
+    ``[0, vocab_size)`` with B > 0: checked once on the host, so the device never has to."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or y.shape != x.shape[:1] or x.shape[0] == 0:
+        raise ValueError(f"a batch is x [B, T] and y [B] with B > 0, got {x.shape} and {y.shape}")
+    for name, a in (("x", x), ("y", y)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer tokens, got {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= vocab_size):
+            raise ValueError(f"{name} holds tokens outside [0, {vocab_size}): "
+                             f"{a.min()}..{a.max()}")
+
+
+@dataclass
+class TrainState:
+    model_name: str
+    cfg: object                      # the model's config dataclass
+    settings: TrainSettings
+    backend: object
+    params: dict
+    optimizer: AdamW
+    sampler: object                  # numpy Generator drawing training windows
+    step: int = 0
+    metrics: dict = field(default_factory=dict)   # the last evaluation's record
+    comm: object = field(default_factory=SingleProcess, repr=False)   # data-parallel ranks
+
+    @property
+    def model(self):
+        return get_model(self.model_name)
+
+    @classmethod
+    def create(cls, model_name: str, cfg, backend, settings: TrainSettings = TrainSettings()):
+        model = get_model(model_name)
+        if not isinstance(cfg, model.Config):
+            raise ConfigError(f"model '{model_name}' needs a {model.Config.__name__}, "
+                              f"got {type(cfg).__name__}")
+        params = model.init_params(cfg, backend, seed=settings.seed, dtype=settings.dtype)
+        optimizer = AdamW(weight_decay=settings.weight_decay, no_decay=model.NO_DECAY)
+        return cls(model_name, cfg, settings, backend, params, optimizer,
+                   backend.rng(settings.seed + 1))
+
+    def with_settings(self, settings: TrainSettings) -> None:
+        """Continue under new settings: those in ``TrainSettings.FIXED`` must not change
+        (ConfigError naming the flag); the others take effect from the next step."""
+        for name in TrainSettings.FIXED:
+            old, new = getattr(self.settings, name), getattr(settings, name)
+            if old != new:
+                raise ConfigError(f"this run was trained with --{_flag(name)} {old}, not {new}; "
+                                  f"drop --{_flag(name)} to resume it, or start a new run in "
+                                  "another --out-dir")
+        self.settings = settings
+        self.optimizer.weight_decay = settings.weight_decay
+
+    # ---- steps ------------------------------------------------------------------------
+    def sample_batch(self, tokens, batch_size):
+        """Host windows x ``[B, T]`` and next bytes y ``[B]`` from the sampler stream."""
+        return sample_windows(tokens, batch_size, self.cfg.context, self.sampler)
+
+    def train_step(self, x, y, lr: float) -> dict:
+        """One AdamW step on host batch (x, y) (this rank's slice of the global batch when
+        data-parallel); parameters are left untouched if the loss or the gradients are not
+        finite."""
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
+        check_batch(x, y, self.cfg.vocab_size)
+        xb, yb = self.backend.asarray(x), self.backend.asarray(y)
+        loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
+        loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
+        grads, norm = clip_by_global_norm(grads, self.settings.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise TrainingDiverged(
+                f"the loss became {loss} (gradient norm {norm}) at step {self.step + 1}; "
+                "lower --lr or raise --warmup, and resume from the last checkpoint")
+        self.params = self.optimizer.update(self.params, grads, lr)
+        self.step += 1
+        return {"loss": loss, "grad_norm": norm}
+
+    def evaluate(self, windows) -> float:
+        """Mean loss over a fixed list of host batches."""
+        total = 0.0
+        for x, y in windows:
+            check_batch(x, y, self.cfg.vocab_size)
+            total += self.model.loss(self.params, self.backend.asarray(x),
+                                     self.backend.asarray(y), self.cfg, self.backend.ops)
+        return total / len(windows)
+
+    def next_logits(self, x):
+        """Host logits ``[B, V]`` of the byte after each window in host x ``[B, T']``."""
+        logits = self.model.next_logits(self.params, self.backend.asarray(x), self.cfg,
+                                        self.backend.ops)
+        return self.backend.to_numpy(logits)
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def save(self, path: str) -> None:
+        save_checkpoint(path, self.params, self.optimizer, {
+            "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
+            "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
+            "metrics": self.metrics,
+        }, self.backend)
+
+    @classmethod
+    def load(cls, path: str, backend) -> "TrainState":
+        params, m, v, meta = load_checkpoint(path)
+        try:
+            model = get_model(meta["model"])
+            cfg = model.Config.from_dict(meta["config"])
+            settings = TrainSettings.from_dict(meta["train"])
+            sampler = backend.rng(0)
+            sampler.bit_generator.state = meta["rng"]
+            step = meta["step"]
+            optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
+            metrics = dict(meta.get("metrics") or {})
+            if not isinstance(step, int) or step < 0 or optimizer.step != step:
+                raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint '{path}' has incomplete or invalid metadata "
+                                  f"({type(exc).__name__}: {exc}); point --resume at another "
+                                  "file or start a new run") from None
+        shapes = model.param_shapes(cfg)
+        check_shapes(path, params, shapes)
+        dt = backend.dtype(settings.dtype)
+        if step:    # the moments exist after the first step, one per parameter
+            check_shapes(path, m, shapes, what="AdamW first moment")
+            check_shapes(path, v, shapes, what="AdamW second moment")
+        for group in (params, m, v):
+            for name, a in group.items():
+                if a.dtype != np.dtype(settings.dtype):
+                    raise CheckpointError(f"checkpoint '{path}': {name} is {a.dtype}, the run "
+                                          f"trains in {settings.dtype}")
+        optimizer.m = {n: backend.asarray(a, dt) for n, a in m.items()}
+        optimizer.v = {n: backend.asarray(a, dt) for n, a in v.items()}
+        return cls(meta["model"], cfg, settings, backend,
+                   {n: backend.asarray(a, dt) for n, a in params.items()}, optimizer, sampler,
+                   step=step, metrics=metrics)
