@@ -42,7 +42,7 @@ class ConfigDict:
 
     def check_types(self) -> None:
         """ConfigError unless every field holds a value of its annotated type (``int``,
-        ``float``, ``str``; an int is accepted as a float; None where None is the
+        ``float``, ``str``, ``bool``; an int is accepted as a float; None where None is the
         default); called by ``__post_init__``, so a damaged checkpoint or a wrong
         library call is refused with the field's name."""
         for f in fields(self):
@@ -50,10 +50,9 @@ class ConfigDict:
             if value is None and f.default is None:
                 continue
             expected = _FIELD_TYPES[f.type]
-            ok = isinstance(value, expected) and not isinstance(value, bool)
-            if not ok:
+            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, expected):
                 raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
 
 
 # config field annotations (strings under ``from __future__ import annotations``) -> types
-_FIELD_TYPES = {"int": int, "float": (int, float), "str": str}
+_FIELD_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}

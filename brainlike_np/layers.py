@@ -57,18 +57,26 @@ def linear_backward(dout, cache):
 # RMSNorm: y = x / sqrt(mean(x^2) + eps) * g
 # ---------------------------------------------------------------------------------
 def rmsnorm_forward(x, g):
-    """x ``[..., D]``, g ``[D]`` -> ``[..., D]``."""
+    """x ``[..., D]``, g ``[D]`` -> ``[..., D]``. The cache keeps the input (which its
+    producer keeps anyway) and the inverse norm ``[..., 1]``, not the normalised
+    output: ``rmsnorm_output`` rebuilds that in one pass."""
     xp = get_namespace(x)
     r = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)  # [..., 1]
-    xhat = x * r                                                           # [..., D]
-    return xhat * g, (xhat, r, g)
+    return (x * r) * g, (x, r, g)
+
+
+def rmsnorm_output(cache):
+    """The forward's output again, from its cache: ``[..., D]``."""
+    x, r, g = cache
+    return (x * r) * g
 
 
 def rmsnorm_backward(dout, cache):
     """-> (dx ``[..., D]``, dg ``[D]``)."""
     xp = get_namespace(dout)
-    xhat, r, g = cache
+    x, r, g = cache
     D = g.shape[0]
+    xhat = x * r                                                           # [..., D]
     dg = xp.sum(xp.reshape(dout * xhat, (-1, D)), axis=0)                 # [D]
     dxhat = dout * g                                                       # [..., D]
     # d/dx of x*r with r = (mean(x^2)+eps)^-1/2: r * (dxhat - xhat * mean(dxhat * xhat))
@@ -98,21 +106,6 @@ def tanh_forward(x):
 
 def tanh_backward(dout, y):
     return dout * (1.0 - y * y)
-
-
-def concat_forward(parts):
-    """Concatenate on the last axis; the cache is the widths."""
-    xp = get_namespace(*parts)
-    return xp.concat(parts, axis=-1), [p.shape[-1] for p in parts]
-
-
-def concat_backward(dout, widths):
-    """Split ``dout`` on the last axis back into the parts' widths."""
-    grads, start = [], 0
-    for w in widths:
-        grads.append(dout[..., start:start + w])
-        start += w
-    return grads
 
 
 # ---------------------------------------------------------------------------------
@@ -180,36 +173,39 @@ def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
     xq ``[B, Lq, D]`` (queries), xkv ``[B, Lk, D]`` (keys and values), W* ``[D, D]``,
     key_mask ``[B, Lk]`` bool (True = the key may be attended to) or None.
     A query whose keys are all masked gets a zero output and passes zero gradient.
-    -> out ``[B, Lq, D]``.
+    -> out ``[B, Lq, D]``, cache.
+
+    The cache keeps q, k, v and each query's log-sum-exp of its scores, not the
+    ``[B, h, Lq, Lk]`` probabilities, the heads or the inputs: the backward rebuilds the
+    probabilities from q, k and the log-sum-exp (as flash attention does) and takes the
+    inputs from the caller, who keeps or rebuilds them.
     """
     xp = get_namespace(xq, xkv)
-    q, cq = linear_forward(xq, Wq)                     # [B, Lq, D]
-    k, ck = linear_forward(xkv, Wk)                    # [B, Lk, D]
-    v, cv = linear_forward(xkv, Wv)                    # [B, Lk, D]
-    q, k, v = (split_heads(xp, t, n_heads) for t in (q, k, v))    # [B, h, L, d]
+    q, k, v = (split_heads(xp, linear_forward(x, W)[0], n_heads)
+               for x, W in ((xq, Wq), (xkv, Wk), (xkv, Wv)))          # [B, h, L, d]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ xp.matrix_transpose(k)) * scale      # [B, h, Lq, Lk]
-    probs = _masked_softmax(xp, scores, key_mask)      # [B, h, Lq, Lk]
-    heads = probs @ v                                  # [B, h, Lq, d]
-    out, co = linear_forward(merge_heads(xp, heads), Wo)          # [B, Lq, D]
-    cache = (cq, ck, cv, co, q, k, v, probs, scale, n_heads)
-    return out, cache
+    keep = None if key_mask is None else xp.astype(key_mask[:, None, None, :], q.dtype)
+    probs, lse = masked_softmax_forward(xp, (q @ xp.matrix_transpose(k)) * scale, keep)
+    out, _ = linear_forward(merge_heads(xp, probs @ v), Wo)        # [B, Lq, D]
+    return out, (q, k, v, lse, keep, scale, (Wq, Wk, Wv, Wo))
 
 
-def attention_backward(dout, cache):
-    """-> (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv."""
+def attention_backward(dout, cache, xq, xkv):
+    """dout ``[B, Lq, D]``; xq, xkv: the forward's inputs ->
+    (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv."""
     xp = get_namespace(dout)
-    cq, ck, cv, co, q, k, v, probs, scale, n_heads = cache
-    dmerged, dWo, _ = linear_backward(dout, co)                    # [B, Lq, D]
-    dheads = split_heads(xp, dmerged, n_heads)                    # [B, h, Lq, d]
-    dprobs = dheads @ xp.matrix_transpose(v)                       # [B, h, Lq, Lk]
+    q, k, v, lse, keep, scale, (Wq, Wk, Wv, Wo) = cache
+    probs = softmax_from_lse(xp, (q @ xp.matrix_transpose(k)) * scale, lse, keep)
+    dmerged, dWo, _ = linear_backward(dout, (merge_heads(xp, probs @ v), Wo, False))
+    dheads = split_heads(xp, dmerged, q.shape[1])                  # [B, h, Lq, d]
     dv = xp.matrix_transpose(probs) @ dheads                       # [B, h, Lk, d]
-    dscores = softmax_backward(probs, dprobs) * scale              # [B, h, Lq, Lk]
+    dscores = softmax_backward(probs, dheads @ xp.matrix_transpose(v)) * scale
+    del probs                                                      # [B, h, Lq, Lk]
     dq = dscores @ k                                               # [B, h, Lq, d]
     dk = xp.matrix_transpose(dscores) @ q                          # [B, h, Lk, d]
-    dxq, dWq, _ = linear_backward(merge_heads(xp, dq), cq)
-    dxk, dWk, _ = linear_backward(merge_heads(xp, dk), ck)
-    dxv, dWv, _ = linear_backward(merge_heads(xp, dv), cv)
+    dxq, dWq, _ = linear_backward(merge_heads(xp, dq), (xq, Wq, False))
+    dxk, dWk, _ = linear_backward(merge_heads(xp, dk), (xkv, Wk, False))
+    dxv, dWv, _ = linear_backward(merge_heads(xp, dv), (xkv, Wv, False))
     return dxq, dxk + dxv, dWq, dWk, dWv, dWo
 
 
@@ -232,20 +228,31 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True))
 
 
-def _masked_softmax(xp, scores, key_mask):
-    """Softmax over the last axis, over unmasked keys only; all-masked rows are zero.
+def _mask_scores(scores, keep):
+    """Masked scores get a -1e30 bias (``keep`` ``[B, 1, 1, Lk]`` 0/1, broadcast): cheaper
+    than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor."""
+    return scores if keep is None else scores + (keep - 1.0) * MASK_BIAS
 
-    Masking is by a 0 / -1e30 bias and a 0/1 factor on ``[B, 1, 1, Lk]``, broadcast:
-    cheaper than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor. A masked score
-    minus the row maximum is about -1e30, whose exp is exactly 0."""
-    if key_mask is None:
-        e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
-        return e / xp.sum(e, axis=-1, keepdims=True)
-    keep = xp.astype(key_mask[:, None, None, :], scores.dtype)         # [B, 1, 1, Lk] 0/1
-    biased = scores + (keep - 1.0) * MASK_BIAS                          # [B, h, Lq, Lk]
-    e = xp.exp(biased - xp.max(biased, axis=-1, keepdims=True)) * keep  # all-masked rows: 0
-    total = xp.sum(e, axis=-1, keepdims=True)                           # [B, h, Lq, 1]
-    return e / xp.where(total > 0, total, 1.0)
+
+def masked_softmax_forward(xp, scores, keep):
+    """Softmax over the last axis, over kept keys only -> (probs, log-sum-exp
+    ``[..., 1]``). A row with no kept key has probs 0 and log-sum-exp +inf. A masked
+    score minus the row maximum is about -1e30, whose exp is exactly 0."""
+    biased = _mask_scores(scores, keep)
+    top = xp.max(biased, axis=-1, keepdims=True)                        # [..., 1]
+    e = xp.exp(biased - top)
+    if keep is not None:
+        e = e * keep                                                    # all-masked rows: 0
+    total = xp.sum(e, axis=-1, keepdims=True)                           # [..., 1]
+    some = total > 0
+    safe_total = xp.where(some, total, 1.0)
+    return e / safe_total, xp.where(some, top + xp.log(safe_total), math.inf)
+
+
+def softmax_from_lse(xp, scores, lse, keep):
+    """The probabilities of ``masked_softmax_forward`` again, from the scores and the
+    saved log-sum-exp: one exp pass, no reduction (+inf rows give 0)."""
+    return xp.exp(_mask_scores(scores, keep) - lse)
 
 
 # ---------------------------------------------------------------------------------

@@ -64,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, model in MODELS.items():
         group = p.add_argument_group(f"{name} model config (overrides the preset)")
         for f in dataclasses.fields(model.Config):
-            if f.name not in added:
-                group.add_argument(f"--{_flag(f.name)}", type=_parse_number(f.type),
-                                   dest=f"cfg_{f.name}", metavar=f.name.upper(),
-                                   help=f"default: the preset's ({getattr(model.PRESETS['default'], f.name)} "
-                                        "in the default preset)")
-                added.add(f.name)
+            if f.name in added:
+                continue
+            added.add(f.name)
+            default = getattr(model.PRESETS["default"], f.name)
+            kind = (dict(action=argparse.BooleanOptionalAction) if f.type == "bool" else
+                    dict(type=_parse_number(f.type), metavar=f.name.upper()))
+            group.add_argument(f"--{_flag(f.name)}", dest=f"cfg_{f.name}", **kind,
+                               help=f"default: the preset's ({default} in 'default')")
     return p
 
 

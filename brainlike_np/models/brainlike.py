@@ -17,6 +17,13 @@ The sparse path computes on the gathered ``[B, k, D]`` active set. The dense pat
 the design note's version: states for all N neurons ``[B, N, D]``, attention over all
 N with non-selected or sub-threshold neurons masked as keys, and the activation of
 non-selected neurons held at zero. Both give the same logits and gradients.
+
+What the backward keeps (memory is the point of the model): each interaction step's
+cache holds its input state, q/k/v, each query's attention log-sum-exp, the message and
+the tanh output; normalised activations are rebuilt from the state and its saved inverse
+norm, attention probabilities from q, k and the log-sum-exp, and each step's cache is
+freed as the backward consumes it. ``recompute=True`` keeps only each step's input
+state and activation and redoes the step in the backward (llm.c keeps a similar switch).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class BrainlikeConfig(ConfigDict):
     tau: float = 0.01          # activation threshold for attending
     # execution options: how to compute, not what (every choice gives the same result)
     path: str = "sparse"       # "sparse": [B, k, D] active set; "dense": [B, N, D]
+    recompute: bool = False    # keep only each interaction step's input; redo the step
+                               # in the backward (less memory, about one more forward)
 
     def __post_init__(self):
         self.check_types()
@@ -79,7 +88,7 @@ PRESETS = {
                    n_heads=4),
 }
 BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32}
-EXECUTION_OPTIONS = {"path": ("dense",)}
+EXECUTION_OPTIONS = {"path": ("dense",), "recompute": (True,)}
 
 
 # ---------------------------------------------------------------------------------
@@ -161,7 +170,8 @@ def encoder_dense_forward(p, x, cfg, ops):
     P_used, n_positions = L.first_rows_forward(p["P"], T)           # [T, N]
     z = p["b_e"] + xp.sum(E_rows * P_used, axis=1)                   # [B, N]
     idx = ops.topk(z, cfg.k_active)                                  # [B, k]
-    selected = _selection_mask(xp, idx, N, z.dtype, ops)             # [B, N] 0/1
+    selected = _per_sample_scatter(xp.ones(idx.shape, dtype=z.dtype, device=device_of(z)),
+                                   idx, N, ops)                      # [B, N] 0/1
     s, cs = L.sigmoid_forward(z)
     a = s * selected                                                 # [B, N]
     return a, p["U"][None, :, :], selected, (E_rows, ce, cs, selected, P_used, n_positions)
@@ -178,12 +188,14 @@ def encoder_dense_backward(da, dU_rows, p, cache, grads, ops):
         _accumulate(grads, name, g)
 
 
-def _selection_mask(xp, idx, N, dtype, ops):
-    """1.0 where a neuron is among the row's top-k, else 0.0: ``[B, N]``."""
+def _per_sample_scatter(values, idx, N, ops):
+    """``out[b, idx[b, j]] = values[b, j]``, zero elsewhere: values, idx ``[B, k]`` ->
+    ``[B, N]`` (the ids of a row are distinct, as top-k's are)."""
+    xp = get_namespace(values)
     B, k = idx.shape
     flat = L.per_sample_flat_ids(xp, idx, N)                        # [B, k]
-    ones = xp.ones((B * k, 1), dtype=dtype, device=device_of(idx))
-    return xp.reshape(ops.scatter_add_rows(xp.reshape(flat, (-1,)), ones, B * N), (B, N))
+    out = ops.scatter_add_rows(xp.reshape(flat, (-1,)), xp.reshape(values, (B * k, 1)), B * N)
+    return xp.reshape(out, (B, N))
 
 
 # ---------------------------------------------------------------------------------
@@ -206,7 +218,8 @@ def input_read_backward(dH, p, cache, grads, ops):
     """-> (da ``[B, M]``, dU_rows ``[B, M, D]``)."""
     xp = get_namespace(dH)
     ct, cc, cq, cm, a, U_rows, n_positions = cache
-    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dH, cm)
+    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dH, cm, L.rmsnorm_output(cq),
+                                                       L.rmsnorm_output(cc))
     dH0_norm, dg_x = L.rmsnorm_backward(dXq, cq)
     dH0 = dH + dH0_norm                                              # [B, M, D]
     da = xp.sum(dH0 * U_rows, axis=-1)                               # [B, M]
@@ -224,36 +237,47 @@ def input_read_backward(dH, p, cache, grads, ops):
 # one interaction step (shared weights across the S steps)
 # ---------------------------------------------------------------------------------
 def step_forward(p, H, a, cfg, selected=None):
-    """H ``[B, M, D]``, a ``[B, M]`` -> new H, new a. ``selected`` ``[B, M]`` (dense
-    path) holds non-selected activations at zero."""
+    """H ``[B, M, D]``, a ``[B, M]`` -> new H, new a, cache. ``selected`` ``[B, M]``
+    (dense path) holds non-selected activations at zero.
+
+    The update's weight W_u ``[2D, D]`` is applied as two products (X @ W_u[:D] +
+    message @ W_u[D:]), so the ``[B, M, 2D]`` concat is never built. The cache keeps
+    the state H, the message and the tanh output; the normalised X is rebuilt from H
+    in the backward."""
+    D = H.shape[-1]
     X, cx = L.rmsnorm_forward(H, p["g"])                             # [B, M, D]
-    M, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
-                                key_mask=a > cfg.tau)                # [B, M, D]
-    cat, ccat = L.concat_forward([X, M])                             # [B, M, 2D]
-    Y, cy = L.linear_forward(cat, p["W_u"], p["b_u"])                # [B, M, D]
+    msg, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
+                                  key_mask=a > cfg.tau)              # [B, M, D]
+    Y = L.linear_forward(X, p["W_u"][:D, :], p["b_u"])[0] + L.linear_forward(
+        msg, p["W_u"][D:, :])[0]                                     # [B, M, D]
+    del X
     dH_t, ct = L.tanh_forward(Y)
     H_new = H + dH_t                                                 # [B, M, D]
     a_new, ca = readout_forward(p, H_new)                            # [B, M]
     if selected is not None:
         a_new = a_new * selected
-    return H_new, a_new, (cx, cm, ccat, cy, ct, ca, selected)
+    return H_new, a_new, (cx, cm, msg, ct, ca, selected)
 
 
 def step_backward(dH_new, da_new, p, cache, grads):
     """-> dH (the step's input state). ``da_new`` is None when the step's activation
     only feeds the next step's key mask, which is not differentiated."""
-    cx, cm, ccat, cy, ct, ca, selected = cache
+    xp = get_namespace(dH_new)
+    cx, cm, msg, ct, ca, selected = cache
+    D = dH_new.shape[-1]
     dH = dH_new
     if da_new is not None:
         if selected is not None:
             da_new = da_new * selected
         dH = dH + readout_backward(da_new, p, ca, grads)             # [B, M, D]
-    dcat, dW_u, db_u = L.linear_backward(L.tanh_backward(dH, ct), cy)
-    dX, dM = L.concat_backward(dcat, ccat)
-    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dM, cm)
+    dY = L.tanh_backward(dH, ct)                                     # [B, M, D]
+    X = L.rmsnorm_output(cx)                                         # [B, M, D]
+    dX, dW_x, db_u = L.linear_backward(dY, (X, p["W_u"][:D, :], True))
+    dmsg, dW_m, _ = L.linear_backward(dY, (msg, p["W_u"][D:, :], False))
+    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dmsg, cm, X, X)
     dH_norm, dg = L.rmsnorm_backward(dX + dXq + dXkv, cx)
-    for name, g in (("W_u", dW_u), ("b_u", db_u), ("Wq", dWq), ("Wk", dWk),
-                    ("Wv", dWv), ("Wo", dWo), ("g", dg)):
+    for name, g in (("W_u", xp.concat([dW_x, dW_m], axis=0)), ("b_u", db_u), ("Wq", dWq),
+                    ("Wk", dWk), ("Wv", dWv), ("Wo", dWo), ("g", dg)):
         _accumulate(grads, name, g)
     return dH + dH_norm
 
@@ -280,35 +304,29 @@ def readout_backward(da, p, cache, grads):
 # ---------------------------------------------------------------------------------
 def decoder_forward(p, H, a, idx, cfg, ops):
     """H ``[B, M, D]``, a ``[B, M]`` -> logits ``[B, V]``. ``idx`` ``[B, k]`` on the
-    sparse path (rows of W_dec are gathered), None on the dense path (M == N)."""
-    F, cf = L.rmsnorm_forward(H, p["g_f"])                           # [B, M, D]
+    sparse path (the activations are scattered to ``[B, N]`` for one product with
+    W_dec, rather than gathering ``[B, k, V]`` rows of it), None on the dense path."""
     xp = get_namespace(H)
+    F, cf = L.rmsnorm_forward(H, p["g_f"])                           # [B, M, D]
     pooled = xp.sum(a[..., None] * F, axis=1) / cfg.k_active         # [B, D]
-    if idx is None:
-        neuron_vote, cw, W_rows = a @ p["W_dec"], None, None         # [B, V]
-    else:
-        W_rows, cw = L.embedding_forward(p["W_dec"], idx, ops)       # [B, k, V]
-        neuron_vote = (a[:, None, :] @ W_rows)[:, 0, :]              # [B, V]
-    logits = p["b_dec"] + neuron_vote + pooled @ p["W_r"]            # [B, V]
-    return logits, (cf, F, pooled, cw, W_rows, a)
+    a_all = a if idx is None else _per_sample_scatter(a, idx, cfg.n_neurons, ops)  # [B, N]
+    logits = p["b_dec"] + a_all @ p["W_dec"] + pooled @ p["W_r"]      # [B, V]
+    return logits, (cf, pooled, a_all, a, idx)
 
 
-def decoder_backward(dlogits, p, cache, cfg, grads, ops):
+def decoder_backward(dlogits, p, cache, cfg, grads):
     """-> (dH ``[B, M, D]``, da ``[B, M]``)."""
     xp = get_namespace(dlogits)
-    cf, F, pooled, cw, W_rows, a = cache
+    cf, pooled, a_all, a, idx = cache
+    F = L.rmsnorm_output(cf)                                         # [B, M, D]
     dpooled = dlogits @ p["W_r"].T                                   # [B, D]
     dF = a[..., None] * dpooled[:, None, :] / cfg.k_active           # [B, M, D]
     da = xp.sum(F * dpooled[:, None, :], axis=-1) / cfg.k_active     # [B, M]
-    if W_rows is None:
-        da = da + dlogits @ p["W_dec"].T                             # [B, N]
-        dW_dec = a.T @ dlogits                                       # [N, V]
-    else:
-        da = da + (W_rows @ dlogits[:, :, None])[..., 0]             # [B, k]
-        dW_dec = L.embedding_backward(a[..., None] * dlogits[:, None, :], cw, ops)
+    da_all = dlogits @ p["W_dec"].T                                  # [B, N]
+    da = da + (da_all if idx is None else xp.take_along_axis(da_all, idx, axis=1))
     dH, dg_f = L.rmsnorm_backward(dF, cf)
     for name, g in (("b_dec", xp.sum(dlogits, axis=0)), ("W_r", pooled.T @ dlogits),
-                    ("W_dec", dW_dec), ("g_f", dg_f)):
+                    ("W_dec", a_all.T @ dlogits), ("g_f", dg_f)):
         _accumulate(grads, name, g)
     return dH, da
 
@@ -325,20 +343,24 @@ def forward(p, x, cfg: Config, ops):
         a, U_rows, selected, cenc = encoder_dense_forward(p, x, cfg, ops)
         idx = None
     H, cread = input_read_forward(p, a, U_rows, x, cfg, ops)
-    steps = []
+    steps = []     # each step's cache, or with recompute only its inputs
     for _ in range(cfg.n_steps):
+        H_in, a_in = H, a
         H, a, cs = step_forward(p, H, a, cfg, selected)
-        steps.append(cs)
+        steps.append((H_in, a_in) if cfg.recompute else cs)
     logits, cdec = decoder_forward(p, H, a, idx, cfg, ops)
-    return logits, (cenc, cread, steps, cdec)
+    return logits, (cenc, cread, steps, cdec, selected)
 
 
 def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
     """-> grads, a dict with one entry per parameter."""
-    cenc, cread, steps, cdec = cache
+    cenc, cread, steps, cdec, selected = cache
     grads = {}
-    dH, da = decoder_backward(dlogits, p, cdec, cfg, grads, ops)
-    for cs in reversed(steps):
+    dH, da = decoder_backward(dlogits, p, cdec, cfg, grads)
+    while steps:       # each step's cache is freed as soon as its gradient is done
+        cs = steps.pop()
+        if cfg.recompute:
+            cs = step_forward(p, *cs, cfg, selected)[2]
         dH = step_backward(dH, da, p, cs, grads)
         da = None      # earlier activations only set the next step's key mask
     da_read, dU_rows = input_read_backward(dH, p, cread, grads, ops)
