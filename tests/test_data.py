@@ -10,7 +10,7 @@ import pytest
 from brainlike_np import data
 
 
-@pytest.mark.parametrize("n_bytes", [10, 1000, 1003, 4097])
+@pytest.mark.parametrize("n_bytes", [7, 10, 1000, 1003, 4097])
 def test_text_file_split_is_the_last_tenth_and_reassembles_the_file(tmp_path, n_bytes):
     """Validation is the last 10% of the bytes (to within one byte), training is the rest
     before it: together they are the file, each byte on exactly one side, the same on
@@ -42,13 +42,17 @@ def stdlib_tree(root):
     return counted
 
 
+def use_as_stdlib(monkeypatch, root):
+    paths = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**paths, "stdlib": str(root)})
+
+
 def test_stdlib_split_keeps_each_file_on_one_side_by_its_path_hash(tmp_path, monkeypatch):
     """Each counted file goes wholly to validation when the CRC-32 of its relative path is
     0 mod 10, else wholly to training; each split is its files, sorted by path and joined
     by newlines; skipped folders and non-.py files are left out; the same on every call."""
     files = stdlib_tree(tmp_path)
-    paths = sysconfig.get_paths()
-    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**paths, "stdlib": str(tmp_path)})
+    use_as_stdlib(monkeypatch, tmp_path)
     in_valid = {rel: zlib.crc32(rel.encode()) % 10 == 0 for rel in files}
     assert 0 < sum(in_valid.values()) < len(files)      # the tree exercises both sides
 
@@ -61,3 +65,12 @@ def test_stdlib_split_keeps_each_file_on_one_side_by_its_path_hash(tmp_path, mon
     assert (valid, train) == (expected[True], expected[False])
     again = data.load_stdlib_corpus()
     assert (again.train.tobytes(), again.valid.tobytes()) == (train, valid)
+
+
+def test_stdlib_with_an_empty_split_is_an_error(tmp_path, monkeypatch):
+    """Sources that would leave one split empty (here one file) raise DataError rather
+    than give a corpus without validation or training bytes."""
+    (tmp_path / "only.py").write_bytes(b"x = 1\n")
+    use_as_stdlib(monkeypatch, tmp_path)
+    with pytest.raises(data.DataError, match="no Python sources"):
+        data.load_stdlib_corpus()
