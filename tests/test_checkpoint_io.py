@@ -1,0 +1,100 @@
+"""Checkpoint writes are atomic: a save that fails partway leaves the previous checkpoint
+byte-identical and loadable, and leaves no temporary file behind."""
+
+import builtins
+import errno
+import io
+import os
+
+import numpy as np
+import pytest
+
+from brainlike_np import TrainState, get_backend, preset
+from brainlike_np.checkpoint import load_checkpoint
+from brainlike_np.data import random_batch
+
+TINY = preset("tiny")
+
+
+def trained_state(seed):
+    """A tiny state after one AdamW step, so params and both moments are saved."""
+    state = TrainState.create("brainlike", TINY, get_backend("numpy"), seed=seed)
+    state.train_step(*random_batch(4, TINY.context, seed=seed), lr=1e-3)
+    return state
+
+
+class FileThatFillsUp:
+    """A binary file whose writes fail with ENOSPC once ``room`` bytes have gone in."""
+
+    def __init__(self, f, room):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        if len(data) > self._room:
+            self._f.write(data[:self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def disk_fills_up(monkeypatch, room=4096):
+    """Every file opened for writing (by ``open`` or ``os.fdopen``) runs out of space
+    after ``room`` bytes."""
+    def wrap(opener):
+        def opened(file, mode="r", *args, **kwargs):
+            f = opener(file, mode, *args, **kwargs)
+            return FileThatFillsUp(f, room) if set(mode) & set("wax+") else f
+        return opened
+    monkeypatch.setattr(builtins, "open", wrap(builtins.open))
+    monkeypatch.setattr(os, "fdopen", wrap(os.fdopen))
+
+
+def array_writer_fails(monkeypatch):
+    """``np.savez`` writes the first half of the archive, then raises."""
+    real_savez = np.savez
+
+    def half_then_raise(file, *args, **kwargs):
+        whole = io.BytesIO()
+        real_savez(whole, *args, **kwargs)
+        file.write(whole.getvalue()[:len(whole.getvalue()) // 2])
+        raise RuntimeError("the array writer failed partway")
+    monkeypatch.setattr(np, "savez", half_then_raise)
+
+
+@pytest.mark.parametrize("failure, error", [(array_writer_fails, RuntimeError),
+                                            (disk_fills_up, OSError)])
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure, error):
+    """A save over an existing checkpoint that fails partway (the writer raising, or
+    ENOSPC) raises, leaves the old file byte-identical and loadable with the old state,
+    and leaves nothing else in the folder."""
+    path = tmp_path / "ckpt.npz"
+    old = trained_state(seed=0)
+    old.save(str(path))
+    old_bytes = path.read_bytes()
+
+    with monkeypatch.context() as m:
+        failure(m)
+        with pytest.raises(error) as caught:
+            trained_state(seed=1).save(str(path))
+    if error is OSError:
+        assert caught.value.errno == errno.ENOSPC
+
+    assert path.read_bytes() == old_bytes
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    params, adam_m, _, meta = load_checkpoint(str(path))
+    assert meta["step"] == old.step and set(adam_m) == set(old.params)
+    resumed = TrainState.load(str(path), get_backend("numpy"))
+    assert resumed.step == old.step
+    for name, value in old.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value)
