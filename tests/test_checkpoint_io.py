@@ -9,16 +9,16 @@ import os
 import numpy as np
 import pytest
 
-from brainlike_np import TrainState, get_backend, preset
+from brainlike_np import TrainSettings, TrainState, get_backend, get_preset
 from brainlike_np.checkpoint import load_checkpoint
 from brainlike_np.data import random_batch
 
-TINY = preset("tiny")
+TINY = get_preset("brainlike", "tiny")
 
 
 def trained_state(seed):
     """A tiny state after one AdamW step, so params and both moments are saved."""
-    state = TrainState.create("brainlike", TINY, get_backend("numpy"), seed=seed)
+    state = TrainState.create("brainlike", TINY, get_backend("numpy"), TrainSettings(seed=seed))
     state.train_step(*random_batch(4, TINY.context, seed=seed), lr=1e-3)
     return state
 

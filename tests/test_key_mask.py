@@ -4,25 +4,25 @@ activation is above tau, so a neuron exactly at tau is masked."""
 import numpy as np
 import pytest
 
-from brainlike_np import model
-from brainlike_np.config import preset
+from brainlike_np.models import brainlike as model
 import gradcheck
 
 TAU = 0.5
-CFG = preset("tiny").with_overrides(tau=TAU)
+CFG = model.PRESETS["tiny"].with_overrides(tau=TAU)
 
 
 def params_with(backend, cfg, **host_overrides):
     """Generic float64 parameters (non-zero Wo, so attention reaches the state), with
     the named ones replaced by host arrays."""
-    p = gradcheck.perturbed_params(backend, model.init_params, cfg)
+    p = gradcheck.perturbed_params(backend, model, cfg)
     f64 = backend.dtype("float64")
     p.update({n: backend.asarray(v, f64) for n, v in host_overrides.items()})
     return p
 
 
 def logits(backend, p, x, cfg, path):
-    return backend.to_numpy(model.next_logits(p, backend.asarray(x), cfg, backend.ops, path))
+    cfg = cfg.with_overrides(path=path)
+    return backend.to_numpy(model.next_logits(p, backend.asarray(x), cfg, backend.ops))
 
 
 @pytest.mark.parametrize("path", model.PATHS)
