@@ -183,30 +183,42 @@ def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
     xp = get_namespace(xq, xkv)
     q, k, v = (split_heads(xp, linear_forward(x, W)[0], n_heads)
                for x, W in ((xq, Wq), (xkv, Wk), (xkv, Wv)))          # [B, h, L, d]
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    q = q * (1.0 / math.sqrt(q.shape[-1]))   # scaling q, not the scores, saves a big pass
     keep = None if key_mask is None else xp.astype(key_mask[:, None, None, :], q.dtype)
-    probs, lse = masked_softmax_forward(xp, (q @ xp.matrix_transpose(k)) * scale, keep)
+    probs, lse = masked_softmax_forward(xp, q @ xp.matrix_transpose(k), keep)
     out, _ = linear_forward(merge_heads(xp, probs @ v), Wo)        # [B, Lq, D]
-    return out, (q, k, v, lse, keep, scale, (Wq, Wk, Wv, Wo))
+    return out, (q, k, v, lse, keep, (Wq, Wk, Wv, Wo))
 
 
 def attention_backward(dout, cache, xq, xkv):
     """dout ``[B, Lq, D]``; xq, xkv: the forward's inputs ->
-    (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv."""
+    (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv.
+
+    The ``[B, h, Lq, Lk]`` arrays are the largest of the model: the softmax backward
+    updates its own temporary in place (array-API in-place operators), so at most two of
+    them are alive at once."""
     xp = get_namespace(dout)
-    q, k, v, lse, keep, scale, (Wq, Wk, Wv, Wo) = cache
-    probs = softmax_from_lse(xp, (q @ xp.matrix_transpose(k)) * scale, lse, keep)
-    dmerged, dWo, _ = linear_backward(dout, (merge_heads(xp, probs @ v), Wo, False))
+    q, k, v, lse, keep, (Wq, Wk, Wv, Wo) = cache                  # q is scaled
+    probs = softmax_from_lse(xp, q @ xp.matrix_transpose(k), lse, keep)   # [B, h, Lq, Lk]
+    heads = probs @ v                                              # [B, h, Lq, d]
+    dmerged, dWo, _ = linear_backward(dout, (merge_heads(xp, heads), Wo, False))
     dheads = split_heads(xp, dmerged, q.shape[1])                  # [B, h, Lq, d]
-    dv = xp.matrix_transpose(probs) @ dheads                       # [B, h, Lk, d]
-    dscores = softmax_backward(probs, dheads @ xp.matrix_transpose(v)) * scale
-    del probs                                                      # [B, h, Lq, Lk]
-    dq = dscores @ k                                               # [B, h, Lq, d]
-    dk = xp.matrix_transpose(dscores) @ q                          # [B, h, Lk, d]
+    dxv, dWv, _ = linear_backward(merge_heads(xp, xp.matrix_transpose(probs) @ dheads),
+                                  (xkv, Wv, False))                # dv: [B, h, Lk, d]
+    # softmax backward: d scores = probs * (d probs - sum_j d probs * probs), where the
+    # sum is dheads . heads row by row (flash attention's trick: no [Lq, Lk] product)
+    dscores = dheads @ xp.matrix_transpose(v)                      # d probs
+    dscores -= xp.sum(dheads * heads, axis=-1, keepdims=True)
+    dscores *= probs                                               # masked: probs 0, so 0
+    del probs, heads, dheads, dmerged
+    dq = (dscores @ k) * (1.0 / math.sqrt(q.shape[-1]))            # [B, h, Lq, d]
     dxq, dWq, _ = linear_backward(merge_heads(xp, dq), (xq, Wq, False))
-    dxk, dWk, _ = linear_backward(merge_heads(xp, dk), (xkv, Wk, False))
-    dxv, dWv, _ = linear_backward(merge_heads(xp, dv), (xkv, Wv, False))
-    return dxq, dxk + dxv, dWq, dWk, dWv, dWo
+    del dq
+    dxkv, dWk, _ = linear_backward(merge_heads(xp, xp.matrix_transpose(dscores) @ q),
+                                   (xkv, Wk, False))               # dk: [B, h, Lk, d]
+    del dscores
+    dxkv += dxv
+    return dxq, dxkv, dWq, dWk, dWv, dWo
 
 
 def split_heads(xp, t, n_heads):
@@ -228,31 +240,35 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True))
 
 
-def _mask_scores(scores, keep):
-    """Masked scores get a -1e30 bias (``keep`` ``[B, 1, 1, Lk]`` 0/1, broadcast): cheaper
-    than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor."""
-    return scores if keep is None else scores + (keep - 1.0) * MASK_BIAS
-
-
 def masked_softmax_forward(xp, scores, keep):
     """Softmax over the last axis, over kept keys only -> (probs, log-sum-exp
-    ``[..., 1]``). A row with no kept key has probs 0 and log-sum-exp +inf. A masked
-    score minus the row maximum is about -1e30, whose exp is exactly 0."""
-    biased = _mask_scores(scores, keep)
-    top = xp.max(biased, axis=-1, keepdims=True)                        # [..., 1]
-    e = xp.exp(biased - top)
+    ``[..., 1]``). ``keep`` ``[B, 1, 1, Lk]`` 0/1 or None, broadcast: masked scores get a
+    -1e30 bias (cheaper than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor), so a
+    masked score minus the row maximum is about -1e30, whose exp is exactly 0. A row
+    with no kept key has probs 0 and log-sum-exp +inf. ``scores`` is overwritten."""
     if keep is not None:
-        e = e * keep                                                    # all-masked rows: 0
+        scores += (keep - 1.0) * MASK_BIAS
+    top = xp.max(scores, axis=-1, keepdims=True)                        # [..., 1]
+    scores -= top
+    e = xp.exp(scores)
+    del scores
+    if keep is not None:
+        e *= keep                                                       # all-masked rows: 0
     total = xp.sum(e, axis=-1, keepdims=True)                           # [..., 1]
     some = total > 0
     safe_total = xp.where(some, total, 1.0)
-    return e / safe_total, xp.where(some, top + xp.log(safe_total), math.inf)
+    e /= safe_total
+    return e, xp.where(some, top + xp.log(safe_total), math.inf)
 
 
 def softmax_from_lse(xp, scores, lse, keep):
     """The probabilities of ``masked_softmax_forward`` again, from the scores and the
-    saved log-sum-exp: one exp pass, no reduction (+inf rows give 0)."""
-    return xp.exp(_mask_scores(scores, keep) - lse)
+    saved log-sum-exp: one exp pass, no reduction (+inf rows give 0). ``scores`` is
+    overwritten."""
+    if keep is not None:
+        scores += (keep - 1.0) * MASK_BIAS
+    scores -= lse
+    return xp.exp(scores)
 
 
 # ---------------------------------------------------------------------------------

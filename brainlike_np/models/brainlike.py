@@ -274,8 +274,13 @@ def step_backward(dH_new, da_new, p, cache, grads):
     X = L.rmsnorm_output(cx)                                         # [B, M, D]
     dX, dW_x, db_u = L.linear_backward(dY, (X, p["W_u"][:D, :], True))
     dmsg, dW_m, _ = L.linear_backward(dY, (msg, p["W_u"][D:, :], False))
+    del dY
     dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dmsg, cm, X, X)
-    dH_norm, dg = L.rmsnorm_backward(dX + dXq + dXkv, cx)
+    del X, dmsg
+    dX += dXq
+    dX += dXkv
+    del dXq, dXkv
+    dH_norm, dg = L.rmsnorm_backward(dX, cx)
     for name, g in (("W_u", xp.concat([dW_x, dW_m], axis=0)), ("b_u", db_u), ("Wq", dWq),
                     ("Wk", dWk), ("Wv", dWv), ("Wo", dWo), ("g", dg)):
         _accumulate(grads, name, g)
@@ -345,9 +350,10 @@ def forward(p, x, cfg: Config, ops):
     H, cread = input_read_forward(p, a, U_rows, x, cfg, ops)
     steps = []     # each step's cache, or with recompute only its inputs
     for _ in range(cfg.n_steps):
-        H_in, a_in = H, a
+        inputs = (H, a)
         H, a, cs = step_forward(p, H, a, cfg, selected)
-        steps.append((H_in, a_in) if cfg.recompute else cs)
+        steps.append(inputs if cfg.recompute else cs)
+        del cs         # with recompute, nothing else holds the step's cache
     logits, cdec = decoder_forward(p, H, a, idx, cfg, ops)
     return logits, (cenc, cread, steps, cdec, selected)
 
