@@ -146,9 +146,8 @@ class StopFlag:
             signal.signal(s, previous)
 
 
-def prepare(args):
+def prepare(args, backend):
     """-> (state, settings, corpus, checkpoint path); raises the user-facing errors."""
-    backend = get_backend()
     ckpt_path = os.path.join(args.out_dir, CHECKPOINT_NAME)
     overrides = config_overrides(args)
     if args.resume is not None:
@@ -192,11 +191,10 @@ def join_ranks(state, settings, corpus, comm) -> None:
     state.comm = comm
 
 
-def run(args, comm) -> int:
-    state, s, corpus, ckpt_path = prepare(args)
+def run(args, comm, backend) -> int:
+    state, s, corpus, ckpt_path = prepare(args, backend)
     join_ranks(state, s, corpus, comm)
     root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
-    backend = state.backend
     baselines = host.count_model_losses(corpus.train, corpus.valid)
     eval_rng = backend.rng(s["seed"] + 10_000)
     eval_windows = [host.sample_windows(corpus.valid, s["batch_size"], state.cfg.context,
@@ -263,6 +261,7 @@ def run(args, comm) -> int:
     finally:
         bar.close()
         metrics_file.close()
+        backend.memory.stop()
     if not root:
         return 0
     wall = time.perf_counter() - started
@@ -282,12 +281,12 @@ def run_distributed(args) -> int:
     Abort) instead of leaving the other ranks waiting forever in the next all-reduce; the
     last checkpoint on disk stays intact (written atomically by rank 0)."""
     try:
-        comm = connect()
-    except DistributedError as exc:
+        comm, backend = connect()
+    except (DistributedError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        return run(args, comm)
+        return run(args, comm, backend)
     except (Exception, KeyboardInterrupt) as exc:
         print(f"error: rank {comm.rank}: {failure_message(exc)}", file=sys.stderr, flush=True)
         comm.abort(1)
@@ -308,7 +307,7 @@ def main(argv=None) -> int:
     if args.distributed:
         return run_distributed(args)
     try:
-        return run(args, SingleProcess())
+        return run(args, SingleProcess(), get_backend())
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
