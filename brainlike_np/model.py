@@ -80,7 +80,7 @@ def _accumulate(grads: dict, name: str, g) -> None:
 def encoder_sparse_forward(p, x, cfg, ops):
     """-> a ``[B, k]``, U rows ``[B, k, D]``, idx ``[B, k]``, cache."""
     xp = get_namespace(p["E"])
-    z = ops.encoder_accumulate(p["E"], p["P"], p["b_e"], x)          # [B, N]
+    z = p["b_e"] + ops.gather_weighted_sum(p["E"], x, p["P"])        # [B, N]
     idx = ops.topk(z, cfg.k_active)                                  # [B, k]
     a, ca = L.sigmoid_forward(xp.take_along_axis(z, idx, axis=1))    # [B, k]
     U_rows, cu = L.embedding_forward(p["U"], idx, ops)               # [B, k, D]
@@ -91,7 +91,7 @@ def encoder_sparse_backward(da, dU_rows, p, cache, grads, ops):
     x, idx, ca, cu = cache
     xp = get_namespace(da)
     dz = L.sigmoid_backward(da, ca)                                  # [B, k]
-    dE, dP = ops.encoder_backward(dz, idx, p["E"], p["P"], x)        # [V, N], [T, N]
+    dE, dP = ops.gather_weighted_sum_backward(dz, idx, p["E"], x, p["P"])  # [V, N], [T, N]
     n = dz.shape[0] * dz.shape[1]
     db_e = ops.scatter_add_rows(xp.reshape(idx, (n,)), xp.reshape(dz, (n, 1)),
                                 p["b_e"].shape[0])[:, 0]             # [N]
