@@ -22,7 +22,7 @@ non-selected neurons held at zero. Both give the same logits and gradients.
 from __future__ import annotations
 
 from . import layers as L
-from .backends import device_of, get_namespace
+from .backends import device_of, get_namespace, to_float
 from .config import ModelConfig
 
 PATHS = ("sparse", "dense")
@@ -308,7 +308,7 @@ def next_logits(p, x, cfg: ModelConfig, ops, path: str = "sparse"):
 
 def loss(p, x, y, cfg: ModelConfig, ops, path: str = "sparse") -> float:
     """Mean cross-entropy without the backward pass (for evaluation)."""
-    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops, path), y)[0])
+    return to_float(L.cross_entropy_forward(next_logits(p, x, cfg, ops, path), y)[0])
 
 
 def loss_and_grads(p, x, y, cfg: ModelConfig, ops, path: str = "sparse"):
@@ -316,4 +316,4 @@ def loss_and_grads(p, x, y, cfg: ModelConfig, ops, path: str = "sparse"):
     logits, cache = forward(p, x, cfg, ops, path)
     loss, closs = L.cross_entropy_forward(logits, y)
     grads = backward(L.cross_entropy_backward(1.0, closs), p, cache, cfg, ops)
-    return float(loss), grads
+    return to_float(loss), grads
