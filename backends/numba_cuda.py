@@ -313,14 +313,14 @@ class NumbaCudaOps:
         return dtable.reshape(table.shape), dweights.reshape(weights.shape)
 
 
-def _cuda_versions(cupy) -> str:
-    """'the NVIDIA driver supports CUDA a.b, the CUDA runtime is c.d' (as far as known)."""
-    def version(get):
+def _cuda_versions(array_module) -> str:
+    """'the NVIDIA driver supports CUDA a.b, the CUDA runtime is c.d', from CuPy's
+    runtime ('unknown' for what cannot be read)."""
+    def version(name):
         try:
-            v = get()
-        except Exception:
+            v = getattr(array_module.cuda.runtime, name)()
+        except Exception:          # no driver, or not CuPy (the simulator)
             return "unknown"
         return f"{v // 1000}.{v % 1000 // 10}"
-    runtime = cupy.cuda.runtime
-    return (f"the NVIDIA driver supports CUDA {version(runtime.driverGetVersion)}, "
-            f"the CUDA runtime is {version(runtime.runtimeGetVersion)}")
+    return (f"the NVIDIA driver supports CUDA {version('driverGetVersion')}, "
+            f"the CUDA runtime is {version('runtimeGetVersion')}")

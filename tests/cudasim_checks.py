@@ -6,12 +6,14 @@ already for real hardware. Exits non-zero on the first failed check.
 """
 
 import os
+import warnings
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before anything imports numba.cuda
 
 import array_api_compat.numpy as xp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from brainlike_np.backends import KernelsUnavailable  # noqa: E402
 from brainlike_np.backends import numba_cuda as kernels  # noqa: E402
 from brainlike_np.backends.cuda_target import SIMULATOR, cuda_config, current_stream  # noqa: E402
 from brainlike_np.backends.numba_cpu import NumbaCpuOps  # noqa: E402
@@ -95,6 +97,38 @@ def check_ops(rng):
                 assert np.array_equal(g, c), "deterministic gather_weighted_sum_backward"
 
 
+def check_kernel_load_failure_names_driver_and_toolkit():
+    """A kernel that cannot load (here: a launch raising the driver's PTX error) makes
+    NumbaCudaOps raise KernelsUnavailable naming both versions and the fix."""
+    real = kernels.launch_gather_rows
+
+    def rejected_by_driver(*args):
+        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+
+    kernels.launch_gather_rows = rejected_by_driver
+    try:
+        kernels.NumbaCudaOps(array_module=np)
+    except KernelsUnavailable as exc:
+        message = str(exc)
+        assert "UNSUPPORTED_PTX_VERSION" in message and "NVIDIA driver supports CUDA" in message
+        assert "update the NVIDIA driver" in message and "\n" not in message
+    else:
+        raise AssertionError("expected KernelsUnavailable")
+    finally:
+        kernels.launch_gather_rows = real
+
+
+def check_cupy_stream_warning_is_silenced():
+    """CuPy's warning when a kernel launch names stream 0 (its default stream), in
+    CuPy's words, is filtered out by cuda_target; other warnings are not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("Stream 0 is passed from a library that you are converting to; CuPy "
+                      "assumes 0 as a legacy default stream. Please report this problem to "
+                      "the library as this violates the DLPack protocol.")
+        warnings.warn("another warning")
+    assert [str(w.message) for w in caught] == ["another warning"]
+
+
 def _weighted_sum_inputs(rng, dtype, id_dtype):
     """table [R, F], ids [B, T] with repeated rows, weights [T', F] with T' > T."""
     table = rng.standard_normal((5, 8)).astype(dtype)
@@ -116,6 +150,8 @@ def main():
     rng = np.random.default_rng(0)
     check_launch_helpers(rng)
     check_ops(rng)
+    check_kernel_load_failure_names_driver_and_toolkit()
+    check_cupy_stream_warning_is_silenced()
     print("cudasim checks passed")
 
 
