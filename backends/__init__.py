@@ -59,18 +59,23 @@ def get_namespace(*arrays):
 
 
 # ---- device-to-host reads ---------------------------------------------------------------
-_HOST_READS = [0]
+_host_reads = 0
 
 
 def host_reads() -> int:
     """How many device-to-host reads this process has made through :func:`to_float` and
     :meth:`Backend.to_numpy` (on a GPU, each one waits for the device)."""
-    return _HOST_READS[0]
+    return _host_reads
+
+
+def _count_host_read() -> None:
+    global _host_reads
+    _host_reads += 1
 
 
 def to_float(x) -> float:
     """A 0-d array of any backend as a Python float: one counted device-to-host read."""
-    _HOST_READS[0] += 1
+    _count_host_read()
     return float(x)
 
 
@@ -114,7 +119,7 @@ class Backend:
 
     def to_numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array: one counted device-to-host read (see host_reads)."""
-        _HOST_READS[0] += 1
+        _count_host_read()
         return self._to_numpy(x)
 
     def _to_numpy(self, x) -> np.ndarray:
