@@ -8,18 +8,25 @@ A :class:`Backend` answers the questions the math cannot answer portably:
   seed gives the same weights on every backend (``backend.normal``);
 - moving arrays to and from NumPy, and synchronising the device;
 - memory accounting: current and peak bytes of array memory (``backend.memory``);
-- the sparse hot-path operations (gather rows, scatter-add rows, top-k, the encoder
-  accumulate and its sparse backward) as ``backend.ops``: a portable array-API
-  reference here, Numba kernels where they exist.
+- the sparse hot-path operations (gather rows, scatter-add rows, top-k, a gathered
+  position-weighted sum of rows and its sparse backward) as ``backend.ops``: a portable
+  array-API reference here, Numba kernels where they exist;
+- the communicator its arrays need when training data-parallel (``backend.communicator``).
 
-Pick one with :func:`get_backend` (by name, else ``$BRAINLIKE_BACKEND``, else numpy).
+Each library is a subclass (:class:`NumpyBackend`, :class:`ArrayApiStrictBackend`,
+:class:`CupyBackend`) that carries its own behaviour. Pick one with :func:`get_backend`
+(by name, else ``$BRAINLIKE_BACKEND``, else numpy).
+
+Device-to-host reads (a GPU waits for its queue to drain) go through :func:`to_float`
+(a scalar) or :meth:`Backend.to_numpy` (an array), which count them: :func:`host_reads`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from dataclasses import dataclass, field
-from typing import Any
+import sys
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -38,34 +45,94 @@ class BackendError(RuntimeError):
     """A backend cannot be used as asked; the message says why and how to fix it."""
 
 
+class KernelsMissing(RuntimeError):
+    """This backend has no Numba kernels, or their Numba target is not installed."""
+
+
+class KernelsUnavailable(RuntimeError):
+    """The Numba kernels are installed but cannot run here; the message says why."""
+
+
 def get_namespace(*arrays):
     """The array-API namespace of ``arrays`` (Chainer's ``get_array_module``)."""
     return array_namespace(*arrays)
 
 
-@dataclass
+# ---- device-to-host reads ---------------------------------------------------------------
+_host_reads = 0
+
+
+def host_reads() -> int:
+    """How many device-to-host reads this process has made through :func:`to_float` and
+    :meth:`Backend.to_numpy` (on a GPU, each one waits for the device)."""
+    return _host_reads
+
+
+def _count_host_read() -> None:
+    global _host_reads
+    _host_reads += 1
+
+
+def to_float(x) -> float:
+    """A 0-d array of any backend as a Python float: one counted device-to-host read."""
+    _count_host_read()
+    return float(x)
+
+
+# ---- the backends -------------------------------------------------------------------------
 class Backend:
-    name: str
-    xp: Any                          # the array-API namespace
-    device: Any
-    ops: Any                         # sparse hot-path operations (see reference.py)
-    memory: MemoryTracker
-    _native: Any = field(default=None, repr=False)   # numpy / cupy module, if any
+    """An array library with its namespace, device, hot-path ops and memory accounting.
+
+    Subclasses set ``name`` and build themselves in :meth:`create`; they override
+    ``_to_numpy``, ``synchronize`` and ``communicator`` where their library differs.
+    """
+
+    name = ""
+
+    def __init__(self, xp, device, ops, memory: MemoryTracker):
+        self.xp = xp                  # the array-API namespace
+        self.device = device
+        self.ops = ops                # sparse hot-path operations (see reference.py)
+        self.memory = memory
+
+    def __repr__(self):
+        return f"{type(self).__name__}(device={self.device!r}, ops={self.ops.name!r})"
+
+    @classmethod
+    def create(cls, kernels: str, device: int | None) -> "Backend":
+        raise NotImplementedError
+
+    @classmethod
+    def numba_ops(cls):
+        """This backend's Numba kernels; KernelsMissing when it has none or their Numba
+        target is not installed, KernelsUnavailable when they cannot run here."""
+        raise KernelsMissing(f"backend '{cls.name}' has no Numba kernels; "
+                             "use kernels='reference'")
 
     # ---- arrays in and out -------------------------------------------------------
     def asarray(self, host_array, dtype=None):
-        """A host (NumPy) array as an array of this backend, on its device."""
-        x = self.xp.asarray(np.asarray(host_array, order="C"), device=self.device)   # keeps 0-d
+        """A host (NumPy) array as an array of this backend, on its device; shape and
+        dtype are kept exactly (0-d stays 0-d), unless ``dtype`` asks for another."""
+        host = np.asarray(host_array, order="C")
+        x = self.xp.asarray(host, device=self.device)
         return x if dtype is None else self.xp.astype(x, dtype)
 
     def to_numpy(self, x) -> np.ndarray:
-        if self.name == "cupy":
-            return self._native.asnumpy(x)
+        """``x`` as a NumPy array: one counted device-to-host read (see host_reads)."""
+        _count_host_read()
+        return self._to_numpy(x)
+
+    def _to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
     def synchronize(self) -> None:
-        if self.name == "cupy":
-            self._native.cuda.get_current_stream().synchronize()
+        """Wait until the device has finished the work queued so far (host: nothing)."""
+
+    def communicator(self, MPI, world):
+        """The data-parallel communicator for this backend's arrays over ``world``: MPI
+        all-reduces on host buffers."""
+        from .distributed import MpiCommunicator
+        return MpiCommunicator(MPI, world)
 
     # ---- host-side random numbers --------------------------------------------------
     @staticmethod
@@ -103,6 +170,82 @@ class Backend:
         return getattr(self.xp, name)
 
 
+class NumpyBackend(Backend):
+    """NumPy on the CPU, with the Numba CPU kernels."""
+
+    name = "numpy"
+
+    @classmethod
+    def create(cls, kernels, device):
+        import array_api_compat.numpy as xp
+        return cls(xp, "cpu", _choose_ops(cls, xp, kernels), MemoryTracker.for_host())
+
+    @classmethod
+    def numba_ops(cls):
+        with _importing_kernels(cls.name):
+            from .numba_cpu import NumbaCpuOps
+        return NumbaCpuOps()
+
+
+class ArrayApiStrictBackend(Backend):
+    """array-api-strict: the standard's strict reference, which proves the math portable."""
+
+    name = "array_api_strict"
+
+    @classmethod
+    def create(cls, kernels, device):
+        try:
+            import array_api_strict as xp
+        except ImportError as exc:
+            raise BackendError(
+                "backend 'array_api_strict' needs the array-api-strict package: "
+                "pip install -e '.[test]'") from exc
+        return cls(xp, xp.Device("CPU_DEVICE"), _choose_ops(cls, xp, kernels),
+                   MemoryTracker.for_host())
+
+
+class CupyBackend(Backend):
+    """CuPy on one GPU, with the Numba CUDA kernels on CuPy's current stream."""
+
+    name = "cupy"
+
+    def __init__(self, xp, device, ops, memory, cupy):
+        super().__init__(xp, device, ops, memory)
+        self._cupy = cupy
+
+    @classmethod
+    def create(cls, kernels, device):
+        """``device``: the GPU's index (default: CUDA's current device). It is made the
+        current device before anything is allocated."""
+        cupy = _cupy_module()
+        gpu = cupy.cuda.Device(_gpu_index(cupy, device))
+        gpu.use()
+        _check_cublas(cupy)
+        import array_api_compat.cupy as xp
+        return cls(xp, gpu, _choose_ops(cls, xp, kernels), MemoryTracker.for_cupy(cupy), cupy)
+
+    @classmethod
+    def numba_ops(cls):
+        with _importing_kernels(cls.name):
+            from .numba_cuda import NumbaCudaOps
+        return NumbaCudaOps()
+
+    def _to_numpy(self, x) -> np.ndarray:
+        return self._cupy.asnumpy(x)
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.get_current_stream().synchronize()
+
+    def communicator(self, MPI, world):
+        """NCCL all-reduces on this backend's GPU (MPI broadcasts NCCL's id)."""
+        from .distributed import NcclCommunicator, nccl_module
+        return NcclCommunicator(MPI, world, self._cupy, nccl_module())
+
+
+BACKENDS = {cls.name: cls for cls in (NumpyBackend, ArrayApiStrictBackend, CupyBackend)}
+ALIASES = {"array-api-strict": "array_api_strict", "strict": "array_api_strict"}
+
+
 def _cupy_module():
     """Import CuPy and check that a GPU is visible; raise BackendError otherwise."""
     try:
@@ -126,74 +269,106 @@ def _cupy_module():
     return cupy
 
 
-def _numba_ops(backend_name: str, required: bool):
-    """The Numba kernels for this backend, or None when Numba (or, for cupy, the Numba
-    CUDA target) is not installed and ``required`` is False. Other import errors are
-    bugs and propagate."""
-    if backend_name not in ("numpy", "cupy"):
-        if required:
-            raise BackendError(f"backend '{backend_name}' has no Numba kernels; "
-                               "use kernels='reference'")
-        return None
+def _gpu_index(cupy, device: int | None) -> int:
+    """The GPU to use: ``device``, else CUDA's current one; BackendError if it is not there."""
+    if device is None:
+        return cupy.cuda.runtime.getDevice()
+    count = cupy.cuda.runtime.getDeviceCount()
+    if not 0 <= device < count:
+        raise BackendError(
+            f"backend 'cupy': GPU {device} was asked for but {count} GPU(s) are visible; "
+            "run at most one rank per GPU on each node, or check CUDA_VISIBLE_DEVICES")
+    return device
+
+
+def _check_cublas(cupy) -> None:
+    """One tiny matmul, so a missing cuBLAS is a one-line error now, not a traceback later."""
     try:
-        if backend_name == "numpy":
-            from .numba_cpu import NumbaCpuOps as Ops
-        else:
-            from .numba_cuda import NumbaCudaOps as Ops
+        a = cupy.ones((2, 2), dtype=cupy.float32)
+        a @ a
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise BackendError(
+            f"backend 'cupy': CuPy cannot run a matmul ({type(exc).__name__}: {reason}); "
+            "cuBLAS and the other CUDA libraries come with CuPy's [ctk] extra: "
+            "pip install -e '.[cuda12]' (or '.[cuda13]')") from None
+
+
+def _choose_ops(backend_cls, xp, kernels: str):
+    """The ops ``kernels`` asks for: reference, numba, or auto (Numba where it runs, else
+    reference, saying why on stderr when the kernels are installed but cannot run)."""
+    if kernels == "reference":
+        return ReferenceOps(xp)
+    try:
+        return backend_cls.numba_ops()
+    except KernelsMissing as exc:
+        if kernels == "numba":
+            raise BackendError(str(exc)) from None
+    except KernelsUnavailable as exc:
+        if kernels == "numba":
+            raise BackendError(f"kernels 'numba' for backend '{backend_cls.name}': {exc}, "
+                               f"or set {ENV_KERNELS}=reference") from None
+        _warn_once(f"warning: the Numba kernels cannot run ({exc}); using the reference "
+                   f"ops instead (slower; {ENV_KERNELS}=reference silences this)")
+    return ReferenceOps(xp)
+
+
+@contextlib.contextmanager
+def _importing_kernels(backend_name: str):
+    """Turn the import errors of a kernel module into KernelsMissing (Numba or its CUDA
+    target not installed) or KernelsUnavailable (no writable cache for compiled code)."""
+    try:
+        yield
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] not in ("numba", "cuda"):
             raise
-        if required:
-            raise BackendError(
-                f"kernels 'numba' for backend '{backend_name}' need {exc.name}, which is not "
-                f"installed: pip install -e '.[cuda12]' for the GPU kernels, or set "
-                f"{ENV_KERNELS}=reference") from exc
-        return None
-    return Ops()
+        raise KernelsMissing(
+            f"kernels 'numba' for backend '{backend_name}' need {exc.name}, which is not "
+            f"installed: pip install -e '.[cuda12]' for the GPU kernels, or set "
+            f"{ENV_KERNELS}=reference") from None
+    except RuntimeError as exc:       # numba.core.caching: "cannot cache function ..."
+        if "cannot cache function" not in str(exc):
+            raise
+        raise KernelsUnavailable(
+            f"Numba found no writable folder for its compiled-code cache "
+            f"(NUMBA_CACHE_DIR={os.environ.get('NUMBA_CACHE_DIR', 'unset')}, and the "
+            "package folder is read-only): set NUMBA_CACHE_DIR to a writable folder") from None
 
 
-def _choose_ops(backend_name: str, xp, kernels: str):
-    if kernels not in KERNEL_CHOICES:
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def backend_class(name: str | None = None) -> type[Backend]:
+    """The Backend subclass called ``name`` (default: ``$BRAINLIKE_BACKEND``, else numpy);
+    imports no array library."""
+    name = (name or os.environ.get(ENV_BACKEND) or "numpy").strip().lower()
+    name = ALIASES.get(name, name)
+    if name not in BACKENDS:
         raise BackendError(
-            f"unknown kernels '{kernels}'; choose one of: {', '.join(KERNEL_CHOICES)}")
-    if kernels == "reference":
-        return ReferenceOps(xp)
-    ops = _numba_ops(backend_name, required=(kernels == "numba"))
-    return ops if ops is not None else ReferenceOps(xp)
+            f"unknown backend '{name}'; choose one of: {', '.join(BACKEND_NAMES)} "
+            f"(by argument or ${ENV_BACKEND})")
+    return BACKENDS[name]
 
 
-def get_backend(name: str | None = None, kernels: str | None = None) -> Backend:
+def get_backend(name: str | None = None, kernels: str | None = None,
+                device: int | None = None) -> Backend:
     """The backend called ``name`` (default: ``$BRAINLIKE_BACKEND``, else ``numpy``).
 
     ``kernels`` picks the sparse hot-path implementation: ``"reference"`` (portable
     array API), ``"numba"`` (Numba CPU / CUDA kernels) or ``"auto"`` (Numba where it
-    loads, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
+    runs, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
+
+    ``device``: for cupy, the index of the GPU to use (default: CUDA's current device);
+    the host backends have one device, the CPU, and ignore it.
     """
-    name = (name or os.environ.get(ENV_BACKEND) or "numpy").strip().lower()
+    cls = backend_class(name)
     kernels = (kernels or os.environ.get(ENV_KERNELS) or "auto").strip().lower()
-    if name == "numpy":
-        import array_api_compat.numpy as xp
-        return Backend(name, xp, "cpu", _choose_ops(name, xp, kernels),
-                       MemoryTracker.for_host(), np)
-    if name in ("array_api_strict", "array-api-strict", "strict"):
-        try:
-            import array_api_strict as xp
-        except ImportError as exc:
-            raise BackendError(
-                "backend 'array_api_strict' needs the array-api-strict package: "
-                "pip install -e '.[test]'") from exc
-        device = xp.Device("CPU_DEVICE") if hasattr(xp, "Device") else None
-        return Backend("array_api_strict", xp, device, _choose_ops("array_api_strict", xp, kernels),
-                       MemoryTracker.for_host())
-    if name == "cupy":
-        cupy = _cupy_module()
-        import array_api_compat.cupy as xp
-        device = cupy.cuda.Device()
-        return Backend(name, xp, device, _choose_ops(name, xp, kernels),
-                       MemoryTracker.for_cupy(cupy), cupy)
-    raise BackendError(
-        f"unknown backend '{name}'; choose one of: {', '.join(BACKEND_NAMES)} "
-        f"(by argument or ${ENV_BACKEND})")
+    if kernels not in KERNEL_CHOICES:
+        raise BackendError(
+            f"unknown kernels '{kernels}'; choose one of: {', '.join(KERNEL_CHOICES)}")
+    return cls.create(kernels, device)
 
 
 def backend_is_available(name: str) -> tuple[bool, str]:
@@ -205,5 +380,6 @@ def backend_is_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["Backend", "BackendError", "BACKEND_NAMES", "get_backend", "get_namespace", "device_of",
-           "backend_is_available"]
+__all__ = ["Backend", "BackendError", "BACKEND_NAMES", "ArrayApiStrictBackend", "CupyBackend",
+           "NumpyBackend", "backend_class", "backend_is_available", "device_of", "get_backend",
+           "get_namespace", "host_reads", "to_float"]

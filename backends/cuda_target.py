@@ -3,26 +3,36 @@
 Kernel modules take ``cuda`` from here, so moving to the target's successor is a
 change to the import below, nowhere else.
 
-Stream ordering: CuPy arrays name the stream they were made on in
-``__cuda_array_interface__``, and by default Numba synchronises that stream for
-every such kernel argument (``NUMBA_CUDA_ARRAY_INTERFACE_SYNC=1``). Our kernels are
-launched on CuPy's current stream, the same stream the arrays come from, so stream
-order already makes that wait unnecessary: it is switched off here (before Numba's
-CUDA config is read, and on the config itself in case it was read earlier). Set the
-variable to 1 in the environment to keep Numba's synchronisation.
+Stream ordering: numba-cuda (>= 0.29) hands a CuPy array to a kernel through the
+array's ``__dlpack__``, naming the launch stream, and CuPy makes that stream wait for
+the array's stream if they differ. Our kernels launch on CuPy's current stream
+(:func:`current_stream`), the stream the arrays come from, so no wait is made.
+(``NUMBA_CUDA_ARRAY_INTERFACE_SYNC`` does not apply: it is for arrays passed through
+``__cuda_array_interface__``, which numba-cuda no longer uses for CuPy arrays.)
+
+On CuPy's default stream the launch names stream 0, which DLPack reserves; CuPy reads
+it as the legacy default stream, which it is, and warns once ("Stream 0 is passed from
+a library"). That one warning is silenced here: the stream is right.
+
+Numba warns about launches with fewer blocks than the GPU has multiprocessors. The hot
+path has such launches by design (top-k sized grids, one sample when generating), so
+that warning is off unless ``NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=1`` is set.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
-_SYNC_ENV = "NUMBA_CUDA_ARRAY_INTERFACE_SYNC"
-os.environ.setdefault(_SYNC_ENV, "0")
+_OCCUPANCY_ENV = "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"
+os.environ.setdefault(_OCCUPANCY_ENV, "0")
 
 from numba import cuda  # noqa: E402  (numba-cuda: the Numba CUDA target)
 from numba.cuda.core import config as cuda_config  # noqa: E402
 
-cuda_config.CUDA_ARRAY_INTERFACE_SYNC = bool(int(os.environ[_SYNC_ENV]))
+cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = bool(int(os.environ[_OCCUPANCY_ENV]))  # if read earlier
+warnings.filterwarnings("ignore", message="Stream 0 is passed from a library",
+                        category=UserWarning)
 
 SIMULATOR = bool(cuda_config.ENABLE_CUDASIM)
 """True under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` before Numba loads)."""

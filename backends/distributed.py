@@ -7,12 +7,13 @@ global batch's: one all-reduce per step over a single flat buffer (every gradien
 the loss) leaves all ranks with identical gradients, hence identical clipping, AdamW
 updates and parameters.
 
-Transport, chosen by the backend that ``$BRAINLIKE_BACKEND`` asks for:
+:func:`connect` joins the job, creates this rank's backend on its own device (the GPU
+of the rank's index on its node, made current before anything is allocated), and takes
+the transport from that backend (``backend.communicator``):
 
 - host arrays (numpy, array-api-strict): MPI's Allreduce through mpi4py;
-- CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs (one GPU per rank, picked by
-  the rank's index on its node); MPI only broadcasts NCCL's id, agrees on stopping and
-  aborts.
+- CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs, one GPU per rank; MPI only
+  broadcasts NCCL's id, agrees on stopping and aborts.
 
 mpi4py is the optional ``distributed`` extra and is imported only by :func:`connect`: a
 single-process run uses :class:`SingleProcess` and never loads MPI.
@@ -21,11 +22,10 @@ single-process run uses :class:`SingleProcess` and never loads MPI.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-from . import ENV_BACKEND, device_of, get_namespace
+from . import device_of, get_backend, get_namespace, to_float
 
 INSTALL_HINT = ("pip install -e '.[distributed]' (mpi4py) and an MPI library, e.g. "
                 "apt-get install openmpi-bin")
@@ -71,7 +71,7 @@ class MpiCommunicator:
         all-reduce; every rank gets the same result."""
         flat, shapes = flatten(grads, loss)
         flat = self.allreduce_mean(flat)
-        return float(flat[-1]), unflatten(flat[:-1], shapes)
+        return to_float(flat[-1]), unflatten(flat[:-1], shapes)
 
     def allreduce_mean(self, flat):
         """Element-wise mean over the ranks of a 1-d host-backend array ``[n]`` (``flat``
@@ -98,23 +98,17 @@ class MpiCommunicator:
                 f"rank(s) {differing} start from another {what} than rank 0: every rank "
                 "must read the same --data and checkpoint files (a filesystem all nodes share)")
 
-    def local_rank(self) -> int:
-        """This rank's index among the ranks on its node (collective)."""
-        return self.world.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
-
     def abort(self, code: int) -> None:
         """End every rank of the job now (no rank is left waiting in a collective)."""
         self.world.Abort(code)
 
 
 class NcclCommunicator(MpiCommunicator):
-    """Sums CuPy buffers on the GPUs with NCCL; one GPU per rank."""
+    """Sums CuPy buffers on the GPUs with NCCL; one GPU per rank, the current device."""
 
     def __init__(self, MPI, world, cupy, nccl):
         super().__init__(MPI, world)
         self.cupy, self.nccl = cupy, nccl
-        gpus = cupy.cuda.runtime.getDeviceCount()
-        cupy.cuda.Device(self.local_rank() % gpus).use()   # before the backend picks its device
         unique_id = self.broadcast(nccl.get_unique_id() if self.rank == 0 else None)
         self.nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
 
@@ -148,27 +142,42 @@ def unflatten(flat, shapes: dict) -> dict:
     return grads
 
 
-def connect() -> MpiCommunicator:
-    """Join the MPI job this process was launched in (mpirun, srun); for the cupy
-    backend also pick this rank's GPU and set up NCCL. Call before ``get_backend()``."""
+def connect(backend: str | None = None, kernels: str | None = None):
+    """Join the MPI job this process was launched in (mpirun, srun) -> (communicator,
+    backend).
+
+    The backend (``get_backend(backend, kernels, device=...)``, default
+    ``$BRAINLIKE_BACKEND``) is created here, on the device of this rank's index on its
+    node, so a GPU rank picks its own GPU before anything is allocated; its
+    ``communicator`` method chooses the transport (MPI or NCCL).
+    """
+    MPI = _mpi()
+    world = MPI.COMM_WORLD
+    local_rank = world.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()   # index on its node
+    this_backend = get_backend(backend, kernels, device=local_rank)
+    return this_backend.communicator(MPI, world), this_backend
+
+
+def _mpi():
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as exc:   # RuntimeError: mpi4py found no MPI library
         reason = " ".join(str(exc).split())
         raise DistributedError(f"--distributed needs mpi4py and MPI ({reason}): "
                                f"{INSTALL_HINT}") from None
-    if os.environ.get(ENV_BACKEND, "").strip().lower() == "cupy":
-        return NcclCommunicator(MPI, MPI.COMM_WORLD, *_cupy_and_nccl())
-    return MpiCommunicator(MPI, MPI.COMM_WORLD)
+    return MPI
 
 
-def _cupy_and_nccl():
+def nccl_module():
+    """``cupy.cuda.nccl``, checked to have loaded the NCCL library."""
+    hint = ("pip install -e '.[cuda12-distributed]' (or '.[cuda13-distributed]'), which "
+            "brings the NCCL wheel for that CUDA major version")
     try:
-        import cupy
         from cupy.cuda import nccl
     except ImportError as exc:
-        raise DistributedError(
-            f"--distributed on the cupy backend needs CuPy with NCCL ({exc}): pip install "
-            "-e '.[cuda12,distributed]' and NCCL (python -m cupyx.tools.install_library "
-            "--library nccl --cuda 12.x)") from None
-    return cupy, nccl
+        raise DistributedError(f"--distributed on the cupy backend needs CuPy's NCCL "
+                               f"module ({exc}): {hint}") from None
+    if not nccl.available:      # the module imports, but libnccl could not be loaded
+        raise DistributedError(f"--distributed on the cupy backend needs the NCCL library, "
+                               f"which CuPy could not load: {hint}")
+    return nccl

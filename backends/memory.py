@@ -2,7 +2,10 @@
 
 Host backends (numpy, array-api-strict) count through ``tracemalloc``: NumPy reports
 every array buffer it allocates to it. CuPy counts through a memory hook on its pool,
-which sees every device allocation and free the arrays make.
+which sees every device allocation and free the arrays make; it counts the blocks
+allocated since it was installed, so ``current_bytes()`` never goes negative.
+
+Call ``stop()`` when done (in a ``finally``): it removes the hook / stops tracemalloc.
 
 Counting starts at the first ``reset_peak()`` (tracemalloc slows Python's allocator,
 so it is never switched on behind a user's back).
@@ -18,19 +21,24 @@ class MemoryTracker:
 
     def __init__(self, reset, current, peak, stop):
         self._reset, self._current, self._peak, self._stop = reset, current, peak, stop
+        self._at_stop = None          # (current, peak) when stopped, until counting restarts
 
     def reset_peak(self) -> None:
         """Start counting (if not yet) and set the peak to the current usage."""
+        self._at_stop = None
         self._reset()
 
     def current_bytes(self) -> int:
-        return int(self._current())
+        return int(self._current()) if self._at_stop is None else self._at_stop[0]
 
     def peak_bytes(self) -> int:
-        return int(self._peak())
+        return int(self._peak()) if self._at_stop is None else self._at_stop[1]
 
     def stop(self) -> None:
-        """Stop counting (frees tracemalloc's own bookkeeping)."""
+        """Stop counting (removes the hook, frees tracemalloc's own bookkeeping); the
+        figures at this moment stay readable."""
+        if self._at_stop is None:
+            self._at_stop = (self.current_bytes(), self.peak_bytes())
         self._stop()
 
     # ---- constructors ------------------------------------------------------------
@@ -68,17 +76,21 @@ class MemoryTracker:
 
 
 def _make_cupy_hook(cupy):
-    """A CuPy MemoryHook that keeps the bytes held by live pool allocations."""
-    from cupy.cuda import memory_hook
+    """A CuPy MemoryHook that keeps the bytes held by the pool allocations made since it
+    was installed.
 
-    class PeakHook(memory_hook.MemoryHook):
-        name = "BrainlikePeakHook"
-
+    CuPy keeps a thread's hooks by name and refuses a second hook of the same name, so
+    each hook has its own (two backends in one thread, e.g. two runs in one process).
+    Frees of blocks allocated before the hook was installed (the initial parameters,
+    say) are not subtracted: they were never added.
+    """
+    class PeakHook(cupy.cuda.memory_hook.MemoryHook):
         def __init__(self):
+            self.name = f"BrainlikePeakHook-{id(self):x}"
             self.current = 0
             self.peak = 0
             self.installed = False
-            self._sizes = {}
+            self._sizes = {}          # pointer -> bytes, of the blocks allocated since install
 
         def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
             self._sizes[mem_ptr] = mem_size
@@ -86,6 +98,6 @@ def _make_cupy_hook(cupy):
             self.peak = max(self.peak, self.current)
 
         def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
-            self.current -= self._sizes.pop(mem_ptr, mem_size)
+            self.current -= self._sizes.pop(mem_ptr, 0)
 
     return PeakHook()

@@ -30,6 +30,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import BackendError
+from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+
 ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
 
 
@@ -184,61 +187,64 @@ def _topk_parallel(z, out):
 
 
 # ---------------------------------------------------------------------------------
-# the encoder: z = b_e + sum_t E[x[:, t]] * P[t], and its sparse backward
+# gathered, position-weighted sums of rows: out[b] = sum_t table[ids[b, t]] * weights[t]
 # ---------------------------------------------------------------------------------
 @njit(cache=True)
-def _encoder_row(E, P, b_e, x_row, out):
-    """``out = b_e + sum_t E[x_row[t]] * P[t]``: x_row ``[T]``, out ``[N]``."""
-    _copy_row(b_e, out)
-    for t in range(x_row.shape[0]):
-        e, p = E[x_row[t]], P[t]                         # [N], [N]
-        for n in range(out.shape[0]):
-            out[n] += e[n] * p[n]
+def _weighted_sum_row(table, weights, ids_row, out):
+    """``out = sum_t table[ids_row[t]] * weights[t]``: ids_row ``[T]``, out ``[F]``."""
+    for f in range(out.shape[0]):
+        out[f] = 0
+    for t in range(ids_row.shape[0]):
+        row, w = table[ids_row[t]], weights[t]           # [F], [F]
+        for f in range(out.shape[0]):
+            out[f] += row[f] * w[f]
 
 
 @njit(cache=True)
-def _encoder_accumulate_serial(E, P, b_e, x, out):
-    """:func:`_encoder_row` for every sample: x ``[B, T]``, out ``[B, N]``."""
-    for b in range(x.shape[0]):
-        _encoder_row(E, P, b_e, x[b], out[b])
+def _gather_weighted_sum_serial(table, weights, ids, out):
+    """:func:`_weighted_sum_row` for every sample: ids ``[B, T]``, out ``[B, F]``."""
+    for b in range(ids.shape[0]):
+        _weighted_sum_row(table, weights, ids[b], out[b])
 
 
 @njit(cache=True, parallel=True)
-def _encoder_accumulate_parallel(E, P, b_e, x, out):
-    """:func:`_encoder_accumulate_serial` with the samples split between threads."""
-    for b in prange(x.shape[0]):
-        _encoder_row(E, P, b_e, x[b], out[b])
+def _gather_weighted_sum_parallel(table, weights, ids, out):
+    """:func:`_gather_weighted_sum_serial` with the samples split between threads."""
+    for b in prange(ids.shape[0]):
+        _weighted_sum_row(table, weights, ids[b], out[b])
 
 
 @njit(cache=True)
-def _encoder_backward_serial(dz, idx, E, P, x, dE, dP):
-    """Add the encoder gradients at the selected neurons into dE ``[V, N]``, dP ``[T', N]``:
+def _gather_weighted_sum_backward_serial(dout, cols, table, weights, ids, dtable, dweights):
+    """Add the gradients at the given columns into dtable ``[R, F]``, dweights ``[T', F]``:
 
-    ``dE[x[b, t], idx[b, j]] += dz[b, j] * P[t, idx[b, j]]`` and
-    ``dP[t, idx[b, j]] += dz[b, j] * E[x[b, t], idx[b, j]]``, in order of (b, t, j);
-    dz, idx ``[B, k]``, x ``[B, T]``. B*T*k terms, nothing else is read or written.
+    ``dtable[ids[b, t], cols[b, j]] += dout[b, j] * weights[t, cols[b, j]]`` and
+    ``dweights[t, cols[b, j]] += dout[b, j] * table[ids[b, t], cols[b, j]]``, in order of
+    (b, t, j); dout, cols ``[B, k]``, ids ``[B, T]``. B*T*k terms, nothing else is touched.
     """
-    for b in range(x.shape[0]):
-        for t in range(x.shape[1]):
-            v = x[b, t]
-            _scatter_scaled(dE[v], P[t], dz[b], idx[b])
-            _scatter_scaled(dP[t], E[v], dz[b], idx[b])
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            r = ids[b, t]
+            _scatter_scaled(dtable[r], weights[t], dout[b], cols[b])
+            _scatter_scaled(dweights[t], table[r], dout[b], cols[b])
 
 
 @njit(cache=True, parallel=True)
-def _encoder_backward_parallel(dz, idx, E, P, x, dE, dP, n_parts):
-    """:func:`_encoder_backward_serial` in two race-free parallel loops, with the same
-    order of terms for every output element: dP split by row t, dE by blocks of rows."""
-    for t in prange(x.shape[1]):
-        for b in range(x.shape[0]):
-            _scatter_scaled(dP[t], E[x[b, t]], dz[b], idx[b])
+def _gather_weighted_sum_backward_parallel(dout, cols, table, weights, ids, dtable, dweights,
+                                           n_parts):
+    """:func:`_gather_weighted_sum_backward_serial` in two race-free parallel loops, with
+    the same order of terms for every output element: dweights split by row t, dtable by
+    blocks of rows."""
+    for t in prange(ids.shape[1]):
+        for b in range(ids.shape[0]):
+            _scatter_scaled(dweights[t], table[ids[b, t]], dout[b], cols[b])
     for part in prange(n_parts):
-        lo, hi = _owned_rows(dE.shape[0], n_parts, part)
-        for b in range(x.shape[0]):
-            for t in range(x.shape[1]):
-                v = x[b, t]
-                if lo <= v < hi:
-                    _scatter_scaled(dE[v], P[t], dz[b], idx[b])
+        lo, hi = _owned_rows(dtable.shape[0], n_parts, part)
+        for b in range(ids.shape[0]):
+            for t in range(ids.shape[1]):
+                r = ids[b, t]
+                if lo <= r < hi:
+                    _scatter_scaled(dtable[r], weights[t], dout[b], cols[b])
 
 
 # ---------------------------------------------------------------------------------
@@ -261,6 +267,18 @@ def _check_range(ids, n_rows, what):
             f"{what} out of range: {what}.flat[{bad}] = {flat[bad]}, valid ids are 0..{n_rows - 1}")
 
 
+def _parallel_min_work_from_env() -> float:
+    """``$BRAINLIKE_PARALLEL_MIN_WORK`` as a number (unset or empty: never parallel)."""
+    value = os.environ.get(ENV_PARALLEL_MIN_WORK, "").strip()
+    try:
+        return float(value) if value else math.inf
+    except ValueError:
+        raise BackendError(
+            f"{ENV_PARALLEL_MIN_WORK}={value!r} is not a number: set it to the elements of "
+            "work from which a kernel runs its parallel loop (e.g. 100000), or unset it "
+            "to always run serially") from None
+
+
 class NumbaCpuOps:
     """The sparse hot path as Numba CPU kernels (see the module docstring).
 
@@ -273,7 +291,7 @@ class NumbaCpuOps:
 
     def __init__(self, parallel_min_work: float | None = None):
         if parallel_min_work is None:
-            parallel_min_work = float(os.environ.get(ENV_PARALLEL_MIN_WORK) or math.inf)
+            parallel_min_work = _parallel_min_work_from_env()
         self.parallel_min_work = parallel_min_work
 
     def _parts(self, work):
@@ -328,55 +346,40 @@ class NumbaCpuOps:
             _topk_serial(z, out)
         return out
 
-    # ---- the encoder ----------------------------------------------------------------
-    def encoder_accumulate(self, E, P, b_e, x):
-        """``z[b] = b_e + sum_t E[x[b, t]] * P[t]``: E ``[V, N]``, P ``[T', N]`` (T' >= T),
-        b_e ``[N]``, x ``[B, T]`` -> z ``[B, N]``, without forming ``[B, T, N]``."""
-        E, P, b_e = (np.ascontiguousarray(a) for a in (E, P, b_e))
-        x = _as_ids(x, "x")
-        B, T = x.shape
-        check_encoder_shapes(E, P, T)
-        _check_range(x, E.shape[0], "x")
-        dtype = np.result_type(E, P, b_e)
-        out = np.empty((B, E.shape[1]), dtype=dtype)                     # [B, N]
-        if self._parts(B * T * E.shape[1]) > 1:
-            _encoder_accumulate_parallel(E, P, b_e, x, out)
+    # ---- gathered, position-weighted sums ------------------------------------------
+    def gather_weighted_sum(self, table, ids, weights):
+        """``out[b] = sum_t table[ids[b, t]] * weights[t]``: table ``[R, F]``, ids ``[B, T]``,
+        weights ``[T', F]`` (T' >= T) -> out ``[B, F]``, without forming ``[B, T, F]``."""
+        table, weights = np.ascontiguousarray(table), np.ascontiguousarray(weights)
+        ids = _as_ids(ids, "ids")
+        B, T = ids.shape
+        check_weighted_sum_shapes(table, ids, weights)
+        _check_range(ids, table.shape[0], "ids")
+        out = np.empty((B, table.shape[1]), dtype=np.result_type(table, weights))  # [B, F]
+        if self._parts(B * T * table.shape[1]) > 1:
+            _gather_weighted_sum_parallel(table, weights, ids, out)
         else:
-            _encoder_accumulate_serial(E, P, b_e, x, out)
+            _gather_weighted_sum_serial(table, weights, ids, out)
         return out
 
-    def encoder_backward(self, dz, idx, E, P, x):
-        """Gradients of ``encoder_accumulate`` when only ``dz[b, idx[b, j]]`` is nonzero.
-
-        dz ``[B, k]`` at neurons idx ``[B, k]`` -> (dE ``[V, N]``, dP ``[T', N]``); only
-        ``B*T*k`` entries are touched, never ``B*T*N``.
-        """
-        E, P, dz = (np.ascontiguousarray(a) for a in (E, P, dz))
-        idx, x = _as_ids(idx, "idx"), _as_ids(x, "x")
-        B, T = x.shape
-        check_encoder_backward_shapes(dz, idx, E, P, x)
-        _check_range(x, E.shape[0], "x")
-        _check_range(idx, E.shape[1], "idx")
-        dE, dP = np.zeros_like(E), np.zeros_like(P)                     # [V, N], [T', N]
-        parts = self._parts(B * T * idx.shape[1])
+    def gather_weighted_sum_backward(self, dout, cols, table, ids, weights):
+        """Gradients of ``gather_weighted_sum`` when only ``out[b, cols[b, j]]`` has a
+        gradient, ``dout[b, j]``: dout, cols ``[B, k]`` -> (dtable ``[R, F]``, dweights
+        ``[T', F]``); only ``B*T*k`` entries are touched, never ``B*T*F``."""
+        table, weights, dout = (np.ascontiguousarray(a) for a in (table, weights, dout))
+        cols, ids = _as_ids(cols, "cols"), _as_ids(ids, "ids")
+        B, T = ids.shape
+        check_weighted_sum_backward_shapes(dout, cols, table, ids, weights)
+        _check_range(ids, table.shape[0], "ids")
+        _check_range(cols, table.shape[1], "cols")
+        dtable, dweights = np.zeros_like(table), np.zeros_like(weights)   # [R, F], [T', F]
+        parts = self._parts(B * T * cols.shape[1])
         if parts > 1:
-            _encoder_backward_parallel(dz, idx, E, P, x, dE, dP, parts)
+            _gather_weighted_sum_backward_parallel(dout, cols, table, weights, ids, dtable,
+                                                   dweights, parts)
         else:
-            _encoder_backward_serial(dz, idx, E, P, x, dE, dP)
-        return dE, dP
+            _gather_weighted_sum_backward_serial(dout, cols, table, weights, ids, dtable,
+                                                 dweights)
+        return dtable, dweights
 
 
-def check_encoder_shapes(E, P, T):
-    """ValueError unless E ``[V, N]`` and P ``[T', N]`` agree and T' covers T steps."""
-    if E.ndim != 2 or P.ndim != 2 or E.shape[1] != P.shape[1]:
-        raise ValueError(f"E [V, N] and P [T, N] do not match: {E.shape}, {P.shape}")
-    if T > P.shape[0]:
-        raise ValueError(f"x has {T} steps but P covers only {P.shape[0]}")
-
-
-def check_encoder_backward_shapes(dz, idx, E, P, x):
-    """ValueError unless the encoder's shapes agree and dz, idx are both ``[B, k]``."""
-    B, T = x.shape
-    check_encoder_shapes(E, P, T)
-    if dz.shape != idx.shape or idx.shape[0] != B:
-        raise ValueError(f"dz and idx must both be [B={B}, k]: {dz.shape}, {idx.shape}")

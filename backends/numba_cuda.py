@@ -1,8 +1,11 @@
 """Numba CUDA kernels for the sparse hot path: ``backend.ops`` of the cupy backend.
 
 Same methods and semantics as :class:`~.reference.ReferenceOps`, on CuPy arrays,
-which go to the kernels as they are (through ``__cuda_array_interface__``, no copy)
-and run on CuPy's current stream (see :mod:`.cuda_target`).
+which go to the kernels as they are (through ``__dlpack__``, no copy) and run on
+CuPy's current stream (see :mod:`.cuda_target`). Nothing here reads from the device:
+ids are not range-checked (a check would wait for the device on every call); the
+batches are checked on the host when they are built, and top-k ids are in range by
+construction.
 
 Two layers:
 
@@ -13,8 +16,8 @@ Two layers:
 
 Layout: row kernels give each row of the output a group of lanes that walk its
 feature axis, so a warp reads consecutive features (coalesced); narrow rows pack
-several rows into one warp. The encoder kernels use one thread per output element
-(consecutive threads on consecutive neurons) or per backward term.
+several rows into one warp. The weighted-sum kernels use one thread per output element
+(consecutive threads on consecutive features) or per backward term.
 
 Scatter-adds use float32/float64 atomics by default: fast, but the order of the
 additions, and so the last bits of the result, can change from run to run. With
@@ -29,8 +32,9 @@ import math
 
 from array_api_compat import array_namespace
 
+from . import KernelsUnavailable
 from .cuda_target import cuda, current_stream
-from .numba_cpu import check_encoder_backward_shapes, check_encoder_shapes
+from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 
 THREADS_PER_BLOCK = 256
 
@@ -80,52 +84,54 @@ def _segment_sum_rows_kernel(order, starts, rows, out):
 
 
 @cuda.jit
-def _encoder_accumulate_kernel(E, P, b_e, x, out):
-    """``out[b, n] = b_e[n] + sum_t E[x[b, t], n] * P[t, n]``, a thread per (b, n):
-    E ``[V, N]``, P ``[T', N]``, b_e ``[N]``, x ``[B, T]``, out ``[B, N]``."""
+def _gather_weighted_sum_kernel(table, weights, ids, out):
+    """``out[b, f] += sum_t table[ids[b, t], f] * weights[t, f]``, a thread per (b, f):
+    table ``[R, F]``, weights ``[T', F]``, ids ``[B, T]``, out ``[B, F]`` zeroed by the caller."""
     i = cuda.grid(1)
-    N = out.shape[1]
-    b, n = i // N, i % N
+    F = out.shape[1]
+    b, f = i // F, i % F
     if b < out.shape[0]:
-        acc = b_e[n]
-        for t in range(x.shape[1]):
-            acc += E[x[b, t], n] * P[t, n]
-        out[b, n] = acc
+        acc = out[b, f]
+        for t in range(ids.shape[1]):
+            acc += table[ids[b, t], f] * weights[t, f]
+        out[b, f] = acc
 
 
 @cuda.jit(device=True)
-def _backward_term(i, x, idx):
-    """Term i of the encoder backward, in order of (b, t, j): -> (b, t, j, v, n)."""
-    T, k = x.shape[1], idx.shape[1]
+def _backward_term(i, ids, cols):
+    """Term i of the weighted-sum backward, in order of (b, t, j): -> (b, t, j, r, f)."""
+    T, k = ids.shape[1], cols.shape[1]
     b, t, j = i // (T * k), (i // k) % T, i % k
-    return b, t, j, x[b, t], idx[b, j]
+    return b, t, j, ids[b, t], cols[b, j]
 
 
 @cuda.jit
-def _encoder_backward_kernel(dz, idx, E, P, x, dE, dP):
-    """With atomics, a thread per term (b, t, j) with v = x[b, t], n = idx[b, j]:
-    ``dE[v, n] += dz[b, j] * P[t, n]`` and ``dP[t, n] += dz[b, j] * E[v, n]``.
-    dz, idx ``[B, k]``, x ``[B, T]``; dE ``[V, N]``, dP ``[T', N]`` zeroed by the caller."""
+def _gather_weighted_sum_backward_kernel(dout, cols, table, weights, ids, dtable, dweights):
+    """With atomics, a thread per term (b, t, j) with r = ids[b, t], f = cols[b, j]:
+    ``dtable[r, f] += dout[b, j] * weights[t, f]`` and ``dweights[t, f] += dout[b, j] *
+    table[r, f]``. dout, cols ``[B, k]``, ids ``[B, T]``; dtable ``[R, F]``, dweights
+    ``[T', F]`` zeroed by the caller."""
     i = cuda.grid(1)
-    if i < x.shape[0] * x.shape[1] * idx.shape[1]:
-        b, t, j, v, n = _backward_term(i, x, idx)
-        cuda.atomic.add(dE, (v, n), dz[b, j] * P[t, n])
-        cuda.atomic.add(dP, (t, n), dz[b, j] * E[v, n])
+    if i < ids.shape[0] * ids.shape[1] * cols.shape[1]:
+        b, t, j, r, f = _backward_term(i, ids, cols)
+        cuda.atomic.add(dtable, (r, f), dout[b, j] * weights[t, f])
+        cuda.atomic.add(dweights, (t, f), dout[b, j] * table[r, f])
 
 
 @cuda.jit
-def _encoder_backward_terms_kernel(dz, idx, E, P, x, keys_e, vals_e, keys_p, vals_p):
-    """The terms of :func:`_encoder_backward_kernel` written out instead of added:
-    term i goes to ``dE.flat[keys_e[i]]`` (value ``vals_e[i]``) and ``dP.flat[keys_p[i]]``
-    (value ``vals_p[i]``); all four ``[B*T*k]``."""
+def _gather_weighted_sum_backward_terms_kernel(dout, cols, table, weights, ids,
+                                               keys_t, vals_t, keys_w, vals_w):
+    """The terms of :func:`_gather_weighted_sum_backward_kernel` written out instead of
+    added: term i goes to ``dtable.flat[keys_t[i]]`` (value ``vals_t[i]``) and
+    ``dweights.flat[keys_w[i]]`` (value ``vals_w[i]``); all four ``[B*T*k]``."""
     i = cuda.grid(1)
-    if i < keys_e.shape[0]:
-        b, t, j, v, n = _backward_term(i, x, idx)
-        N = E.shape[1]
-        keys_e[i] = v * N + n
-        vals_e[i] = dz[b, j] * P[t, n]
-        keys_p[i] = t * N + n
-        vals_p[i] = dz[b, j] * E[v, n]
+    if i < keys_t.shape[0]:
+        b, t, j, r, f = _backward_term(i, ids, cols)
+        F = table.shape[1]
+        keys_t[i] = r * F + f
+        vals_t[i] = dout[b, j] * weights[t, f]
+        keys_w[i] = t * F + f
+        vals_w[i] = dout[b, j] * table[r, f]
 
 
 # ---------------------------------------------------------------------------------
@@ -165,23 +171,26 @@ def launch_segment_sum_rows(order, starts, rows, out, stream=0):
                  order, starts, rows, out)
 
 
-def launch_encoder_accumulate(E, P, b_e, x, out, stream=0):
-    """``out[b] = b_e + sum_t E[x[b, t]] * P[t]``: out ``[B, N]``."""
-    _launch_flat(_encoder_accumulate_kernel, out.shape[0] * out.shape[1], stream,
-                 E, P, b_e, x, out)
+def launch_gather_weighted_sum(table, weights, ids, out, stream=0):
+    """``out[b] += sum_t table[ids[b, t]] * weights[t]``: out ``[B, F]`` zeroed by the caller."""
+    _launch_flat(_gather_weighted_sum_kernel, out.shape[0] * out.shape[1], stream,
+                 table, weights, ids, out)
 
 
-def launch_encoder_backward(dz, idx, E, P, x, dE, dP, stream=0):
-    """Add the encoder gradients at neurons idx into zeroed dE ``[V, N]``, dP ``[T', N]``
-    with atomics: B*T*k threads."""
-    n_terms = x.shape[0] * x.shape[1] * idx.shape[1]
-    _launch_flat(_encoder_backward_kernel, n_terms, stream, dz, idx, E, P, x, dE, dP)
+def launch_gather_weighted_sum_backward(dout, cols, table, weights, ids, dtable, dweights,
+                                        stream=0):
+    """Add the weighted-sum gradients at columns cols into zeroed dtable ``[R, F]``,
+    dweights ``[T', F]`` with atomics: B*T*k threads."""
+    n_terms = ids.shape[0] * ids.shape[1] * cols.shape[1]
+    _launch_flat(_gather_weighted_sum_backward_kernel, n_terms, stream,
+                 dout, cols, table, weights, ids, dtable, dweights)
 
 
-def launch_encoder_backward_terms(dz, idx, E, P, x, keys_e, vals_e, keys_p, vals_p, stream=0):
-    """Write the B*T*k encoder backward terms as (flat index, value) pairs for dE and dP."""
-    _launch_flat(_encoder_backward_terms_kernel, keys_e.shape[0], stream,
-                 dz, idx, E, P, x, keys_e, vals_e, keys_p, vals_p)
+def launch_gather_weighted_sum_backward_terms(dout, cols, table, weights, ids,
+                                              keys_t, vals_t, keys_w, vals_w, stream=0):
+    """Write the B*T*k backward terms as (flat index, value) pairs for dtable and dweights."""
+    _launch_flat(_gather_weighted_sum_backward_terms_kernel, keys_t.shape[0], stream,
+                 dout, cols, table, weights, ids, keys_t, vals_t, keys_w, vals_w)
 
 
 def segment_bounds(xp, ids, n_rows):
@@ -199,34 +208,41 @@ class NumbaCudaOps:
     """The sparse hot path as Numba CUDA kernels on CuPy arrays (see the module docstring).
 
     ``deterministic``: sort-based scatter-adds instead of atomics (bitwise reproducible).
-    ``check_ids``: raise ValueError for ids out of range; each check reads the ids'
-    min and max back to the host, a wait for the device; False skips it.
     ``array_module``: the module that allocates the outputs, CuPy by default (NumPy
     under the CUDA simulator, for tests).
+
+    Creating one compiles and runs one small kernel, so kernels this machine cannot load
+    (a driver older than the toolkit) fail here, with KernelsUnavailable.
     """
 
     name = "numba-cuda"
 
-    def __init__(self, deterministic: bool = False, check_ids: bool = True,
-                 array_module=None):
+    def __init__(self, deterministic: bool = False, array_module=None):
         if array_module is None:
             import cupy as array_module
         self.deterministic = deterministic
-        self.check_ids = check_ids
         self._cp = array_module                          # cupy (numpy under the simulator)
         self.xp = array_namespace(array_module.empty(0))
+        self._check_kernels_load()
 
     # ---- helpers --------------------------------------------------------------------
     def _contiguous(self, *arrays):
         return tuple(self._cp.ascontiguousarray(a) for a in arrays)
 
-    def _check_range(self, ids, n_rows, what):
-        if not self.check_ids or ids.size == 0:
-            return
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= n_rows:
-            raise ValueError(
-                f"{what} out of range: found {lo}..{hi}, valid ids are 0..{n_rows - 1}")
+    def _check_kernels_load(self):
+        """Run one gather of a single row; KernelsUnavailable naming the driver and the
+        toolkit when the kernel cannot be compiled or loaded."""
+        try:
+            self.gather_rows(self._cp.zeros((1, 1), dtype="float32"),
+                             self._cp.zeros(1, dtype="int64"))
+        except Exception as exc:
+            reason = " ".join(str(exc).split())
+            raise KernelsUnavailable(
+                f"a Numba CUDA kernel failed to load ({type(exc).__name__}: {reason}); "
+                f"{_cuda_versions(self._cp)}: a driver older than the toolkit rejects its "
+                "code, so update the NVIDIA driver (CUDA 13 needs driver >= 580) or install "
+                "the extra of the driver's CUDA major version (pip install -e '.[cuda12]' "
+                "includes nvJitLink, which links for older 12.x drivers)") from None
 
     def _scatter_add(self, ids, rows, n_rows, stream):
         """Scatter-add of rows ``[n, F]`` at ids ``[n]`` into a new ``[n_rows, F]``."""
@@ -244,7 +260,6 @@ class NumbaCudaOps:
         table, ids = self._contiguous(table, ids)
         flat_ids = ids.reshape(-1)                                       # [n]
         rows = table.reshape(table.shape[0], math.prod(table.shape[1:]))  # [R, F]
-        self._check_range(flat_ids, rows.shape[0], "ids")
         out = self._cp.empty((flat_ids.shape[0], rows.shape[1]), dtype=table.dtype)
         launch_gather_rows(rows, flat_ids, out, current_stream())
         return out.reshape(ids.shape + table.shape[1:])
@@ -254,7 +269,6 @@ class NumbaCudaOps:
         ids, rows = self._contiguous(ids, rows)
         if rows.ndim != 2 or ids.shape != rows.shape[:1]:
             raise ValueError(f"ids [n] and rows [n, F] do not match: {ids.shape}, {rows.shape}")
-        self._check_range(ids, n_rows, "ids")
         return self._scatter_add(ids, rows, n_rows, current_stream())
 
     # ---- selection ------------------------------------------------------------------
@@ -265,35 +279,48 @@ class NumbaCudaOps:
             raise ValueError(f"k = {k} is outside 0..{z.shape[1]} (the row length)")
         return self.xp.argsort(z, axis=-1, descending=True, stable=True)[:, :k]
 
-    # ---- the encoder ----------------------------------------------------------------
-    def encoder_accumulate(self, E, P, b_e, x):
-        """``z[b] = b_e + sum_t E[x[b, t]] * P[t]``: E ``[V, N]``, P ``[T', N]``,
-        b_e ``[N]``, x ``[B, T]`` -> z ``[B, N]``."""
-        E, P, b_e, x = self._contiguous(E, P, b_e, x)
-        check_encoder_shapes(E, P, x.shape[1])
-        self._check_range(x, E.shape[0], "x")
-        dtype = self._cp.result_type(E, P, b_e)
-        out = self._cp.empty((x.shape[0], E.shape[1]), dtype=dtype)   # [B, N]
-        launch_encoder_accumulate(E, P, b_e, x, out, current_stream())
+    # ---- gathered, position-weighted sums ------------------------------------------
+    def gather_weighted_sum(self, table, ids, weights):
+        """``out[b] = sum_t table[ids[b, t]] * weights[t]``: table ``[R, F]``, ids ``[B, T]``,
+        weights ``[T', F]`` (T' >= T) -> out ``[B, F]``."""
+        table, ids, weights = self._contiguous(table, ids, weights)
+        check_weighted_sum_shapes(table, ids, weights)
+        dtype = self._cp.result_type(table, weights)
+        out = self._cp.zeros((ids.shape[0], table.shape[1]), dtype=dtype)   # [B, F]
+        launch_gather_weighted_sum(table, weights, ids, out, current_stream())
         return out
 
-    def encoder_backward(self, dz, idx, E, P, x):
-        """Gradients of ``encoder_accumulate`` when only ``dz[b, idx[b, j]]`` is nonzero:
-        dz ``[B, k]`` at neurons idx ``[B, k]`` -> (dE ``[V, N]``, dP ``[T', N]``)."""
-        dz, idx, E, P, x = self._contiguous(dz, idx, E, P, x)
-        B, T = x.shape
-        check_encoder_backward_shapes(dz, idx, E, P, x)
-        self._check_range(x, E.shape[0], "x")
-        self._check_range(idx, E.shape[1], "idx")
+    def gather_weighted_sum_backward(self, dout, cols, table, ids, weights):
+        """Gradients of ``gather_weighted_sum`` when only ``out[b, cols[b, j]]`` has a
+        gradient, ``dout[b, j]``: dout, cols ``[B, k]`` -> (dtable ``[R, F]``, dweights
+        ``[T', F]``)."""
+        dout, cols, table, ids, weights = self._contiguous(dout, cols, table, ids, weights)
+        check_weighted_sum_backward_shapes(dout, cols, table, ids, weights)
         stream = current_stream()
         if not self.deterministic:
-            dE, dP = self._cp.zeros_like(E), self._cp.zeros_like(P)
-            launch_encoder_backward(dz, idx, E, P, x, dE, dP, stream)
-            return dE, dP
-        n_terms = B * T * idx.shape[1]
-        keys_e, keys_p = (self._cp.empty(n_terms, dtype=self._cp.int64) for _ in range(2))
-        vals_e, vals_p = self._cp.empty(n_terms, E.dtype), self._cp.empty(n_terms, P.dtype)
-        launch_encoder_backward_terms(dz, idx, E, P, x, keys_e, vals_e, keys_p, vals_p, stream)
-        dE = self._scatter_add(keys_e, vals_e[:, None], E.size, stream)
-        dP = self._scatter_add(keys_p, vals_p[:, None], P.size, stream)
-        return dE.reshape(E.shape), dP.reshape(P.shape)
+            dtable, dweights = self._cp.zeros_like(table), self._cp.zeros_like(weights)
+            launch_gather_weighted_sum_backward(dout, cols, table, weights, ids, dtable,
+                                                dweights, stream)
+            return dtable, dweights
+        n_terms = ids.shape[0] * ids.shape[1] * cols.shape[1]
+        keys_t, keys_w = (self._cp.empty(n_terms, dtype=self._cp.int64) for _ in range(2))
+        vals_t = self._cp.empty(n_terms, table.dtype)
+        vals_w = self._cp.empty(n_terms, weights.dtype)
+        launch_gather_weighted_sum_backward_terms(dout, cols, table, weights, ids,
+                                                  keys_t, vals_t, keys_w, vals_w, stream)
+        dtable = self._scatter_add(keys_t, vals_t[:, None], table.size, stream)
+        dweights = self._scatter_add(keys_w, vals_w[:, None], weights.size, stream)
+        return dtable.reshape(table.shape), dweights.reshape(weights.shape)
+
+
+def _cuda_versions(array_module) -> str:
+    """'the NVIDIA driver supports CUDA a.b, the CUDA runtime is c.d', from CuPy's
+    runtime ('unknown' for what cannot be read)."""
+    def version(name):
+        try:
+            v = getattr(array_module.cuda.runtime, name)()
+        except Exception:          # no driver, or not CuPy (the simulator)
+            return "unknown"
+        return f"{v // 1000}.{v % 1000 // 10}"
+    return (f"the NVIDIA driver supports CUDA {version('driverGetVersion')}, "
+            f"the CUDA runtime is {version('runtimeGetVersion')}")

@@ -6,7 +6,11 @@ ids, take a running sum of the rows in that order, and difference it at each id'
 segment bounds (found with ``searchsorted``). The running sum is kept in float64, so
 the differences stay exact to float32 precision. It is deterministic.
 
-Index conventions shared by every implementation (reference, Numba CPU, Numba CUDA):
+Every implementation (reference, Numba CPU, Numba CUDA) offers the same operations,
+named by what they do to arrays: ``gather_rows``, ``scatter_add_rows``, ``topk``, and
+``gather_weighted_sum`` (``out[b] = sum_t table[ids[b, t]] * weights[t]``, rows of a
+table gathered and summed with per-position weights) with its sparse backward
+``gather_weighted_sum_backward``. Conventions they share:
 - ids are integer arrays (int32 or int64), in range; results do not depend on their width;
 - ``topk`` returns, per row, the indices of the k largest values ordered by descending
   value, ties broken by the lower index (a stable descending sort).
@@ -57,34 +61,54 @@ class ReferenceOps:
         order = self.xp.argsort(z, axis=-1, descending=True, stable=True)  # [B, N]
         return order[:, :k]
 
-    # ---- the encoder ----------------------------------------------------------------
-    def encoder_accumulate(self, E, P, b_e, x):
-        """``z[b] = b_e + sum_t E[x[b, t]] * P[t]``: E ``[V, N]``, P ``[T, N]``, x ``[B, T]``."""
-        xp = self.xp
-        rows = self.gather_rows(E, x)                          # [B, T, N]
-        return b_e + xp.sum(rows * P[: x.shape[1], :], axis=1)  # [B, N]
+    # ---- gathered, position-weighted sums ------------------------------------------
+    def gather_weighted_sum(self, table, ids, weights):
+        """``out[b] = sum_t table[ids[b, t]] * weights[t]``: table ``[R, F]``, ids ``[B, T]``,
+        weights ``[T', F]`` (T' >= T) -> out ``[B, F]``."""
+        check_weighted_sum_shapes(table, ids, weights)
+        rows = self.gather_rows(table, ids)                             # [B, T, F]
+        return self.xp.sum(rows * weights[: ids.shape[1], :], axis=1)  # [B, F]
 
-    def encoder_backward(self, dz, idx, E, P, x):
-        """Gradients of ``encoder_accumulate`` when only ``dz[b, idx[b, j]]`` is nonzero.
-
-        dz ``[B, k]`` at neurons idx ``[B, k]`` -> (dE ``[V, N]``, dP ``[T, N]``); only
-        ``B*T*k`` entries are touched, never ``B*T*N``.
+    def gather_weighted_sum_backward(self, dout, cols, table, ids, weights):
+        """Gradients of ``gather_weighted_sum`` when only ``out[b, cols[b, j]]`` has a
+        gradient, ``dout[b, j]``: dout, cols ``[B, k]`` -> (dtable ``[R, F]``, dweights
+        ``[T', F]``); only ``B*T*k`` entries are touched, never ``B*T*F``.
         """
         xp = self.xp
-        V, N = E.shape
-        B, T = x.shape
-        k = idx.shape[1]
-        idx = xp.astype(idx, xp.int64)
-        x = xp.astype(x, xp.int64)
-        ids_e = x[:, :, None] * N + idx[:, None, :]                     # [B, T, k] into E.flat
-        ids_p = (xp.arange(T, dtype=xp.int64, device=device_of(x))[None, :, None] * N
-                 + idx[:, None, :])                                     # [B, T, k] into P.flat
-        E_at = self.gather_rows(xp.reshape(E, (V * N, 1)), ids_e)[..., 0]   # [B, T, k]
-        P_at = self.gather_rows(xp.reshape(P, (-1, 1)), ids_p)[..., 0]      # [B, T, k]
-        dz_t = dz[:, None, :]                                           # [B, 1, k]
+        check_weighted_sum_backward_shapes(dout, cols, table, ids, weights)
+        R, F = table.shape
+        B, T = ids.shape
+        k = cols.shape[1]
+        cols = xp.astype(cols, xp.int64)
+        ids = xp.astype(ids, xp.int64)
+        at_table = ids[:, :, None] * F + cols[:, None, :]                 # [B, T, k] into table.flat
+        at_weights = (xp.arange(T, dtype=xp.int64, device=device_of(ids))[None, :, None] * F
+                      + cols[:, None, :])                                 # [B, T, k] into weights.flat
+        table_at = self.gather_rows(xp.reshape(table, (R * F, 1)), at_table)[..., 0]      # [B, T, k]
+        weights_at = self.gather_rows(xp.reshape(weights, (-1, 1)), at_weights)[..., 0]  # [B, T, k]
+        dout_t = dout[:, None, :]                                        # [B, 1, k]
         n = B * T * k
-        dE = self.scatter_add_rows(xp.reshape(ids_e, (n,)),
-                                   xp.reshape(dz_t * P_at, (n, 1)), V * N)
-        dP = self.scatter_add_rows(xp.reshape(ids_p, (n,)),       # rows past T stay zero
-                                   xp.reshape(dz_t * E_at, (n, 1)), P.shape[0] * N)
-        return xp.reshape(dE, (V, N)), xp.reshape(dP, P.shape)
+        dtable = self.scatter_add_rows(xp.reshape(at_table, (n,)),
+                                       xp.reshape(dout_t * weights_at, (n, 1)), R * F)
+        dweights = self.scatter_add_rows(xp.reshape(at_weights, (n,)),  # rows past T stay zero
+                                         xp.reshape(dout_t * table_at, (n, 1)), weights.size)
+        return xp.reshape(dtable, (R, F)), xp.reshape(dweights, weights.shape)
+
+
+def check_weighted_sum_shapes(table, ids, weights):
+    """ValueError unless table ``[R, F]``, ids ``[B, T]`` and weights ``[T', F]`` agree and
+    T' covers the T positions."""
+    if table.ndim != 2 or weights.ndim != 2 or table.shape[1] != weights.shape[1]:
+        raise ValueError(f"table [R, F] and weights [T, F] do not match: "
+                         f"{tuple(table.shape)}, {tuple(weights.shape)}")
+    if ids.ndim != 2 or ids.shape[1] > weights.shape[0]:
+        raise ValueError(f"ids must be [B, T] with T <= {weights.shape[0]} (the rows of "
+                         f"weights), got {tuple(ids.shape)}")
+
+
+def check_weighted_sum_backward_shapes(dout, cols, table, ids, weights):
+    """ValueError unless the forward's shapes agree and dout, cols are both ``[B, k]``."""
+    check_weighted_sum_shapes(table, ids, weights)
+    if tuple(dout.shape) != tuple(cols.shape) or cols.shape[0] != ids.shape[0]:
+        raise ValueError(f"dout and cols must both be [B={ids.shape[0]}, k]: "
+                         f"{tuple(dout.shape)}, {tuple(cols.shape)}")

@@ -73,8 +73,7 @@ def measure(args) -> dict | None:
     from brainlike_np.backends.distributed import SingleProcess, connect
     from brainlike_np.training import TrainState
 
-    comm = connect() if args.distributed else SingleProcess()
-    backend = get_backend()
+    comm, backend = connect() if args.distributed else (SingleProcess(), get_backend())
     corpus = load_corpus(args.data)
     state = TrainState.create("brainlike", preset(args.preset), backend, seed=0,
                               dtype=args.dtype)

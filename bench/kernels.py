@@ -43,7 +43,7 @@ def make_cases(s, rng, dtype):
     neurons = rng.integers(0, B * N, B * k)                              # [B*k] into B*N rows
     z = normal(B, N)
     idx = np.argsort(-z, axis=1, kind="stable")[:, :k]                   # [B, k]
-    E, P, b_e = normal(V, N), normal(T, N), normal(N)
+    E, P = normal(V, N), normal(T, N)                                    # table, weights
     dz = normal(B, k)
     return [
         ("gather embedding", "gather_rows", (normal(V, D), tokens), None,
@@ -55,10 +55,10 @@ def make_cases(s, rng, dtype):
         ("scatter neurons", "scatter_add_rows", (neurons, normal(B * k, D), B * N),
          add_at_rows, (B * k * D + B * N * D) * item),
         ("topk", "topk", (z, k), None, B * N * item + B * k * 8),
-        ("encoder_accumulate", "encoder_accumulate", (E, P, b_e, tokens), None,
+        ("weighted sum (encoder)", "gather_weighted_sum", (E, tokens, P), None,
          (2 * B * T * N + B * N) * item),
-        ("encoder_backward", "encoder_backward", (dz, idx, E, P, tokens), add_at_encoder,
-         (4 * B * T * k + V * N + T * N) * item),
+        ("weighted sum backward (encoder)", "gather_weighted_sum_backward",
+         (dz, idx, E, tokens, P), add_at_weighted_sum, (4 * B * T * k + V * N + T * N) * item),
     ]
 
 
@@ -69,15 +69,16 @@ def add_at_rows(ids, rows, n_rows):
     return out
 
 
-def add_at_encoder(dz, idx, E, P, x):
-    """``np.add.at`` doing what encoder_backward does, on the B*T*k touched entries."""
-    T = x.shape[1]
-    v, t = x[:, :, None], np.arange(T)[None, :, None]                   # [B, T, 1]
-    n, g = idx[:, None, :], dz[:, None, :]                               # [B, 1, k]
-    dE, dP = np.zeros_like(E), np.zeros_like(P)
-    np.add.at(dE, (v, n), g * P[t, n])                                   # [B, T, k] terms
-    np.add.at(dP, (t, n), g * E[v, n])
-    return dE, dP
+def add_at_weighted_sum(dout, cols, table, ids, weights):
+    """``np.add.at`` doing what gather_weighted_sum_backward does, on the B*T*k touched
+    entries."""
+    T = ids.shape[1]
+    r, t = ids[:, :, None], np.arange(T)[None, :, None]                 # [B, T, 1]
+    f, g = cols[:, None, :], dout[:, None, :]                            # [B, 1, k]
+    dtable, dweights = np.zeros_like(table), np.zeros_like(weights)
+    np.add.at(dtable, (r, f), g * weights[t, f])                         # [B, T, k] terms
+    np.add.at(dweights, (t, f), g * table[r, f])
+    return dtable, dweights
 
 
 def median_seconds(calls, repeats, sync, between=None):

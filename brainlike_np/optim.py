@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .backends import get_namespace
+from .backends import get_namespace, to_float
 
 
 def global_norm(grads: dict) -> float:
     """sqrt of the sum of squares of every gradient entry."""
     squares = [get_namespace(g).sum(g * g) for g in grads.values()]
-    return math.sqrt(float(sum(squares)))     # one device-to-host read, not one per tensor
+    return math.sqrt(to_float(sum(squares)))     # one device-to-host read, not one per tensor
 
 
 def clip_by_global_norm(grads: dict, max_norm: float) -> tuple[dict, float]:

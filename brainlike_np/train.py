@@ -295,8 +295,7 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     return 0, val
 
 
-def run(args, comm) -> int:
-    backend = get_backend()
+def run(args, comm, backend) -> int:
     root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
     with OutDir(args.out_dir, writer=root) as out:
         job = prepare(args, backend, out)
@@ -350,12 +349,12 @@ def run_distributed(args) -> int:
     Abort) instead of leaving the other ranks waiting forever in the next all-reduce; the
     last checkpoint on disk stays intact (written atomically by rank 0)."""
     try:
-        comm = connect()
-    except DistributedError as exc:
+        comm, backend = connect()
+    except (DistributedError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        return run(args, comm)
+        return run(args, comm, backend)
     except (Exception, KeyboardInterrupt) as exc:
         print(f"error: rank {comm.rank}: {failure_message(exc)}", file=sys.stderr, flush=True)
         comm.abort(1)
@@ -366,7 +365,7 @@ def main(argv=None) -> int:
     if args.distributed:
         return run_distributed(args)
     try:
-        return run(args, SingleProcess())
+        return run(args, SingleProcess(), get_backend())
     except KeyboardInterrupt:
         print("error: aborted by a second Ctrl-C; the last checkpoint on disk is intact",
               file=sys.stderr)

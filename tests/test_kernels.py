@@ -112,70 +112,103 @@ def test_topk_empty_batch_and_bad_k(ops):
             ops.topk(np.zeros((2, 8), np.float32), k)
 
 
-# ---- the encoder --------------------------------------------------------------------
-def encoder_inputs(rng, dtype_name, id_dtype, B=4, T=10, V=30, N=64, T_max=12):
-    E, P = normal(rng, (V, N), dtype_name), normal(rng, (T_max, N), dtype_name)
-    b_e = normal(rng, (N,), dtype_name)
-    x = rng.integers(0, V, (B, T)).astype(id_dtype)
-    return E, P, b_e, x
+# ---- gathered, position-weighted sums ------------------------------------------------
+def weighted_sum_inputs(rng, dtype_name, id_dtype, B=4, T=10, R=30, F=64, T_max=12):
+    """table [R, F], ids [B, T] with repeats, weights [T_max, F] with T_max > T."""
+    table, weights = normal(rng, (R, F), dtype_name), normal(rng, (T_max, F), dtype_name)
+    ids = rng.integers(0, R, (B, T)).astype(id_dtype)
+    return table, ids, weights
 
 
-def test_encoder_accumulate_matches_reference(ops, rng, dtype_name, id_dtype):
-    E, P, b_e, x = encoder_inputs(rng, dtype_name, id_dtype)
-    assert_close(ops.encoder_accumulate(E, P, b_e, x),
-                 REF.encoder_accumulate(E, P, b_e, x), dtype_name)
+def test_gather_weighted_sum_matches_reference(ops, rng, dtype_name, id_dtype):
+    table, ids, weights = weighted_sum_inputs(rng, dtype_name, id_dtype)
+    got = ops.gather_weighted_sum(table, ids, weights)
+    assert_close(got, REF.gather_weighted_sum(table, ids, weights), dtype_name)
+    b, t = 1, np.arange(10)                                    # one sample, by hand
+    np.testing.assert_allclose(got[b], (table[ids[b]] * weights[t]).sum(0), **TOL[dtype_name])
 
 
-def test_encoder_accumulate_empty_batch(ops, rng, id_dtype):
-    E, P, b_e, x = encoder_inputs(rng, "float32", id_dtype, B=0)
-    assert ops.encoder_accumulate(E, P, b_e, x).shape == (0, 64)
+def test_gather_weighted_sum_empty_batch(ops, rng, id_dtype):
+    table, ids, weights = weighted_sum_inputs(rng, "float32", id_dtype, B=0)
+    assert ops.gather_weighted_sum(table, ids, weights).shape == (0, 64)
 
 
 @pytest.mark.parametrize("k", [1, 8, 64])
-def test_encoder_backward_matches_reference(ops, rng, dtype_name, id_dtype, k):
-    E, P, _, x = encoder_inputs(rng, dtype_name, id_dtype)
-    idx = REF.topk(normal(rng, (4, 64), "float64"), k).astype(id_dtype)   # [B, k]
-    dz = normal(rng, (4, k), dtype_name)
-    for got, want in zip(ops.encoder_backward(dz, idx, E, P, x),
-                         REF.encoder_backward(dz, idx, E, P, x)):
+def test_gather_weighted_sum_backward_matches_reference(ops, rng, dtype_name, id_dtype, k):
+    table, ids, weights = weighted_sum_inputs(rng, dtype_name, id_dtype)
+    cols = REF.topk(normal(rng, (4, 64), "float64"), k).astype(id_dtype)   # [B, k]
+    dout = normal(rng, (4, k), dtype_name)
+    for got, want in zip(ops.gather_weighted_sum_backward(dout, cols, table, ids, weights),
+                         REF.gather_weighted_sum_backward(dout, cols, table, ids, weights)):
         assert_close(got, want, dtype_name)
 
 
-def test_encoder_backward_repeated_neurons(ops, rng, id_dtype):
-    E, P, _, x = encoder_inputs(rng, "float64", id_dtype)
-    idx = rng.integers(0, 64, (4, 20)).astype(id_dtype)
-    idx[:, 1] = idx[:, 0]                                                 # a repeat per row
-    dz = normal(rng, (4, 20), "float64")
-    for got, want in zip(ops.encoder_backward(dz, idx, E, P, x),
-                         REF.encoder_backward(dz, idx, E, P, x)):
+def test_gather_weighted_sum_backward_is_the_gradient(rng, id_dtype):
+    """The reference backward against the gradient of sum(dout * out[b, cols]) by hand."""
+    table, ids, weights = weighted_sum_inputs(rng, "float64", id_dtype, B=2, T=3, R=5,
+                                              F=6, T_max=4)
+    cols = np.array([[0, 4], [4, 2]], dtype=id_dtype)
+    dout = normal(rng, (2, 2), "float64")
+    dtable, dweights = np.zeros_like(table), np.zeros_like(weights)
+    for b in range(2):
+        for t in range(3):
+            for j in range(2):
+                dtable[ids[b, t], cols[b, j]] += dout[b, j] * weights[t, cols[b, j]]
+                dweights[t, cols[b, j]] += dout[b, j] * table[ids[b, t], cols[b, j]]
+    got = REF.gather_weighted_sum_backward(dout, cols, table, ids, weights)
+    np.testing.assert_allclose(got[0], dtable, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], dweights, rtol=1e-12, atol=1e-12)
+
+
+def test_gather_weighted_sum_backward_repeated_columns(ops, rng, id_dtype):
+    table, ids, weights = weighted_sum_inputs(rng, "float64", id_dtype)
+    cols = rng.integers(0, 64, (4, 20)).astype(id_dtype)
+    cols[:, 1] = cols[:, 0]                                               # a repeat per row
+    dout = normal(rng, (4, 20), "float64")
+    for got, want in zip(ops.gather_weighted_sum_backward(dout, cols, table, ids, weights),
+                         REF.gather_weighted_sum_backward(dout, cols, table, ids, weights)):
         assert_close(got, want, "float64")
 
 
-def test_encoder_backward_empty_batch(ops, rng, id_dtype):
-    E, P, _, x = encoder_inputs(rng, "float32", id_dtype, B=0)
-    dE, dP = ops.encoder_backward(np.zeros((0, 5), np.float32), np.zeros((0, 5), id_dtype),
-                                  E, P, x)
-    assert dE.shape == E.shape and dP.shape == P.shape and not dE.any() and not dP.any()
+def test_gather_weighted_sum_backward_empty_batch(ops, rng, id_dtype):
+    table, ids, weights = weighted_sum_inputs(rng, "float32", id_dtype, B=0)
+    dtable, dweights = ops.gather_weighted_sum_backward(
+        np.zeros((0, 5), np.float32), np.zeros((0, 5), id_dtype), table, ids, weights)
+    assert dtable.shape == table.shape and dweights.shape == weights.shape
+    assert not dtable.any() and not dweights.any()
 
 
-def test_encoder_backward_serial_equals_parallel(rng):
-    E, P, _, x = encoder_inputs(rng, "float32", "int64", B=16, T=12)
-    idx = rng.integers(0, 64, (16, 32))
-    dz = normal(rng, (16, 32), "float32")
-    serial = NumbaCpuOps(parallel_min_work=float("inf")).encoder_backward(dz, idx, E, P, x)
-    parallel = NumbaCpuOps(parallel_min_work=0).encoder_backward(dz, idx, E, P, x)
+def test_gather_weighted_sum_backward_serial_equals_parallel(rng):
+    table, ids, weights = weighted_sum_inputs(rng, "float32", "int64", B=16, T=12)
+    cols = rng.integers(0, 64, (16, 32))
+    dout = normal(rng, (16, 32), "float32")
+    serial = NumbaCpuOps(parallel_min_work=float("inf")).gather_weighted_sum_backward(
+        dout, cols, table, ids, weights)
+    parallel = NumbaCpuOps(parallel_min_work=0).gather_weighted_sum_backward(
+        dout, cols, table, ids, weights)
     for s, p in zip(serial, parallel):
         assert np.array_equal(s, p)
 
 
-def test_encoder_ids_out_of_range_raise(ops, rng):
-    E, P, b_e, x = encoder_inputs(rng, "float32", "int64")
-    x[1, 2] = E.shape[0]
+def test_weighted_sum_ids_out_of_range_raise(ops, rng):
+    table, ids, weights = weighted_sum_inputs(rng, "float32", "int64")
+    ids[1, 2] = table.shape[0]
     with pytest.raises(ValueError, match="out of range"):
-        ops.encoder_accumulate(E, P, b_e, x)
-    idx = np.array([[0, 64]] * 4)
+        ops.gather_weighted_sum(table, ids, weights)
+    cols = np.array([[0, 64]] * 4)
     with pytest.raises(ValueError, match="out of range"):
-        ops.encoder_backward(np.ones((4, 2), np.float32), idx, E, P, x % E.shape[0])
+        ops.gather_weighted_sum_backward(np.ones((4, 2), np.float32), cols, table,
+                                         ids % table.shape[0], weights)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+def test_weighted_sum_shape_mismatch_says_which(impl, rng):
+    ops = REF if impl == "reference" else NumbaCpuOps()
+    table, ids, weights = weighted_sum_inputs(rng, "float32", "int64", T=10, T_max=12)
+    with pytest.raises(ValueError, match="do not match"):
+        ops.gather_weighted_sum(table, ids, weights[:, :5])
+    with pytest.raises(ValueError, match=r"T <= 8"):
+        ops.gather_weighted_sum(table, ids, weights[:8])
 
 
 def test_numpy_backend_uses_numba_kernels():

@@ -92,6 +92,8 @@ def test_ctrl_c_saves_and_resume_continues_the_same_loss_sequence(
     assert run_main(["--resume", "--out-dir", split], capsys)[0] == 0
     assert train_losses(split) == train_losses(straight)
     assert len(train_losses(split)) == 12
+    resumed = TrainState.load(os.path.join(split, "ckpt.npz"), get_backend("numpy"))
+    assert resumed.step == 12 and resumed.params["b_a"].shape == ()   # 0-d stays 0-d
 
 
 def test_resuming_a_finished_run_reports_it_without_training(tmp_path, corpus_file, capsys):

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import layers as L
-from ..backends import device_of, get_namespace
+from ..backends import device_of, get_namespace, to_float
 from ..config import ConfigDict, ConfigError
 
 PATHS = ("sparse", "dense")
@@ -141,7 +141,7 @@ def _accumulate(grads: dict, name: str, g) -> None:
 def encoder_sparse_forward(p, x, cfg, ops):
     """-> a ``[B, k]``, U rows ``[B, k, D]``, idx ``[B, k]``, cache."""
     xp = get_namespace(p["E"])
-    z = ops.encoder_accumulate(p["E"], p["P"], p["b_e"], x)          # [B, N]
+    z = p["b_e"] + ops.gather_weighted_sum(p["E"], x, p["P"])        # [B, N]
     idx = ops.topk(z, cfg.k_active)                                  # [B, k]
     a, ca = L.sigmoid_forward(xp.take_along_axis(z, idx, axis=1))    # [B, k]
     U_rows, cu = L.embedding_forward(p["U"], idx, ops)               # [B, k, D]
@@ -152,7 +152,7 @@ def encoder_sparse_backward(da, dU_rows, p, cache, grads, ops):
     x, idx, ca, cu = cache
     xp = get_namespace(da)
     dz = L.sigmoid_backward(da, ca)                                  # [B, k]
-    dE, dP = ops.encoder_backward(dz, idx, p["E"], p["P"], x)        # [V, N], [T, N]
+    dE, dP = ops.gather_weighted_sum_backward(dz, idx, p["E"], x, p["P"])  # [V, N], [T, N]
     n = dz.shape[0] * dz.shape[1]
     db_e = ops.scatter_add_rows(xp.reshape(idx, (n,)), xp.reshape(dz, (n, 1)),
                                 p["b_e"].shape[0])[:, 0]             # [N]
@@ -386,7 +386,7 @@ def next_logits(p, x, cfg: Config, ops):
 
 def loss(p, x, y, cfg: Config, ops) -> float:
     """Mean cross-entropy without the backward pass (for evaluation)."""
-    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
+    return to_float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
 
 
 def loss_and_grads(p, x, y, cfg: Config, ops):
@@ -394,4 +394,4 @@ def loss_and_grads(p, x, y, cfg: Config, ops):
     logits, cache = forward(p, x, cfg, ops)
     loss, closs = L.cross_entropy_forward(logits, y)
     grads = backward(L.cross_entropy_backward(1.0, closs), p, cache, cfg, ops)
-    return float(loss), grads
+    return to_float(loss), grads

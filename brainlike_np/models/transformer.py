@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, fields
 
 from .. import layers as L
-from ..backends import device_of, get_namespace
+from ..backends import device_of, get_namespace, to_float
 from ..config import ConfigDict, ConfigError
 
 # gains get no weight decay
@@ -282,7 +282,7 @@ def loss(p, x, y, cfg: TransformerConfig, ops) -> float:
     """Cross-entropy of y ``[B]`` at the last position only, without the backward
     (for evaluation): the same task, from the same full window, that the brain-like
     model is scored on. Training uses every position (``loss_and_grads``)."""
-    return float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
+    return to_float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
 
 
 def next_byte_targets(x, y):
@@ -300,4 +300,4 @@ def loss_and_grads(p, x, y, cfg: TransformerConfig, ops):
     targets = xp.reshape(next_byte_targets(x, y), (B * T,))
     loss, closs = L.cross_entropy_forward(xp.reshape(logits, (B * T, V)), targets)
     dlogits = xp.reshape(L.cross_entropy_backward(1.0, closs), (B, T, V))
-    return float(loss), backward(dlogits, p, cache, cfg, ops)
+    return to_float(loss), backward(dlogits, p, cache, cfg, ops)
