@@ -80,6 +80,16 @@ def to_float(x) -> float:
 
 
 # ---- the backends -------------------------------------------------------------------------
+def host_free_memory_bytes() -> int | None:
+    """The host memory new allocations can take (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 class Backend:
     """An array library with its namespace, device, hot-path ops and memory accounting.
 
@@ -127,6 +137,11 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (host: nothing)."""
+
+    def free_memory_bytes(self) -> int | None:
+        """Memory that new arrays can still take on this backend's device (host: the
+        kernel's MemAvailable), or None where it cannot be told."""
+        return host_free_memory_bytes()
 
     def communicator(self, MPI, world):
         """The data-parallel communicator for this backend's arrays over ``world``: MPI
@@ -235,6 +250,11 @@ class CupyBackend(Backend):
 
     def synchronize(self) -> None:
         self._cupy.cuda.get_current_stream().synchronize()
+
+    def free_memory_bytes(self) -> int | None:
+        """The GPU's free memory plus what CuPy's pool holds unused."""
+        free, _total = self._cupy.cuda.runtime.memGetInfo()
+        return int(free) + int(self._cupy.get_default_memory_pool().free_bytes())
 
     def communicator(self, MPI, world):
         """NCCL all-reduces on this backend's GPU (MPI broadcasts NCCL's id)."""

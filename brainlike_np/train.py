@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .backends import BackendError, get_backend
+from .backends import BackendError, get_backend, host_free_memory_bytes
 from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
 from .config import ConfigError
@@ -120,6 +120,7 @@ def new_state(args, backend, corpus) -> TrainState:
         batch = get_model(model_name).BATCH_SIZES.get(args.preset or "default", DEFAULT_BATCH_SIZE)
         settings = dataclasses.replace(settings, batch_size=batch)
     corpus.check_fits(cfg.context)
+    check_memory(cfg, model_name, settings, backend)
     return TrainState.create(model_name, cfg, backend, settings)
 
 
@@ -141,9 +142,39 @@ def resumed_state(args, backend, path: str) -> TrainState:
     return state
 
 
+def check_memory(cfg, model_name: str, settings: TrainSettings, backend) -> None:
+    """ConfigError, before anything is allocated, when the run cannot fit: the model's
+    parameters, gradients, AdamW moments and update temporaries (5 copies) and its
+    activations on the backend's device; the evaluation windows on the host."""
+    model = get_model(model_name)
+    itemsize = {"float32": 4, "float64": 8}[settings.dtype]
+    n_params = sum(math.prod(shape) for shape in model.param_shapes(cfg).values())
+    params = 5 * n_params * itemsize
+    activations = model.activation_bytes(cfg, settings.batch_size, itemsize)
+    free = backend.free_memory_bytes()
+    if free is not None and params + activations > free:
+        raise ConfigError(
+            f"this run needs about {_gib(params + activations)} on the {backend.name} "
+            f"backend's device (parameters, gradients and AdamW {_gib(params)}, activations "
+            f"at batch {settings.batch_size} {_gib(activations)}) but {_gib(free)} are free; "
+            "lower --batch-size or the model's size (--preset, --n-neurons, ...)")
+    windows = settings.eval_batches * settings.batch_size * (cfg.context + 1) * 8
+    host_free = host_free_memory_bytes()
+    if host_free is not None and windows > host_free // 2:
+        raise ConfigError(
+            f"{settings.eval_batches} evaluation batches of {settings.batch_size} windows take "
+            f"about {_gib(windows)} of host memory, {_gib(host_free)} are free; lower "
+            "--eval-batches")
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes < 2**60 else f"{n_bytes:.2e} bytes"
+
+
 def prepare(args, backend, out: OutDir) -> Run:
     if args.resume is not None:
         state = resumed_state(args, backend, args.resume or out.checkpoint)
+        check_memory(state.cfg, state.model_name, state.settings, backend)
         corpus = load_corpus(state.settings.data)
         corpus.check_fits(state.cfg.context)
     else:

@@ -1,5 +1,5 @@
-"""Central finite differences in float64, on the host, for checking hand-written backprop,
-and the cross-backend agreement check."""
+"""Central finite differences in float64, on the host, for checking hand-written backprop;
+the cross-backend agreement check; a step's measured activation memory."""
 
 import numpy as np
 import pytest
@@ -102,3 +102,16 @@ def device_batch(backend, cfg, batch_size=3, seed=0):
     from brainlike_np.data import random_batch
     x, y = random_batch(batch_size, cfg.context, cfg.vocab_size, seed)
     return backend.asarray(x), backend.asarray(y)
+
+
+def measured_activation_bytes(backend, model, cfg, batch_size):
+    """Traced peak of one loss_and_grads above the parameters, less its gradients."""
+    params = model.init_params(cfg, backend, seed=0)
+    x, y = device_batch(backend, cfg, batch_size=batch_size)
+    model.loss_and_grads(params, x, y, cfg, backend.ops)              # warm-up (JIT caches)
+    backend.memory.reset_peak()
+    start = backend.memory.current_bytes()
+    _, grads = model.loss_and_grads(params, x, y, cfg, backend.ops)
+    peak = backend.memory.peak_bytes() - start
+    backend.memory.stop()
+    return peak - sum(int(g.nbytes) for g in grads.values())

@@ -8,7 +8,9 @@ import pytest
 from brainlike_np.config import ConfigError
 from brainlike_np.models import brainlike
 from brainlike_np.optim import AdamW
-from gradcheck import assert_model_gradients_match, device_batch, perturbed_params
+from brainlike_np.backends import get_backend
+from gradcheck import (assert_model_gradients_match, device_batch, measured_activation_bytes,
+                       perturbed_params)
 
 TINY = brainlike.PRESETS["tiny"]
 # tau = 0.5 masks about half the keys at init, so the masked paths are exercised
@@ -61,3 +63,21 @@ def test_invalid_configs_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[")):
         brainlike.Config(**{**TINY.to_dict(), **overrides})
+
+
+def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients():
+    """With recompute only each step's input is kept: a lower traced peak at the default
+    preset, and, since the step is redone with the same operations, the same bits."""
+    backend = get_backend("numpy")
+    cfg = brainlike.PRESETS["default"]
+    lean = cfg.with_overrides(recompute=True)
+    assert measured_activation_bytes(backend, brainlike, lean, 16) < \
+        0.75 * measured_activation_bytes(backend, brainlike, cfg, 16)
+    f64 = {"dtype": "float64"}
+    params = brainlike.init_params(cfg, backend, seed=1, **f64)
+    x, y = device_batch(backend, cfg, batch_size=4)
+    loss, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
+    loss_r, grads_r = brainlike.loss_and_grads(params, x, y, lean, backend.ops)
+    assert loss_r == loss
+    for name, g in grads.items():
+        np.testing.assert_array_equal(backend.to_numpy(grads_r[name]), backend.to_numpy(g), name)

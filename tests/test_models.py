@@ -10,12 +10,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from brainlike_np.backends import get_backend
 from brainlike_np.config import ConfigError
 from brainlike_np.data import random_batch
 from brainlike_np.models import MODELS, get_model, get_preset
 from brainlike_np.train_state import TrainSettings, TrainState
 from gradcheck import (assert_matches_numpy_backend, assert_model_gradients_match,
-                       device_batch, perturbed_params)
+                       device_batch, measured_activation_bytes, perturbed_params)
 
 
 def execution_options():
@@ -157,3 +158,20 @@ def test_a_chain_of_resumes_continues_exactly(backend, dtype_name, model_name, t
     assert state.step == straight.step == 6
     for key, value in host_arrays(straight).items():
         np.testing.assert_array_equal(host_arrays(state)[key], value, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------
+# memory: the estimate the trainer checks before a run holds the measured peak
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_name, options", list(execution_options()))
+@pytest.mark.parametrize("batch_size", [128, 512])
+def test_activation_estimate_bounds_the_measured_peak(model_name, options, batch_size):
+    """Above the measured peak (so the trainer never lets a run through that cannot
+    fit) and within 3x of it (so it refuses nothing that would); at the tiny preset,
+    with batches large enough that arrays, not Python objects, fill the memory."""
+    backend = get_backend("numpy")
+    model = get_model(model_name)
+    cfg = get_preset(model_name, "tiny").with_overrides(**options)
+    measured = measured_activation_bytes(backend, model, cfg, batch_size)
+    estimate = model.activation_bytes(cfg, batch_size, itemsize=4)
+    assert measured <= estimate <= 3 * measured, (measured, estimate)

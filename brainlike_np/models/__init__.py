@@ -42,6 +42,10 @@ class Model(Protocol):
     def init_params(self, cfg, backend, seed: int = 0, dtype: str = "float32") -> dict:
         """Initial parameters, drawn on the host (same seed, same weights on every backend)."""
 
+    def activation_bytes(self, cfg, batch_size: int, itemsize: int) -> int:
+        """An upper estimate, from the shapes, of a training step's memory beyond the
+        parameters, gradients and AdamW moments (the trainer checks it before a run)."""
+
     def loss_and_grads(self, p, x, y, cfg, ops) -> tuple:
         """-> (the training loss as a float, grads: one array per parameter)."""
 

@@ -88,6 +88,22 @@ PRESETS = {
                    n_heads=4),
 }
 BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32}
+
+
+def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
+    """An upper estimate of a training step's memory beyond the parameters, their
+    gradients and AdamW's moments, from the shapes: what the backward keeps (see the
+    module docstring) plus its largest transient. The trainer refuses runs that cannot
+    fit by it; a test holds it above the measured peak."""
+    B, T, N, D, k = batch_size, cfg.context, cfg.n_neurons, cfg.d_state, cfg.k_active
+    M = k if cfg.path == "sparse" else N
+    state, context = B * M * D, B * T * D                  # one [B, M, D], one [B, T, D]
+    per_step = state if cfg.recompute else 6 * state
+    kept = 6 * context + 6 * state + cfg.n_steps * per_step + 4 * B * (N + cfg.vocab_size)
+    if cfg.path == "dense":
+        kept += 3 * B * T * N                              # the gathered E rows
+    scores = B * cfg.n_heads * M * max(M, T)               # one [B, h, M, M or T]
+    return itemsize * (kept + 3 * scores + 10 * state)
 EXECUTION_OPTIONS = {"path": ("dense",), "recompute": (True,)}
 
 

@@ -69,6 +69,16 @@ PRESETS = {
     "note": Config(context=128, d_model=512, n_layers=12, n_heads=8, d_mlp=2048),
 }
 BATCH_SIZES = {"tiny": 4, "default": 64, "note": 32}
+
+
+def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
+    """An upper estimate of a training step's memory beyond the parameters, their
+    gradients and AdamW's moments, from the shapes: each layer keeps about ten
+    ``[B, T, D]`` arrays, two ``[B, T, F]`` and its ``[B, h, T, T]`` probabilities; the
+    head six ``[B, T, V]`` (logits, log-probabilities, one-hot targets and their grads)."""
+    B, T, D = batch_size, cfg.context, cfg.d_model
+    per_layer = 10 * B * T * D + 2 * B * T * cfg.d_mlp + 2 * B * cfg.n_heads * T * T
+    return itemsize * (cfg.n_layers * per_layer + 6 * B * T * cfg.vocab_size + 4 * B * T * D)
 EXECUTION_OPTIONS: dict = {}
 
 
