@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from .backends import BackendError, get_backend
@@ -26,6 +27,7 @@ from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError, count_model_losses, load_corpus, nats_to_bits, sample_windows
+from .generate import OneLineParser
 from .models import MODELS, get_model, get_preset
 from .optim import cosine_lr
 from .outdir import OutDir, OutDirError
@@ -40,7 +42,7 @@ DEFAULT_BATCH_SIZE = 32     # for presets that name none
 # the command line
 # ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m brainlike_np.train",
         description="Train a byte-level language model (the brain-like sparse model by "
                     "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
@@ -117,7 +119,7 @@ def new_state(args, backend, corpus) -> TrainState:
     if settings.batch_size is None:
         batch = get_model(model_name).BATCH_SIZES.get(args.preset or "default", DEFAULT_BATCH_SIZE)
         settings = dataclasses.replace(settings, batch_size=batch)
-    corpus.check_fits(cfg.context)
+    corpus.check_fits(cfg.context, cfg.vocab_size)
     return TrainState.create(model_name, cfg, backend, settings)
 
 
@@ -143,7 +145,7 @@ def prepare(args, backend, out: OutDir) -> Run:
     if args.resume is not None:
         state = resumed_state(args, backend, args.resume or out.checkpoint)
         corpus = load_corpus(state.settings.data)
-        corpus.check_fits(state.cfg.context)
+        corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     else:
         out.check_fresh()
         corpus = load_corpus(given(args, "train_").get("data"))
@@ -201,6 +203,10 @@ class Reporter:
             return None
         state = self.run.state
         val = state.evaluate(self.eval_windows)
+        if not math.isfinite(val):    # finite parameters can still be a diverged state
+            raise TrainingDiverged(
+                f"the validation loss became {val} at step {state.step}; not saving it over "
+                "the last checkpoint: lower --lr or raise --warmup, and resume from it")
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()}}
         state.save(self.run.out.checkpoint)
@@ -361,6 +367,11 @@ def run_distributed(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with np.errstate(all="ignore"):   # overflow is caught as a diverged loss, one line
+        return _main(args)
+
+
+def _main(args) -> int:
     if args.distributed:
         return run_distributed(args)
     try:
