@@ -57,7 +57,7 @@ def save_checkpoint(path: str, params: dict, optimizer, meta: dict, backend) -> 
 def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
     """-> (params, adam_m, adam_v, meta), as host arrays; CheckpointError if unusable:
     not a regular file, not an npz archive, meta not a JSON object, an unknown entry, an
-    array that is not floating point or holds NaN or infinity."""
+    array that is not floating point or holds NaN or infinity, a negative second moment."""
     try:
         arrays, meta = load_npz(path)
     except FileNotFoundError:
@@ -75,9 +75,11 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
             f"({type(exc).__name__}: {exc}); point to another checkpoint file or start "
             "a new run") from None
     if not isinstance(meta, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+            type(meta), "number")
         raise CheckpointError(f"checkpoint '{path}' is corrupted or not a brainlike-np "
-                              f"checkpoint (its {META_KEY} is a JSON {type(meta).__name__}, "
-                              "not an object); point to another checkpoint file")
+                              f"checkpoint (its {META_KEY} is a JSON {kind}, not an object); "
+                              "point to another checkpoint file")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{path}' has format {meta.get('format')!r}, "
                               f"this version reads {FORMAT!r}; start a new run")
@@ -92,6 +94,9 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"checkpoint '{path}': {key} holds NaN or infinite values "
                                   "(saved from a diverged run?); use another checkpoint")
+        if group == "adam_v" and np.any(value < 0):
+            raise CheckpointError(f"checkpoint '{path}': {key} holds negative values (a "
+                                  "second moment is a mean of squares); it is corrupted")
         groups[group][name] = value
     return groups["params"], groups["adam_m"], groups["adam_v"], meta
 

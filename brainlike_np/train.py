@@ -178,7 +178,8 @@ class Reporter:
         eval_rng = state.backend.rng(s.seed + 10_000)
         self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
-        self.metrics = run.out.open_metrics(upto_step=state.step) if root else None
+        self.metrics = run.out.open_metrics(upto_step=state.step,
+                                            last_eval=state.metrics) if root else None
 
     def banner(self, comm) -> None:
         if not self.root:
