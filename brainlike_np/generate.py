@@ -134,6 +134,8 @@ def main(argv=None) -> int:
         if not (math.isfinite(args.temperature) and args.temperature >= 0):
             raise GenerationError(f"--temperature must be a finite number >= 0 (0: greedy), "
                              f"got {args.temperature}")
+        if sys.stdout is None:      # started with stdout closed (>&-)
+            raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())
         text = generate(state, prompt, args.max_new_bytes, args.temperature, args.top_k,
                         args.seed)

@@ -378,8 +378,8 @@ def _main(args) -> int:
     try:
         return run(args, SingleProcess())
     except KeyboardInterrupt:
-        print("error: aborted by a second Ctrl-C; the last checkpoint on disk is intact",
-              file=sys.stderr)
+        # a second Ctrl-C in training, or the first one before training began
+        print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (Exception, MemoryError) as exc:
         print(f"error: {failure_message(exc)}", file=sys.stderr)

@@ -567,6 +567,12 @@ def test_generate_backend_error_is_one_line(trained, capsys, monkeypatch):
     main_error(gen.main, ["--checkpoint", trained], capsys, "unknown backend", exit_code=1)
 
 
+def test_generate_with_stdout_closed_is_one_line(trained, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", None)       # what `>&-` gives Python
+    assert gen.main(["--checkpoint", trained]) == 1
+    assert capsys.readouterr().err == "error: stdout is closed: nowhere to write the sample\n"
+
+
 @pytest.mark.filterwarnings("error")      # no overflow on the way
 def test_tiny_temperatures_sample_the_likeliest_byte(trained):
     state = TrainState.load(trained, get_backend("numpy"))
