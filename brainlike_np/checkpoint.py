@@ -21,13 +21,14 @@ written.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
 import zipfile
 
 import numpy as np
+
+from .data import NotRegularFileError, open_regular_file
 
 FORMAT = "brainlike-np/2"   # 2: execution path in the config, training settings in "train"
 
@@ -54,17 +55,31 @@ def save_checkpoint(path: str, params: dict, optimizer, meta: dict, backend) -> 
 
 
 def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
-    """-> (params, adam_m, adam_v, meta), as host arrays; CheckpointError if unusable."""
+    """-> (params, adam_m, adam_v, meta), as host arrays; CheckpointError if unusable:
+    not a regular file, not an npz archive, meta not a JSON object, an unknown entry, an
+    array that is not floating point or holds NaN or infinity, a negative second moment."""
     try:
         arrays, meta = load_npz(path)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path, or "
-                              "start without --resume") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path (a new "
+                              "run needs no checkpoint)") from None
+    except NotRegularFileError as exc:
+        raise CheckpointError(f"checkpoint {exc}; point to a checkpoint file") from None
+    except MemoryError:
+        raise CheckpointError(f"checkpoint '{path}' declares arrays larger than the memory: "
+                              "it is corrupted, or too large for this machine") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
+            RecursionError) as exc:
         raise CheckpointError(
             f"checkpoint '{path}' is corrupted or not a brainlike-np checkpoint "
-            f"({type(exc).__name__}: {exc}); point --resume at another file or start "
+            f"({type(exc).__name__}: {exc}); point to another checkpoint file or start "
             "a new run") from None
+    if not isinstance(meta, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+            type(meta), "number")
+        raise CheckpointError(f"checkpoint '{path}' is corrupted or not a brainlike-np "
+                              f"checkpoint (its {META_KEY} is a JSON {kind}, not an object); "
+                              "point to another checkpoint file")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{path}' has format {meta.get('format')!r}, "
                               f"this version reads {FORMAT!r}; start a new run")
@@ -73,6 +88,15 @@ def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
         group, _, name = key.partition("/")
         if group not in groups:
             raise CheckpointError(f"checkpoint '{path}' has an unknown entry '{key}'")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise CheckpointError(f"checkpoint '{path}': {key} holds {value.dtype}, not "
+                                  "floating-point numbers; it is corrupted")
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"checkpoint '{path}': {key} holds NaN or infinite values "
+                                  "(saved from a diverged run?); use another checkpoint")
+        if group == "adam_v" and np.any(value < 0):
+            raise CheckpointError(f"checkpoint '{path}': {key} holds negative values (a "
+                                  "second moment is a mean of squares); it is corrupted")
         groups[group][name] = value
     return groups["params"], groups["adam_m"], groups["adam_v"], meta
 
@@ -125,10 +149,15 @@ def _current_umask() -> int:
 
 
 def load_npz(path: str) -> tuple[dict, dict]:
-    """-> (arrays, meta). Raises ValueError/OSError/KeyError on a damaged file."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    """-> (arrays, meta). Raises ValueError/OSError/KeyError on a damaged file, and
+    NotRegularFileError (an OSError) before reading anything that is not a regular file.
+    Every array is read while the file is open, so a checkpoint renamed over this one
+    meanwhile is never mixed in."""
+    with open_regular_file(path) as f:
+        archive = np.load(f, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):     # a lone .npy array
+            raise ValueError("a single array, not an .npz archive")
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
     meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     return arrays, meta

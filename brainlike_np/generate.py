@@ -1,30 +1,74 @@
-"""Continue a prompt byte by byte from a checkpoint: ``python -m brainlike_np.generate``."""
+"""Continue a prompt byte by byte from a checkpoint: ``python -m brainlike_np.generate``.
+
+The prompt is bytes: on the command line, its text as the shell passed it (a prompt
+that is not valid UTF-8, such as ``$'\\xff'`` in bash, is taken byte for byte, as
+``os.fsencode`` gives it back). The output is the prompt plus the new bytes, written
+to stdout as UTF-8 text with any byte sequence that is not UTF-8 shown as U+FFFD.
+
+Bad input (a temperature that is not a finite number >= 0, a negative --max-new-bytes,
+--top-k or --seed, a missing or damaged checkpoint, an unusable backend) ends with one
+``error: ...`` line and exit code 1; the library function ``generate`` raises ValueError
+for the same arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 import numpy as np
 
 from .backends import BackendError, get_backend
 from .checkpoint import CheckpointError
-from .data import as_tokens
 from .train_state import TrainState
+
+EXIT_INTERRUPTED = 130
+
+
+class GenerationError(ValueError):
+    """An argument of ``generate`` (or of the command line) that cannot work."""
 
 
 def sample_from_logits(logits: np.ndarray, rng: np.random.Generator,
                        temperature: float = 1.0, top_k: int = 0) -> int:
-    """One token from logits ``[V]``; temperature 0 is greedy, top_k 0 keeps all."""
+    """One token from logits ``[V]``; temperature 0 is greedy, top_k 0 (or >= V) keeps
+    all. ValueError if a logit is NaN or infinite (a diverged model).
+
+    Computed in float64 with the maximum subtracted before dividing by the temperature,
+    so any temperature > 0, however small, gives finite probabilities (the likeliest
+    token has weight exactly 1; at tiny temperatures the others underflow to 0)."""
+    _check_sampling(temperature, top_k)
     logits = np.asarray(logits, dtype=np.float64)
-    if temperature <= 0:
+    if logits.ndim != 1 or logits.shape[0] == 0:
+        raise GenerationError(f"logits must be one row [V] with V > 0, got shape {logits.shape}")
+    if not np.all(np.isfinite(logits)):
+        raise GenerationError("the model's logits hold NaN or infinite values: its parameters "
+                         "are broken (a diverged run?)")
+    if temperature == 0:
         return int(np.argmax(logits))
-    scaled = logits / temperature
+    with np.errstate(over="ignore"):    # a tiny temperature sends the others to -inf
+        scaled = (logits - logits.max()) / temperature      # <= 0, the maximum exactly 0
     if 0 < top_k < scaled.shape[0]:
         cutoff = np.partition(scaled, -top_k)[-top_k]
         scaled = np.where(scaled >= cutoff, scaled, -np.inf)
-    probs = np.exp(scaled - scaled.max())
+    probs = np.exp(scaled)                                   # in [0, 1], the maximum 1
     return int(rng.choice(scaled.shape[0], p=probs / probs.sum()))
+
+
+def _check_sampling(temperature, top_k) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not (math.isfinite(temperature) and temperature >= 0):
+        raise GenerationError(f"temperature must be a finite number >= 0 (0: greedy), "
+                         f"got {temperature!r}")
+    _check_count("top_k", top_k, "(0: all bytes)")
+
+
+def _check_count(name: str, value, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise GenerationError(f"{name} must be an integer >= 0{' ' + note if note else ''}, "
+                         f"got {value!r}")
 
 
 def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float = 0.8,
@@ -32,36 +76,96 @@ def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float 
     """``n_bytes`` new bytes after ``prompt``; the model reads the last ``context`` bytes.
 
     The model was trained on full windows, so a prompt shorter than the context is
-    left-padded with newlines (as if it started a file) rather than read short."""
+    left-padded with newlines (as if it started a file) rather than read short.
+    ValueError for a prompt that is not bytes or holds a byte the model has no token
+    for, a negative ``n_bytes``, ``top_k`` or ``seed``, a temperature that is not a
+    finite number >= 0, and a model whose logits are not finite."""
+    if not isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise GenerationError(f"the prompt must be bytes, got {type(prompt).__name__} "
+                         "(encode text first, e.g. os.fsencode(text))")
+    prompt = bytes(prompt)
+    _check_count("n_bytes", n_bytes)
+    _check_count("seed", seed)
+    _check_sampling(temperature, top_k)
+    V, T = state.cfg.vocab_size, state.cfg.context
+    if prompt and max(prompt) >= V:
+        raise GenerationError(f"the prompt holds byte {max(prompt)}, but the model's vocabulary "
+                         f"has {V} tokens")
     rng = state.backend.rng(seed)
-    T = state.cfg.context
     out = bytearray(b"\n" * max(0, T - len(prompt)) + prompt)
     for _ in range(n_bytes):
-        window = as_tokens(bytes(out[-T:]))[None, :].astype("int64")   # [1, T]
+        window = np.frombuffer(bytes(out[-T:]), dtype=np.uint8)[None, :].astype(np.int64)
         logits = state.next_logits(window)[0]                                # [V]
         out.append(sample_from_logits(logits, rng, temperature, top_k))
     return bytes(out[-n_bytes:]) if n_bytes else b""
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m brainlike_np.generate",
-                                description="Sample bytes from a trained checkpoint.")
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m brainlike_np.generate",
+                      description="Sample bytes from a trained checkpoint. Backend: "
+                                  "$BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
     p.add_argument("--checkpoint", default="out/ckpt.npz", help="default out/ckpt.npz")
-    p.add_argument("--prompt", default="def ", help="text to continue")
-    p.add_argument("--max-new-bytes", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    p.add_argument("--prompt", default="def ",
+                   help="text to continue, taken byte for byte (need not be UTF-8)")
+    p.add_argument("--max-new-bytes", type=int, default=200, help="0 or more (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="a finite number >= 0; 0: greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample among the k likeliest bytes (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="0 or more")
+    return p
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A command-line mistake is one ``error: ...`` line (and exit code 2), not the
+    usage text followed by the error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
+        prompt = os.fsencode(args.prompt)    # the bytes the shell passed, UTF-8 or not
+        _check_count("--max-new-bytes", args.max_new_bytes)
+        _check_count("--seed", args.seed)
+        _check_count("--top-k", args.top_k, "(0: all bytes)")
+        if not (math.isfinite(args.temperature) and args.temperature >= 0):
+            raise GenerationError(f"--temperature must be a finite number >= 0 (0: greedy), "
+                             f"got {args.temperature}")
+        if sys.stdout is None:      # started with stdout closed (>&-)
+            raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())
-    except (BackendError, CheckpointError) as exc:
+        text = generate(state, prompt, args.max_new_bytes, args.temperature, args.top_k,
+                        args.seed)
+        sys.stdout.write((prompt + text).decode("utf-8", errors="replace") + "\n")
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:     # the reader went away (e.g. `| head -c 10`): not an error
+        _silence_stdout()
+        return 0
+    except (BackendError, CheckpointError, GenerationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    prompt = args.prompt.encode()
-    text = generate(state, prompt, args.max_new_bytes, args.temperature, args.top_k, args.seed)
-    sys.stdout.write((prompt + text).decode("utf-8", errors="replace") + "\n")
+    except OSError as exc:
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory while generating; try a smaller model or the numpy "
+              "backend", file=sys.stderr)
+        return 1
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

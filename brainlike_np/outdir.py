@@ -91,9 +91,14 @@ class OutDir:
                 f"'{self.checkpoint}' already exists; pass --resume to continue that run, or "
                 "choose another --out-dir (nothing was overwritten)")
 
-    def open_metrics(self, upto_step: int) -> "MetricsLog":
-        """The metrics file, cut back to the records of steps ``<= upto_step``."""
+    def open_metrics(self, upto_step: int, last_eval: dict | None = None) -> "MetricsLog":
+        """The metrics file, cut back to the records of steps ``<= upto_step``.
+        ``last_eval``: the checkpoint's own evaluation record, put back if the process
+        was killed between writing the checkpoint and logging it."""
         kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= upto_step]
+        if last_eval and last_eval.get("step") == upto_step and not any(
+                "val_loss" in r and r.get("step") == upto_step for r in kept):
+            kept.append(last_eval)
         tmp = self.metrics_path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(_to_json(r) + "\n" for r in kept)

@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from .backends import BackendError, get_backend, host_free_memory_bytes
@@ -26,6 +27,7 @@ from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError, count_model_losses, load_corpus, nats_to_bits, sample_windows
+from .generate import OneLineParser
 from .models import MODELS, get_model, get_preset
 from .optim import cosine_lr
 from .outdir import OutDir, OutDirError
@@ -40,7 +42,7 @@ DEFAULT_BATCH_SIZE = 32     # for presets that name none
 # the command line
 # ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m brainlike_np.train",
         description="Train a byte-level language model (the brain-like sparse model by "
                     "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
@@ -119,7 +121,7 @@ def new_state(args, backend, corpus) -> TrainState:
     if settings.batch_size is None:
         batch = get_model(model_name).BATCH_SIZES.get(args.preset or "default", DEFAULT_BATCH_SIZE)
         settings = dataclasses.replace(settings, batch_size=batch)
-    corpus.check_fits(cfg.context)
+    corpus.check_fits(cfg.context, cfg.vocab_size)
     check_memory(cfg, model_name, settings, backend)
     return TrainState.create(model_name, cfg, backend, settings)
 
@@ -176,7 +178,7 @@ def prepare(args, backend, out: OutDir) -> Run:
         state = resumed_state(args, backend, args.resume or out.checkpoint)
         check_memory(state.cfg, state.model_name, state.settings, backend)
         corpus = load_corpus(state.settings.data)
-        corpus.check_fits(state.cfg.context)
+        corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     else:
         out.check_fresh()
         corpus = load_corpus(given(args, "train_").get("data"))
@@ -209,7 +211,8 @@ class Reporter:
         eval_rng = state.backend.rng(s.seed + 10_000)
         self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
-        self.metrics = run.out.open_metrics(upto_step=state.step) if root else None
+        self.metrics = run.out.open_metrics(upto_step=state.step,
+                                            last_eval=state.metrics) if root else None
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -234,6 +237,10 @@ class Reporter:
             return None
         state = self.run.state
         val = state.evaluate(self.eval_windows)
+        if not math.isfinite(val):    # finite parameters can still be a diverged state
+            raise TrainingDiverged(
+                f"the validation loss became {val} at step {state.step}; not saving it over "
+                "the last checkpoint: lower --lr or raise --warmup, and resume from it")
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()}}
         state.save(self.run.out.checkpoint)
@@ -393,13 +400,18 @@ def run_distributed(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with np.errstate(all="ignore"):   # overflow is caught as a diverged loss, one line
+        return _main(args)
+
+
+def _main(args) -> int:
     if args.distributed:
         return run_distributed(args)
     try:
         return run(args, SingleProcess(), get_backend())
     except KeyboardInterrupt:
-        print("error: aborted by a second Ctrl-C; the last checkpoint on disk is intact",
-              file=sys.stderr)
+        # a second Ctrl-C in training, or the first one before training began
+        print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (Exception, MemoryError) as exc:
         print(f"error: {failure_message(exc)}", file=sys.stderr)

@@ -1,0 +1,643 @@
+"""Faults and bad input, end to end: chains of resumes, SIGKILL at random points, SIGTERM,
+a full disk, unusable paths, two trainers on one folder, divergence, damaged checkpoints,
+bad generation arguments, the corpus's memory, and the library's own checks.
+
+Every refusal is one ``error: ...`` line on stderr, a non-zero exit, no traceback, and
+the last good checkpoint unchanged. The command lines run in a subprocess
+(``sys.executable -m brainlike_np.train``) where the process itself is the point (signals,
+the lock, startup order); the many damaged-checkpoint and argument cases call ``main``
+in this process, which is the same code without the interpreter's start-up time."""
+
+import copy
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import brainlike_np.generate as gen
+from brainlike_np import checkpoint, data, train
+from brainlike_np.backends import get_backend
+from brainlike_np.checkpoint import CheckpointError, load_npz, save_npz_atomic
+from brainlike_np.train_state import TrainState
+
+TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
+TINY = ["--preset", "tiny", "--eval-batches", "2"]
+TRAIN = [sys.executable, "-m", "brainlike_np.train"]
+AS_ROOT = os.geteuid() == 0
+ROOT_REASON = "runs as root: file permissions do not deny root"
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(TEXT)
+    return str(path)
+
+
+# ---- helpers -----------------------------------------------------------------------
+def cli_env():
+    return {**os.environ, "BRAINLIKE_BACKEND": "numpy", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(args, timeout=60, command=TRAIN):
+    """The trainer's command line in a fresh interpreter."""
+    return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL)
+
+
+def assert_one_error(code, err, expected="", exit_code=None) -> str:
+    """Non-zero exit, stderr exactly one ``error:`` line holding ``expected``, no
+    traceback; -> the line."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert code != 0, err
+    if exit_code is not None:
+        assert code == exit_code, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_cli_error(args, expected="", exit_code=None, timeout=60, command=TRAIN) -> str:
+    proc = cli(args, timeout, command)
+    return assert_one_error(proc.returncode, proc.stderr, expected, exit_code)
+
+
+def main_error(main, argv, capsys, expected="", exit_code=None, before_training=True) -> str:
+    """The same checks on a ``main`` called in this process; ``before_training``: it
+    must print nothing on stdout either."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:        # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert out == "" or not before_training, out
+    return assert_one_error(code, err, expected, exit_code)
+
+
+class Trainer:
+    """A trainer running in the background, its output in files (never a full pipe)."""
+
+    def __init__(self, args, log_dir):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(TRAIN + [str(a) for a in args], stdout=out,
+                                         stderr=err, env=cli_env(), stdin=subprocess.DEVNULL)
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_for_training(self, timeout=60) -> float:
+        """Wait for the banner's last line (printed just before the first step); -> the
+        time it appeared. Fails if the process ends first or takes over ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "\nbaselines" in self.out_path.read_text():
+                return time.monotonic()
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the trainer ended before training: {self.stderr}")
+            time.sleep(0.01)
+        raise AssertionError("the trainer did not start training in time")
+
+    def signal(self, signum) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout=120) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):          # never leave a trainer behind
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait()
+
+
+def strict_records(out_dir) -> list[dict]:
+    """metrics.jsonl as strict JSON (NaN or infinity fails)."""
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line, parse_constant=refuse) for line in f]
+
+
+def losses(out_dir) -> list[tuple]:
+    return [(r["step"], r["loss"]) for r in strict_records(out_dir) if "loss" in r]
+
+
+def deterministic(records) -> list[dict]:
+    """The records without the timing and memory fields, which vary from run to run."""
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "peak_bytes")}
+            for r in records]
+
+
+def ckpt_bytes(out_dir) -> bytes:
+    with open(os.path.join(out_dir, "ckpt.npz"), "rb") as f:
+        return f.read()
+
+
+def leftovers(out_dir) -> list[str]:
+    return [n for n in os.listdir(out_dir) if n.startswith(".tmp-")]
+
+
+def train_here(argv, capsys) -> int:
+    code = train.main([str(a) for a in argv])
+    capsys.readouterr()
+    return code
+
+
+# ---- (a) a chain of CLI resumes ------------------------------------------------------
+def test_a_chain_of_resumes_loads_generates_and_logs_each_step_once(tmp_path, corpus_file,
+                                                                    capsys):
+    out = tmp_path / "run"
+    assert train_here(TINY + ["--eval-every", "2", "--max-iters", 3, "--data", corpus_file,
+                              "--out-dir", out], capsys) == 0
+    assert train_here(["--resume", "--max-iters", 6, "--out-dir", out], capsys) == 0
+    assert train_here(["--resume", "--max-iters", 9, "--out-dir", out], capsys) == 0
+    state = TrainState.load(str(out / "ckpt.npz"), get_backend("numpy"))
+    assert state.step == 9 and state.optimizer.step == 9
+    assert len(gen.generate(state, b"def ", 8, temperature=1.0, seed=2)) == 8
+    assert gen.main(["--checkpoint", str(out / "ckpt.npz"), "--max-new-bytes", "8"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
+    assert [s for s, _ in losses(out)] == list(range(1, 10))
+    evals = [r["step"] for r in strict_records(out) if "val_loss" in r]
+    assert evals == [2, 3, 4, 6, 8, 9]
+
+
+# ---- (b) SIGKILL at random points ----------------------------------------------------
+def evaluations(out_dir) -> dict:
+    """step -> the evaluation record (a resume of a finished run logs it again)."""
+    return {r["step"]: r for r in strict_records(out_dir) if "val_loss" in r}
+
+
+def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path,
+                                                                          corpus_file):
+    """Three SIGKILLs at random moments of training (mid-step, mid-save, mid-log), each
+    followed by a resume: the same losses, evaluations, parameters and moments as one
+    uninterrupted run, and no temporary file left."""
+    run = TINY + ["--eval-every", "2", "--max-iters", "30", "--data", corpus_file]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    with Trainer(run + ["--out-dir", straight], tmp_path / "log0") as trainer:
+        began = trainer.wait_for_training()
+        assert trainer.wait() == 0, trainer.stderr
+        training_s = time.monotonic() - began
+
+    def again():          # killed before the first checkpoint: start anew
+        return (["--resume", "--out-dir", killed] if (killed / "ckpt.npz").exists()
+                else run + ["--out-dir", killed])
+
+    delays = random.Random(9)
+    for attempt in range(3):
+        with Trainer(again(), tmp_path / f"log{attempt + 1}") as trainer:
+            trainer.wait_for_training()
+            time.sleep(delays.uniform(0.0, training_s))
+            trainer.signal(signal.SIGKILL)
+            trainer.wait()
+    final = cli(again(), timeout=120)
+    assert final.returncode == 0, final.stderr
+
+    assert losses(killed) == losses(straight) and len(losses(killed)) == 30
+    steps = [deterministic([r for r in strict_records(d) if "loss" in r])
+             for d in (killed, straight)]
+    assert steps[0] == steps[1]                # loss, lr and gradient norm of every step
+    assert evaluations(killed) == evaluations(straight)
+    a, meta_a = load_npz(str(killed / "ckpt.npz"))
+    b, meta_b = load_npz(str(straight / "ckpt.npz"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert meta_a["rng"] == meta_b["rng"] and meta_a["step"] == 30
+    assert leftovers(killed) == []
+
+
+def test_an_evaluation_lost_between_save_and_log_is_logged_on_resume(tmp_path, corpus_file,
+                                                                     capsys):
+    """Killed after writing the step-4 checkpoint, before logging its evaluation (the
+    file then ends with a torn line): the resume logs it, each step once."""
+    out = tmp_path / "run"
+    assert train_here(TINY + ["--eval-every", "2", "--max-iters", 4, "--data", corpus_file,
+                              "--out-dir", out], capsys) == 0
+    records = strict_records(out)
+    assert "val_loss" in records[-1] and records[-1]["step"] == 4
+    with open(out / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records[:-1])
+        f.write('{"step": 5, "lo')
+    assert train_here(["--resume", "--max-iters", 6, "--out-dir", out], capsys) == 0
+    assert [(r["step"], "val_loss" in r) for r in strict_records(out)] == [
+        (1, False), (2, False), (2, True), (3, False), (4, False), (4, True),
+        (5, False), (6, False), (6, True)]
+    assert strict_records(out)[5] == records[-1]
+
+
+# ---- (c) SIGTERM -----------------------------------------------------------------------
+def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    with Trainer(TINY + ["--eval-every", "1000", "--max-iters", "1000", "--data",
+                         corpus_file, "--out-dir", out], tmp_path / "log") as trainer:
+        trainer.wait_for_training()
+        time.sleep(0.3)
+        trainer.signal(signal.SIGTERM)
+        assert trainer.wait(timeout=60) == train.EXIT_TERMINATED, trainer.stderr
+    err = trainer.stderr
+    assert "resume with --resume" in err and "Traceback" not in err
+    reached = losses(out)[-1][0]
+    assert 0 < reached < 1000
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == reached
+    resumed = cli(["--resume", "--max-iters", reached + 3, "--out-dir", out])
+    assert resumed.returncode == 0, resumed.stderr
+    assert [s for s, _ in losses(out)] == list(range(1, reached + 4))
+
+
+# ---- (d) a full disk during a save over an existing checkpoint -----------------------
+class DiskFullAfter:
+    """A binary file whose writes fail with ENOSPC once ``limit`` bytes are written."""
+
+    def __init__(self, file, limit):
+        self._file, self._left = file, limit
+
+    def write(self, b):
+        if len(b) > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(b)
+        return self._file.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def test_a_full_disk_mid_save_keeps_the_old_checkpoint(tmp_path, corpus_file, capsys,
+                                                       monkeypatch):
+    out = tmp_path / "run"
+    assert train_here(TINY + ["--eval-every", "2", "--max-iters", 2, "--data", corpus_file,
+                              "--out-dir", out], capsys) == 0
+    before = ckpt_bytes(out)
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        return DiskFullAfter(f, 3000) if "w" in mode else f
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    main_error(train.main, ["--resume", "--max-iters", 4, "--out-dir", out], capsys,
+               "No space left on device", before_training=False)
+    monkeypatch.undo()
+    assert ckpt_bytes(out) == before and leftovers(out) == []
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 2
+
+
+# ---- (e) unusable output folders and data files, refused before training -------------
+def _unwritable(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def _unreadable(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_bytes(TEXT)
+    path.chmod(0)
+    return path
+
+
+def _fifo(tmp_path):
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("out_dir, data_file, expected", [
+    (lambda t: t / "corpus.txt", None, "is a file, not a folder"),
+    (lambda t: t / "corpus.txt" / "sub", None, "is not writable (Not a directory)"),
+    (lambda t: "", None, "--out-dir is empty"),
+    pytest.param(_unwritable, None, "is not writable (Permission denied)",
+                 marks=pytest.mark.skipif(AS_ROOT, reason=ROOT_REASON)),
+    (lambda t: t / "o", lambda t: t / "corpus.txt" / "x", "cannot be read (Not a directory)"),
+    pytest.param(lambda t: t / "o", _unreadable, "cannot be read (Permission denied)",
+                 marks=pytest.mark.skipif(AS_ROOT, reason=ROOT_REASON)),
+    (lambda t: t / "o", lambda t: t, "is a folder, not a regular file"),
+    (lambda t: t / "o", _fifo, "is a FIFO (named pipe), not a regular file"),
+    (lambda t: t / "o", lambda t: "/dev/zero", "is a character device, not a regular file"),
+    (lambda t: t / "o", lambda t: t / "missing.txt", "does not exist"),
+], ids=["out-is-file", "out-under-file", "out-empty", "out-unwritable", "data-under-file",
+        "data-unreadable", "data-folder", "data-fifo", "data-dev-zero", "data-missing"])
+def test_unusable_paths_are_one_line_before_training(tmp_path, corpus_file, out_dir,
+                                                     data_file, expected):
+    data_path = data_file(tmp_path) if data_file else corpus_file
+    out = out_dir(tmp_path)
+    assert_cli_error(TINY + ["--data", data_path, "--out-dir", out], expected, timeout=30)
+    assert not (tmp_path / "o" / "ckpt.npz").exists()
+
+
+def test_metrics_file_that_is_a_folder_is_one_line_before_training(tmp_path, corpus_file):
+    (tmp_path / "o" / "metrics.jsonl").mkdir(parents=True)
+    assert_cli_error(TINY + ["--data", corpus_file, "--out-dir", tmp_path / "o"],
+                     "metrics.jsonl")
+    assert not (tmp_path / "o" / "ckpt.npz").exists()
+
+
+@pytest.mark.parametrize("target", [_fifo, lambda t: "/dev/zero"], ids=["fifo", "dev-zero"])
+def test_resume_and_generate_refuse_a_checkpoint_that_is_not_a_regular_file(
+        tmp_path, target, capsys):
+    path = target(tmp_path)     # a FIFO would block forever, /dev/zero never ends
+    assert_cli_error(["--resume", path, "--out-dir", tmp_path / "o"], "not a regular file",
+                     timeout=30)
+    main_error(gen.main, ["--checkpoint", path], capsys, "not a regular file", exit_code=1)
+
+
+# ---- (f) two trainers on one folder --------------------------------------------------
+def test_a_second_trainer_on_the_same_out_dir_is_refused(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    run = TINY + ["--eval-every", "5", "--max-iters", "30", "--data", corpus_file,
+                  "--out-dir", out]
+    with Trainer(run, tmp_path / "log") as first:
+        first.wait_for_training()
+        first.signal(signal.SIGSTOP)      # it holds the lock while the others start
+        assert_cli_error(["--resume", "--out-dir", out], "another trainer is using --out-dir")
+        assert_cli_error(run, "another trainer is using --out-dir")
+        first.signal(signal.SIGCONT)
+        assert first.wait() == 0, first.stderr
+    assert [s for s, _ in losses(out)] == list(range(1, 31))
+
+
+# ---- (g) divergence ------------------------------------------------------------------
+def test_a_diverging_resume_keeps_the_last_good_checkpoint(tmp_path, corpus_file, capsys):
+    out = tmp_path / "run"
+    assert train_here(TINY + ["--eval-every", "2", "--max-iters", 4, "--data", corpus_file,
+                              "--out-dir", out], capsys) == 0
+    before = ckpt_bytes(out)
+    assert_cli_error(["--resume", "--max-iters", 20, "--lr", "1e30", "--warmup", 0,
+                      "--eval-every", 1, "--out-dir", out], "became")
+    assert ckpt_bytes(out) == before and leftovers(out) == []
+    for flags in (["--min-lr-ratio", "nan"], ["--lr", "inf"], ["--min-lr-ratio", "2"]):
+        main_error(train.main, ["--resume", *flags, "--out-dir", out], capsys, flags[0])
+    assert ckpt_bytes(out) == before
+
+
+# ---- (h) the library's own checks ----------------------------------------------------
+def host(backend, params):
+    return {k: backend.to_numpy(v).copy() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("bad", [
+    dict(lr=float("nan")), dict(lr=float("inf")), dict(lr=-1.0),
+    dict(y=256), dict(y=-1), dict(x=-1), dict(x=256),
+], ids=["lr-nan", "lr-inf", "lr-negative", "y-256", "y-negative", "x-negative", "x-256"])
+def test_train_step_refuses_bad_input_before_any_update(backend, corpus_file, bad):
+    corpus = data.load_corpus(corpus_file)
+    state = TrainState.create("brainlike", train.get_preset("brainlike", "tiny"), backend)
+    state.train_step(*state.sample_batch(corpus.train, 4), lr=1e-3)      # moments exist
+    before, moments = host(backend, state.params), host(backend, state.optimizer.m)
+    x, y = state.sample_batch(corpus.train, 4)
+    if "x" in bad:
+        x[1, 2] = bad["x"]
+    if "y" in bad:
+        y[0] = bad["y"]
+    with pytest.raises(ValueError):
+        state.train_step(x, y, lr=bad.get("lr", 1e-3))
+    after = host(backend, state.params)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert all(np.array_equal(moments[k], v) for k, v in host(backend, state.optimizer.m).items())
+    assert state.step == 1 and state.optimizer.step == 1
+
+
+def test_an_empty_batch_is_a_value_error(corpus_file):
+    state = TrainState.create("brainlike", train.get_preset("brainlike", "tiny"),
+                              get_backend("numpy"))
+    x, y = state.sample_batch(data.load_corpus(corpus_file).train, 0)
+    with pytest.raises(ValueError, match="B > 0"):
+        state.train_step(x, y, lr=1e-3)
+
+
+# ---- (i) sizes that cannot fit --------------------------------------------------------
+@pytest.mark.parametrize("flags, says", [
+    (["--eval-batches", "1000000000"], "lower --eval-batches"),
+    (["--batch-size", "1000000000"], "lower --batch-size"),
+    (["--n-neurons", "1000000000000"], "lower --batch-size or the model's size"),
+], ids=["eval-batches", "batch-size", "n-neurons"])
+def test_sizes_that_cannot_fit_are_one_line_quickly(tmp_path, corpus_file, flags, says):
+    """Refused from the estimate before anything is allocated, within seconds."""
+    err = assert_cli_error(TINY + flags + ["--max-iters", 2, "--data", corpus_file,
+                                           "--out-dir", tmp_path / "o"], timeout=6)
+    assert says in err
+
+
+# ---- corpus against config ------------------------------------------------------------
+def test_a_byte_corpus_needs_the_byte_vocabulary(tmp_path, corpus_file, capsys):
+    main_error(train.main, TINY + ["--vocab-size", 10, "--data", corpus_file,
+                                   "--out-dir", tmp_path / "o"], capsys,
+               "a byte corpus needs --vocab-size 256")
+
+
+def test_a_context_longer_than_the_corpus_is_refused_before_the_model_exists(
+        tmp_path, corpus_file, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was allocated before the corpus was checked")
+    monkeypatch.setattr(TrainState, "create", no_model)
+    main_error(train.main, TINY + ["--context", 1000000000, "--data", corpus_file,
+                                   "--out-dir", tmp_path / "o"], capsys, "too short")
+
+
+# ---- damaged checkpoint metadata ------------------------------------------------------
+def _set(path, value):
+    def damage(arrays, meta):
+        *parents, last = path
+        for key in parents:
+            meta = meta[key]
+        meta[last] = value
+    return damage
+
+
+def _entry(prefix, change):
+    def damage(arrays, meta):
+        name = sorted(k for k in arrays if k.startswith(prefix))[0]
+        change(arrays, name)
+    return damage
+
+
+DAMAGE = {
+    "optimizer-empty": (_set(["optimizer"], {}), "invalid metadata"),
+    "optimizer-step-text": (_set(["optimizer", "step"], "five"), "optimizer step"),
+    "dtype-bogus": (_set(["train", "dtype"], "bogus"), "unknown dtype 'bogus'"),
+    "dtype-int8": (_set(["train", "dtype"], "int8"), "unknown dtype 'int8'"),
+    "meta-list": (lambda arrays, meta: [1, 2], "is a JSON array, not an object"),
+    "train-lr-text": (_set(["train", "lr"], "abc"), "lr must be of type float"),
+    "train-batch-negative": (_set(["train", "batch_size"], -1), "--batch-size must be positive"),
+    "train-unknown-field": (_set(["train", "colour"], 1), "unknown config fields: colour"),
+    "train-null": (_set(["train"], None), "must be a mapping"),
+    "config-path-bogus": (_set(["config", "path"], "bogus"), "unknown path 'bogus'"),
+    "step-negative": (_set(["step"], -100), "step -100"),
+    "rng-garbage": (_set(["rng"], {"bit_generator": "PCG64", "state": {}}), "invalid metadata"),
+    "adam_m-shape": (_entry("adam_m/", lambda a, n: a.__setitem__(n, a[n].reshape(-1)[:3])),
+                     "AdamW first moment"),
+    "adam_v-missing": (_entry("adam_v/", lambda a, n: a.pop(n)), "AdamW second moment"),
+    "adam_v-negative": (_entry("adam_v/", lambda a, n: a.__setitem__(n, -a[n] - 1)),
+                        "negative values"),
+    "params-nan": (_entry("params/", lambda a, n: a.__setitem__(n, a[n] * np.nan)),
+                   "NaN or infinite"),
+    "params-int": (_entry("params/", lambda a, n: a.__setitem__(n, a[n].astype(np.int32))),
+                   "not floating-point"),
+    "params-extra": (lambda arrays, meta: arrays.__setitem__("params/extra", np.ones(2, "f4")),
+                     "unexpected ['extra']"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    corpus = folder / "corpus.txt"
+    corpus.write_bytes(TEXT)
+    assert train.main(TINY + ["--max-iters", "3", "--eval-every", "3", "--data", str(corpus),
+                              "--out-dir", str(folder / "run")]) == 0
+    return load_npz(str(folder / "run" / "ckpt.npz"))
+
+
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_damaged_checkpoint_metadata_is_one_line_in_train_and_generate(
+        name, good_checkpoint, tmp_path, capsys):
+    damage, expected = DAMAGE[name]
+    arrays, meta = copy.deepcopy(good_checkpoint)
+    meta = damage(arrays, meta) or meta
+    path = tmp_path / "ckpt.npz"
+    save_npz_atomic(str(path), arrays, meta)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        TrainState.load(str(path), get_backend("numpy"))
+    assert expected in main_error(train.main, ["--resume", "--out-dir", tmp_path], capsys)
+    assert expected in main_error(gen.main, ["--checkpoint", path], capsys, exit_code=1)
+    assert path.read_bytes() == before
+
+
+def test_a_lone_npy_array_and_garbage_are_not_checkpoints(tmp_path, capsys):
+    lone = tmp_path / "lone.npz"
+    with open(lone, "wb") as f:
+        np.save(f, np.zeros(3))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x93NUMPY garbage")
+    for path in (lone, garbage, tmp_path / "missing.npz"):
+        main_error(train.main, ["--resume", path, "--out-dir", tmp_path / "o"], capsys,
+                   str(path))
+        main_error(gen.main, ["--checkpoint", path], capsys, str(path), exit_code=1)
+
+
+# ---- generate: arguments --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gen")
+    corpus = folder / "corpus.txt"
+    corpus.write_bytes(TEXT)
+    assert train.main(TINY + ["--max-iters", "2", "--eval-every", "2", "--data", str(corpus),
+                              "--out-dir", str(folder)]) == 0
+    return str(folder / "ckpt.npz")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--max-new-bytes", "-5"], "--max-new-bytes must be an integer >= 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0"),
+    (["--top-k", "many"], "invalid int value"),
+])
+def test_generate_refuses_bad_arguments_in_one_line(trained, capsys, flags, expected):
+    main_error(gen.main, ["--checkpoint", trained, *flags], capsys, expected)
+
+
+def test_generate_backend_error_is_one_line(trained, capsys, monkeypatch):
+    monkeypatch.setenv("BRAINLIKE_BACKEND", "tensorflow")
+    main_error(gen.main, ["--checkpoint", trained], capsys, "unknown backend", exit_code=1)
+
+
+def test_generate_with_stdout_closed_is_one_line(trained, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", None)       # what `>&-` gives Python
+    assert gen.main(["--checkpoint", trained]) == 1
+    assert capsys.readouterr().err == "error: stdout is closed: nowhere to write the sample\n"
+
+
+@pytest.mark.filterwarnings("error")      # no overflow on the way
+def test_tiny_temperatures_sample_the_likeliest_byte(trained):
+    state = TrainState.load(trained, get_backend("numpy"))
+    greedy = gen.generate(state, b"def ", 6, temperature=0.0)
+    for t in (1e-320, 5e-324, 1e-30):
+        assert gen.generate(state, b"def ", 6, temperature=t, seed=4) == greedy
+    rng = np.random.default_rng(0)
+    huge = np.array([3e300, -3e300, 1.0])     # differences overflow float64 when scaled
+    assert gen.sample_from_logits(huge, rng, temperature=1e-300) == 0
+    assert gen.sample_from_logits(huge, rng, temperature=0.5, top_k=500) == 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=float("nan")), dict(temperature=-0.5), dict(temperature=float("inf")),
+    dict(n_bytes=-5), dict(seed=-1), dict(top_k=-1), dict(prompt="text"),
+])
+def test_library_generate_raises_value_error(trained, kwargs):
+    state = TrainState.load(trained, get_backend("numpy"))
+    args = dict(prompt=b"def ", n_bytes=3) | kwargs
+    with pytest.raises(ValueError):
+        gen.generate(state, args.pop("prompt"), args.pop("n_bytes"), **args)
+
+
+def test_nan_logits_are_a_value_error():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        gen.sample_from_logits(np.array([0.0, np.nan]), np.random.default_rng(0))
+
+
+def test_a_non_utf8_prompt_is_taken_byte_for_byte(trained):
+    command = [sys.executable, "-m", "brainlike_np.generate", "--checkpoint", trained,
+               "--max-new-bytes", "4", "--prompt"]
+    proc = subprocess.run([os.fsencode(a) for a in command] + [b"\xff\xfeab"],
+                          capture_output=True, timeout=60, env=cli_env())
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert proc.stdout.startswith("\ufffd\ufffdab".encode())
+
+
+# ---- the corpus in O(file size) memory --------------------------------------------------
+def test_loading_a_corpus_and_its_baselines_takes_about_its_size_in_memory(tmp_path):
+    size = 20_000_000
+    path = tmp_path / "big.txt"
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        for _ in range(size // 1_000_000):
+            f.write(rng.integers(0, 256, 1_000_000, dtype=np.uint8).tobytes())
+    tracemalloc.start()
+    try:
+        corpus = data.load_corpus(str(path))
+        data.count_model_losses(corpus.train, corpus.valid)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert corpus.train.shape[0] + corpus.valid.shape[0] == size
+    assert peak < 2.5 * size, f"peak {peak / size:.2f}x the file size"
+
+
+def test_chunked_baselines_equal_the_direct_count(monkeypatch):
+    tokens = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)
+    train_part, valid = tokens[:4000], tokens[4000:]
+    unigram = np.bincount(train_part, minlength=256) + 1.0
+    pairs = train_part[:-1].astype(np.int64) * 256 + train_part[1:]
+    bigram = np.bincount(pairs, minlength=65536).reshape(256, 256) + 1.0
+    expected = {
+        "unigram": -np.log(unigram / unigram.sum())[valid].mean(),
+        "bigram": -np.log(bigram / bigram.sum(axis=1, keepdims=True))[valid[:-1], valid[1:]].mean()}
+    for chunk in (7, 256, 1 << 18):      # chunk edges must not lose or double a pair
+        monkeypatch.setattr(data, "COUNT_CHUNK", chunk)
+        got = data.count_model_losses(train_part, valid)
+        assert got == pytest.approx(expected, rel=1e-12)
