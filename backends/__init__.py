@@ -32,6 +32,7 @@ import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from .host_memory import keep_freed_memory
 from .memory import MemoryTracker
 from .reference import ReferenceOps
 
@@ -193,6 +194,7 @@ class NumpyBackend(Backend):
     @classmethod
     def create(cls, kernels, device):
         import array_api_compat.numpy as xp
+        keep_freed_memory()            # see host_memory.py
         return cls(xp, "cpu", _choose_ops(cls, xp, kernels), MemoryTracker.for_host())
 
     @classmethod
