@@ -1,7 +1,9 @@
 """AdamW (decoupled weight decay) and global-norm gradient clipping, on any backend.
 
-Parameters, gradients and moments are dicts ``name -> array``. Updates are written as
-plain array expressions (no in-place tricks), so they run on every array-API namespace.
+Parameters, gradients and moments are dicts ``name -> array``. AdamW updates the
+parameters and its moments in place with the array API's in-place operators, so a step
+holds no second copy of either; the arithmetic, and so every bit of the result, is that
+of the textbook expressions.
 """
 
 from __future__ import annotations
@@ -45,24 +47,29 @@ class AdamW:
     v: dict = field(default_factory=dict)
 
     def update(self, params: dict, grads: dict, lr: float) -> dict:
-        """One AdamW step; returns the new parameter dict (the old one is not mutated)."""
+        """One AdamW step, in place: the arrays of ``params`` (which the caller owns and
+        nothing else may share) and the moments are updated; returns ``params``."""
         self.step += 1
         b1, b2 = self.beta1, self.beta2
         bias1 = 1.0 - b1 ** self.step
         bias2 = 1.0 - b2 ** self.step
-        new_params = {}
         for name, p in params.items():
             g = grads[name]
             xp = get_namespace(p)
-            m = self.m.get(name)
-            v = self.v.get(name)
-            m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
-            v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
-            self.m[name], self.v[name] = m, v
+            m, v = self.m.get(name), self.v.get(name)
+            if m is None:                         # the first step: moments start at zero
+                m, v = (1.0 - b1) * g, (1.0 - b2) * (g * g)
+            else:
+                m *= b1
+                m += (1.0 - b1) * g
+                v *= b2
+                v += (1.0 - b2) * (g * g)
             if name not in self.no_decay and self.weight_decay:
-                p = p * (1.0 - lr * self.weight_decay)
-            new_params[name] = p - lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
-        return new_params
+                p *= 1.0 - lr * self.weight_decay
+            p -= lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
+            # stored back: NumPy's 0-d results are scalars, which in-place operators rebind
+            self.m[name], self.v[name], params[name] = m, v, p
+        return params
 
     def state(self) -> dict:
         """Hyper-parameters and step (moments are saved separately, as arrays)."""
