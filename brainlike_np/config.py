@@ -10,14 +10,17 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and the fix."""
 
 
-def choose(table: dict, name: str, what: str, where: str = ""):
-    """``table[name]``, or ConfigError naming the valid choices: ``what`` says what the
-    name is ("model", "preset"), ``where`` where it was looked for (" for model 'x'")."""
+def choose(choices, name: str, what: str, where: str = ""):
+    """``choices[name]`` for a dict, ``name`` for another collection, or ConfigError
+    naming the valid choices: ``what`` says what the name is ("model", "preset"),
+    ``where`` where it was looked for (" for model 'x'")."""
     try:
-        return table[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown {what} '{name}'{where}; choose one of: "
-                          f"{', '.join(map(str, table))}") from None
+        if name in choices:
+            return choices[name] if isinstance(choices, dict) else name
+    except TypeError:          # an unhashable name
+        pass
+    raise ConfigError(f"unknown {what} '{name}'{where}; choose one of: "
+                      f"{', '.join(map(str, choices))}")
 
 
 class ConfigDict:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends.distributed import SingleProcess
 from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
-from .config import ConfigDict, ConfigError
+from .config import ConfigDict, ConfigError, choose
 from .data import sample_windows
 from .models import get_model
 from .optim import AdamW, clip_by_global_norm
@@ -68,8 +68,7 @@ class TrainSettings(ConfigDict):
                                   f"{'above' if name == 'lr' else 'at least'} 0, got {value}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
+        choose(DTYPES, self.dtype, "dtype")
 
 
 def _flag(name: str) -> str:

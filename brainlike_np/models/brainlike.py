@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from .. import layers as L
 from ..backends import device_of, get_namespace, to_float
-from ..config import ConfigDict, ConfigError
+from ..config import ConfigDict, ConfigError, choose
 
 PATHS = ("sparse", "dense")
 # gains and biases get no weight decay
@@ -72,8 +72,7 @@ class BrainlikeConfig(ConfigDict):
                               f"({self.n_heads})")
         if not 0.0 <= self.tau < 1.0:
             raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
-        if self.path not in PATHS:
-            raise ConfigError(f"unknown path '{self.path}'; choose one of: {', '.join(PATHS)}")
+        choose(PATHS, self.path, "path")
 
 
 Config = BrainlikeConfig
