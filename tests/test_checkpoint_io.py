@@ -1,7 +1,6 @@
 """Checkpoint writes are atomic: a save that fails partway leaves the previous checkpoint
 byte-identical and loadable, and leaves no temporary file behind."""
 
-import builtins
 import errno
 import io
 import os
@@ -12,6 +11,7 @@ import pytest
 from brainlike_np import TrainSettings, TrainState, get_backend, get_preset
 from brainlike_np.checkpoint import load_checkpoint
 from brainlike_np.data import random_batch
+from diskfull import disk_fills_up
 
 TINY = get_preset("brainlike", "tiny")
 
@@ -21,43 +21,6 @@ def trained_state(seed):
     state = TrainState.create("brainlike", TINY, get_backend("numpy"), TrainSettings(seed=seed))
     state.train_step(*random_batch(4, TINY.context, seed=seed), lr=1e-3)
     return state
-
-
-class FileThatFillsUp:
-    """A binary file whose writes fail with ENOSPC once ``room`` bytes have gone in."""
-
-    def __init__(self, f, room):
-        self._f, self._room = f, room
-
-    def write(self, data):
-        data = memoryview(data).cast("B")
-        if len(data) > self._room:
-            self._f.write(data[:self._room])
-            self._room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._room -= len(data)
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-
-def disk_fills_up(monkeypatch, room=4096):
-    """Every file opened for writing (by ``open`` or ``os.fdopen``) runs out of space
-    after ``room`` bytes."""
-    def wrap(opener):
-        def opened(file, mode="r", *args, **kwargs):
-            f = opener(file, mode, *args, **kwargs)
-            return FileThatFillsUp(f, room) if set(mode) & set("wax+") else f
-        return opened
-    monkeypatch.setattr(builtins, "open", wrap(builtins.open))
-    monkeypatch.setattr(os, "fdopen", wrap(os.fdopen))
 
 
 def array_writer_fails(monkeypatch):

@@ -9,7 +9,6 @@ the lock, startup order); the many damaged-checkpoint and argument cases call ``
 in this process, which is the same code without the interpreter's start-up time."""
 
 import copy
-import errno
 import json
 import os
 import random
@@ -23,10 +22,11 @@ import numpy as np
 import pytest
 
 import brainlike_np.generate as gen
-from brainlike_np import checkpoint, data, train
+from brainlike_np import data, train
 from brainlike_np.backends import get_backend
 from brainlike_np.checkpoint import CheckpointError, load_npz, save_npz_atomic
 from brainlike_np.train_state import TrainState
+from diskfull import disk_fills_up
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY = ["--preset", "tiny", "--eval-batches", "2"]
@@ -260,41 +260,13 @@ def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
 
 
 # ---- (d) a full disk during a save over an existing checkpoint -----------------------
-class DiskFullAfter:
-    """A binary file whose writes fail with ENOSPC once ``limit`` bytes are written."""
-
-    def __init__(self, file, limit):
-        self._file, self._left = file, limit
-
-    def write(self, b):
-        if len(b) > self._left:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._left -= len(b)
-        return self._file.write(b)
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._file.close()
-
-
 def test_a_full_disk_mid_save_keeps_the_old_checkpoint(tmp_path, corpus_file, capsys,
                                                        monkeypatch):
     out = tmp_path / "run"
     assert train_here(TINY + ["--eval-every", "2", "--max-iters", 2, "--data", corpus_file,
                               "--out-dir", out], capsys) == 0
     before = ckpt_bytes(out)
-    real_fdopen = os.fdopen
-
-    def fdopen(fd, mode="r", *args, **kwargs):
-        f = real_fdopen(fd, mode, *args, **kwargs)
-        return DiskFullAfter(f, 3000) if "w" in mode else f
-
-    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    disk_fills_up(monkeypatch, room=3000)
     main_error(train.main, ["--resume", "--max-iters", 4, "--out-dir", out], capsys,
                "No space left on device", before_training=False)
     monkeypatch.undo()
@@ -500,13 +472,19 @@ DAMAGE = {
 
 
 @pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("good")
+def trained(tmp_path_factory):
+    """A checkpoint of a tiny run (2 steps), for the tests that damage or sample it."""
+    folder = tmp_path_factory.mktemp("trained")
     corpus = folder / "corpus.txt"
     corpus.write_bytes(TEXT)
-    assert train.main(TINY + ["--max-iters", "3", "--eval-every", "3", "--data", str(corpus),
-                              "--out-dir", str(folder / "run")]) == 0
-    return load_npz(str(folder / "run" / "ckpt.npz"))
+    assert train.main(TINY + ["--max-iters", "2", "--eval-every", "2", "--data", str(corpus),
+                              "--out-dir", str(folder)]) == 0
+    return str(folder / "ckpt.npz")
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(trained):
+    return load_npz(trained)
 
 
 @pytest.mark.parametrize("name", list(DAMAGE))
@@ -538,16 +516,6 @@ def test_a_lone_npy_array_and_garbage_are_not_checkpoints(tmp_path, capsys):
 
 
 # ---- generate: arguments --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gen")
-    corpus = folder / "corpus.txt"
-    corpus.write_bytes(TEXT)
-    assert train.main(TINY + ["--max-iters", "2", "--eval-every", "2", "--data", str(corpus),
-                              "--out-dir", str(folder)]) == 0
-    return str(folder / "ckpt.npz")
-
-
 @pytest.mark.parametrize("flags, expected", [
     (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
     (["--temperature", "inf"], "--temperature must be a finite number >= 0"),
