@@ -3,6 +3,7 @@ step spent in the gradient all-reduce.
 
     python bench/distributed.py                          # default preset, global batch 64
     python bench/distributed.py --preset tiny --steps 50 --ranks 2
+    python bench/distributed.py --quick --out /tmp/distributed.json   # checks that it runs
 
 Each configuration runs in fresh processes on the same global batch, in ``--rounds``
 rounds that take turns (so a busy neighbour on the machine slows them alike):
@@ -15,28 +16,25 @@ gradients, all-reduce, clip, AdamW) over all rounds' ``--steps`` steps after war
 tokens/s, and for P ranks the median time inside the all-reduce (this includes waiting
 for the slower rank) and, separately, the all-reduce alone on the same buffer after a
 barrier.
-Results go to bench/results/distributed.json.
+Results go to bench/results/distributed.json unless --out says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS")
+import measure
+
 WARMUP_STEPS = 2
+QUICK = {"preset": "tiny", "steps": 3, "rounds": 1}
 
 
 # ---- one configuration (runs in the measured processes) --------------------------------
@@ -65,33 +63,34 @@ def allreduce_alone(comm, n: int, dtype: str, repeats: int = 20) -> list:
     return times
 
 
-def measure(args) -> dict | None:
-    """Train ``args.steps`` steps in this process (one rank); rank 0 returns the timings."""
+def measure_rank(spec: dict) -> dict | None:
+    """Train ``spec["steps"]`` steps in this process (one rank); rank 0 returns the timings."""
     from brainlike_np.backends import get_backend
-    from brainlike_np.config import preset
-    from brainlike_np.data import load_corpus
     from brainlike_np.backends.distributed import SingleProcess, connect
-    from brainlike_np.training import TrainState
+    from brainlike_np.data import load_corpus
+    from brainlike_np.models import get_preset
+    from brainlike_np.train_state import TrainSettings, TrainState
 
-    comm, backend = connect() if args.distributed else (SingleProcess(), get_backend())
-    corpus = load_corpus(args.data)
-    state = TrainState.create("brainlike", preset(args.preset), backend, seed=0,
-                              dtype=args.dtype)
+    comm, backend = connect() if spec["distributed"] else (SingleProcess(), get_backend())
+    corpus = load_corpus(spec["data"])
+    state = TrainState.create("brainlike", get_preset("brainlike", spec["preset"]), backend,
+                              TrainSettings(seed=0, dtype=spec["dtype"]))
     state.comm = comm
     in_allreduce, steps = [], []
-    for step in range(WARMUP_STEPS + args.steps):
-        if step == WARMUP_STEPS and args.distributed:
+    for step in range(WARMUP_STEPS + spec["steps"]):
+        if step == WARMUP_STEPS and spec["distributed"]:
             timed_allreduce(comm, in_allreduce)
         t0 = time.perf_counter()
-        x, y = state.sample_batch(corpus.train, args.batch_size)          # [B, T], [B]
+        x, y = state.sample_batch(corpus.train, spec["batch_size"])       # [B, T], [B]
         state.train_step(comm.local_part(x), comm.local_part(y), lr=1e-3)
         backend.synchronize()
         steps.append(time.perf_counter() - t0)
     result = {"step_s": steps[WARMUP_STEPS:], "kernels": backend.ops.name}
-    if args.distributed:
+    if spec["distributed"]:
         n = sum(int(np.prod(p.shape)) for p in state.params.values()) + 1   # grads + loss
         result.update(allreduce_in_step_s=in_allreduce,
-                      allreduce_alone_s=allreduce_alone(comm, n, args.dtype), buffer_floats=n)
+                      allreduce_alone_s=allreduce_alone(comm, n, spec["dtype"]),
+                      buffer_floats=n)
     return result if comm.rank == 0 else None
 
 
@@ -108,16 +107,13 @@ def mpirun_prefix(ranks: int) -> list:
 
 
 def run_configuration(args, ranks: int, threads: int) -> dict:
-    worker = [sys.executable, __file__, "--measure", "--preset", args.preset,
-              "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-              "--dtype", args.dtype, *(["--data", args.data] if args.data else [])]
-    if ranks > 1:
-        worker = mpirun_prefix(ranks) + worker + ["--distributed"]
-    env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
-    out = subprocess.run(worker, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(worker)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One run of the configuration in fresh processes (under mpirun for ranks > 1)."""
+    spec = {"preset": args.preset, "batch_size": args.batch_size, "steps": args.steps,
+            "dtype": args.dtype, "data": args.data, "distributed": ranks > 1}
+    return measure.in_fresh_process(
+        Path(__file__), spec, forced_blas_kernel=args.forced_blas_kernel,
+        env={v: str(threads) for v in measure.THREAD_VARS},
+        launcher=tuple(mpirun_prefix(ranks)) if ranks > 1 else ())
 
 
 def summarize(rounds: list, ranks: int, threads: int, tokens_per_step: int) -> dict:
@@ -125,6 +121,7 @@ def summarize(rounds: list, ranks: int, threads: int, tokens_per_step: int) -> d
     pooled = {key: [t for r in rounds for t in r[key]]
               for key in ("step_s", "allreduce_in_step_s", "allreduce_alone_s") if key in rounds[0]}
     run = {"ranks": ranks, "blas_threads": threads, "kernels": rounds[0]["kernels"],
+           "blas": rounds[0]["blas"],                    # rank 0's libraries, as it ran
            **{key: statistics.median(times) for key, times in pooled.items()},
            "step_s_per_round": [statistics.median(r["step_s"]) for r in rounds]}
     run["tokens_per_s"] = tokens_per_step / run["step_s"]
@@ -145,12 +142,12 @@ def report(run: dict) -> str:
 
 
 def drive(args) -> None:
-    from brainlike_np.config import PRESET_BATCH_SIZE, preset
+    from brainlike_np.models import brainlike
 
-    args.batch_size = args.batch_size or PRESET_BATCH_SIZE[args.preset]
-    args.context = preset(args.preset).context
+    args.batch_size = args.batch_size or brainlike.BATCH_SIZES[args.preset]
+    args.context = brainlike.PRESETS[args.preset].context
     cores = os.cpu_count()
-    load_before = os.getloadavg()
+    load_at_start = measure.machine_load()
     configurations = ((1, cores), (1, 1), (args.ranks, 1))
     rounds = {c: [] for c in configurations}
     for _ in range(args.rounds):
@@ -161,23 +158,18 @@ def drive(args) -> None:
         print(report(run))
     best_single = min(r["step_s"] for r in runs if r["ranks"] == 1)
     result = {
-        "preset": args.preset, "config": preset(args.preset).to_dict(),
+        "preset": args.preset, "config": brainlike.PRESETS[args.preset].to_dict(),
         "global_batch": args.batch_size, "dtype": args.dtype, "steps": args.steps,
         "rounds": args.rounds,
         "data": args.data or "stdlib sources", "runs": runs,
         "speedup_vs_best_single_process": best_single / runs[-1]["step_s"],
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
-                    "python": platform.python_version(),
-                    "load_average_before_after": [load_before[0], os.getloadavg()[0]]},
-        "command": " ".join(["python bench/distributed.py", "--preset", args.preset,
-                             "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                             "--rounds", str(args.rounds), "--ranks", str(args.ranks),
-                             "--dtype", args.dtype]),
+        "machine": measure.environment(),
+        "load": {"start": load_at_start, "end": measure.machine_load()},
+        "command": measure.command_line(),
     }
     print(f"{args.ranks} ranks vs the best single process: "
           f"{result['speedup_vs_best_single_process']:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps(result, indent=2) + "\n")
+    measure.write_json(args.out or measure.RESULTS / "distributed.json", result)
 
 
 def main():
@@ -189,15 +181,19 @@ def main():
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--data", help="a text file (default: the Python stdlib sources)")
-    ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK['steps']} steps of the {QUICK['preset']} preset, "
+                         f"{QUICK['rounds']} round: checks that it runs")
+    ap.add_argument("--out", type=Path, help="JSON path")
+    measure.add_blas_argument(ap)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.measure:
-        result = measure(args)
-        if result is not None:
-            print(json.dumps(result))
-    else:
-        drive(args)
+    if args.worker:
+        return measure.serve(args.worker, measure_rank)
+    measure.use_native_blas_kernel(args.forced_blas_kernel)
+    if args.quick:
+        vars(args).update(QUICK)
+    drive(args)
 
 
 if __name__ == "__main__":

@@ -4,31 +4,27 @@
     python bench/kernels.py --quick    # smaller sizes, fewer repeats
     BRAINLIKE_BACKEND=cupy python bench/kernels.py   # CUDA kernels, with bandwidth
 
-Every implementation of an operation runs in the same process on the same inputs,
-warm-up calls first (compilation), then the median of several timed repeats, the
-implementations taking turns. Results go to bench/results/kernels.json
-(kernels-cupy.json for cupy) and a markdown table.
+Every implementation of an operation runs in the same process (one library, NumPy) on
+the same inputs, warm-up calls first (compilation), then the median of several timed
+repeats, the implementations taking turns (``measure.take_turns``). Results go to
+bench/results/kernels.json (kernels-cupy.json for cupy) and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+import measure
 from brainlike_np.backends import get_backend
 from brainlike_np.backends.reference import ReferenceOps
+from brainlike_np.data import random_batch
 
 DESIGN = dict(B=32, N=4096, k=128, D=256, T=128, V=256)
 QUICK = dict(B=8, N=1024, k=32, D=64, T=32, V=64)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_cases(s, rng, dtype):
@@ -39,7 +35,7 @@ def make_cases(s, rng, dtype):
     def normal(*shape):
         return rng.standard_normal(shape).astype(dtype)
 
-    tokens = rng.integers(0, V, (B, T))                                  # [B, T]
+    tokens, _ = random_batch(B, T, V)                                    # [B, T]
     neurons = rng.integers(0, B * N, B * k)                              # [B*k] into B*N rows
     z = normal(B, N)
     idx = np.argsort(-z, axis=1, kind="stable")[:, :k]                   # [B, k]
@@ -81,26 +77,6 @@ def add_at_weighted_sum(dout, cols, table, ids, weights):
     return dtable, dweights
 
 
-def median_seconds(calls, repeats, sync, between=None):
-    """Median wall time of each of ``calls`` (name -> function), after two warm-up
-    calls each; the calls take turns, so a slow spell of the machine hits them all.
-    ``between``, if given, runs untimed before every timed call."""
-    for fn in calls.values():
-        for _ in range(2):
-            fn()
-    sync()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            if between is not None:
-                between()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def implementations(backend):
     """Name -> ops object for every implementation timed on this backend."""
     if backend.name == "cupy":
@@ -124,7 +100,8 @@ def run(backend, sizes, dtype, repeats, between=None):
         if add_at is not None and backend.name == "numpy":   # after the reference
             calls = {"np.add.at": lambda: add_at(*args), **calls}
             calls = {"reference": calls.pop("reference"), **calls}
-        times = median_seconds(calls, repeats, backend.synchronize, between)
+        runs = measure.take_turns(calls, repeats, backend.synchronize, warmup=2, between=between)
+        times = {name: statistics.median(t) for name, t in runs.items()}
         rows.append(dict(case=case, op=op, seconds=times, bytes=nbytes,
                          gb_per_s={n: nbytes / t / 1e9 for n, t in times.items()}))
     return rows
@@ -151,7 +128,10 @@ def main(argv=None):
     parser.add_argument("--interleave-matmul", action="store_true",
                         help="run an untimed 512x512 matmul before every timed call, as in "
                              "training, where BLAS threads run between the kernels")
+    measure.add_blas_argument(parser)
     args = parser.parse_args(argv)
+    measure.use_native_blas_kernel(args.forced_blas_kernel)
+    load_at_start = measure.machine_load()
 
     backend = get_backend()
     sizes = QUICK if args.quick else DESIGN
@@ -167,19 +147,13 @@ def main(argv=None):
         for r in rows:
             print(f"  {r['case']}: " + ", ".join(f"{n} {g:.0f}" for n, g in r["gb_per_s"].items()))
 
-    import numba
     report = dict(backend=backend.name, dtype=args.dtype, sizes=sizes, repeats=repeats,
-                  interleave_matmul=args.interleave_matmul,
-                  machine=dict(platform=platform.platform(), processor=platform.processor(),
-                               cpus=os.cpu_count(), python=sys.version.split()[0],
-                               numpy=np.__version__, numba=numba.__version__,
-                               numba_threads=numba.get_num_threads(),
-                               threading_layer=_threading_layer()),
-                  results=rows)
+                  interleave_matmul=args.interleave_matmul, machine=measure.environment(),
+                  load={"start": load_at_start, "end": measure.machine_load()},
+                  command=measure.command_line(), results=rows)
     default = "kernels.json" if backend.name == "numpy" else f"kernels-{backend.name}.json"
-    out = args.out or RESULTS / default
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = args.out or measure.RESULTS / default
+    measure.write_json(out, report)
     print(f"\nwrote {out}")
 
 
@@ -187,15 +161,6 @@ def _matmul(backend, dtype):
     """A 512x512 matmul on the backend, for ``--interleave-matmul``."""
     a = backend.asarray(np.random.default_rng(1).standard_normal((512, 512)).astype(dtype))
     return lambda: a @ a
-
-
-def _threading_layer():
-    """The Numba threading layer in use (known once a parallel kernel has run)."""
-    import numba
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return None
 
 
 if __name__ == "__main__":

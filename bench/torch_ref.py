@@ -5,14 +5,20 @@ baseline of the benchmark.
 Written the way a PyTorch user would write them, with the same math as
 ``brainlike_np.model`` and ``brainlike_np.transformer``, from the same parameters
 (our parameter dicts, as NumPy arrays). Not a package: load it by path.
+
+Options a PyTorch user has for the brain-like model: ``checkpoint_steps=True`` recomputes
+each interaction step in the backward (``torch.utils.checkpoint``) instead of keeping
+its activations; ``train_step(..., compile=True)`` runs the loss under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from brainlike_np.layers import RMS_EPS
 
@@ -64,7 +70,17 @@ def causal_softmax(scores):
 # ---------------------------------------------------------------------------------
 # the brain-like model (brainlike_np.model, sparse path)
 # ---------------------------------------------------------------------------------
-def brainlike_logits(p, x, cfg, key_masks=None):
+def interaction_step(p, H, keep, cfg):
+    """One step: the active neurons ``H`` ``[B, k, D]`` attend to those with ``keep``
+    ``[B, k]``; -> the new states and activations ``[B, k]``."""
+    X = rmsnorm(H, p["g"])
+    M = attention(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
+                  key_masked_softmax(keep))
+    H = H + torch.tanh(torch.cat([X, M], -1) @ p["W_u"] + p["b_u"])
+    return H, torch.sigmoid(H @ p["w_a"] + p["b_a"])
+
+
+def brainlike_logits(p, x, cfg, key_masks=None, *, checkpoint_steps=False):
     """x ``[B, T]`` -> logits ``[B, V]``; each step's key mask ``[B, k]`` is appended
     to the list ``key_masks`` when one is given (tests check what was masked)."""
     T = x.shape[1]
@@ -75,22 +91,20 @@ def brainlike_logits(p, x, cfg, key_masks=None):
     H0 = a[..., None] * p["U"][idx]                                 # [B, k, D]
     H = H0 + attention(rmsnorm(H0, p["g_x"]), C, p["Wq_x"], p["Wk_x"], p["Wv_x"],
                        p["Wo_x"], cfg.n_heads, lambda s: s.softmax(-1))
+    step = (partial(checkpoint, interaction_step, use_reentrant=False) if checkpoint_steps
+            else interaction_step)
     for _ in range(cfg.n_steps):
         keep = a > cfg.tau                                          # [B, k]
         if key_masks is not None:
             key_masks.append(keep)
-        X = rmsnorm(H, p["g"])
-        M = attention(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
-                      key_masked_softmax(keep))
-        H = H + torch.tanh(torch.cat([X, M], -1) @ p["W_u"] + p["b_u"])
-        a = torch.sigmoid(H @ p["w_a"] + p["b_a"])                  # [B, k]
+        H, a = step(p, H, keep, cfg)
     pooled = (a[..., None] * rmsnorm(H, p["g_f"])).sum(1) / cfg.k_active   # [B, D]
     vote = (a[:, None, :] @ p["W_dec"][idx]).squeeze(1)             # [B, V]
     return p["b_dec"] + vote + pooled @ p["W_r"]
 
 
-def brainlike_loss(p, x, y, cfg):
-    return F.cross_entropy(brainlike_logits(p, x, cfg), y)
+def brainlike_loss(p, x, y, cfg, checkpoint_steps=False):
+    return F.cross_entropy(brainlike_logits(p, x, cfg, checkpoint_steps=checkpoint_steps), y)
 
 
 # ---------------------------------------------------------------------------------
@@ -118,9 +132,33 @@ def transformer_loss(p, x, y, cfg):
 LOSSES = {"brainlike": brainlike_loss, "transformer": transformer_loss}
 
 
-def loss_and_grads(model: str, p, x, y, cfg):
-    """One training step's forward and backward: -> (float loss, {name: grad})."""
-    loss = LOSSES[model](p, x, y, cfg)
+def loss_and_grads(model: str, p, x, y, cfg, **options):
+    """One training step's forward and backward: -> (float loss, {name: grad});
+    ``options`` go to the model's loss (``checkpoint_steps`` for the brain-like model)."""
+    loss = LOSSES[model](p, x, y, cfg, **options)
     grads = torch.autograd.grad(loss, list(p.values()), allow_unused=True,
                                 materialize_grads=True)
     return float(loss.detach()), dict(zip(p, grads))
+
+
+def train_step(model: str, p, cfg, no_decay, *, compile=False, **options):
+    """A full training step as a PyTorch user writes it, matching ``TrainState.train_step``:
+    loss, backward, gradients clipped to norm 1, AdamW (betas 0.9/0.95, weight decay 0.01
+    except on ``no_decay``). -> ``step(x, y)``, which returns the float loss."""
+    loss_fn = partial(LOSSES[model], cfg=cfg, **options)
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+    groups = [{"params": [v for n, v in p.items() if n not in no_decay]},
+              {"params": [v for n, v in p.items() if n in no_decay], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
+                                  weight_decay=0.01)
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(p, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    return step

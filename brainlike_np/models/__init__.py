@@ -42,6 +42,12 @@ class Model(Protocol):
     def init_params(self, cfg, backend, seed: int = 0, dtype: str = "float32") -> dict:
         """Initial parameters, drawn on the host (same seed, same weights on every backend)."""
 
+    def supervised_targets(self, cfg) -> int:
+        """Next-byte targets one window trains on (the benches count learning by them)."""
+
+    def forward_flops(self, cfg, batch_size: int) -> int:
+        """Matmul FLOPs of one forward pass (the benches' rate of useful work)."""
+
     def activation_bytes(self, cfg, batch_size: int, itemsize: int) -> int:
         """An upper estimate, from the shapes, of a training step's memory beyond the
         parameters, gradients and AdamW moments (the trainer checks it before a run)."""

@@ -89,6 +89,21 @@ PRESETS = {
 BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32}
 
 
+def supervised_targets(cfg: Config) -> int:
+    """Next-byte targets a window trains on: the byte after it."""
+    return 1
+
+
+def forward_flops(cfg: Config, batch_size: int) -> int:
+    """Matmul FLOPs of one forward pass (2*m*n*k each), M neurons carried per sample."""
+    B, M = batch_size, cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    T, D, V = cfg.context, cfg.d_state, cfg.vocab_size
+    read = 2 * B * (2 * M * D * D + 2 * T * D * D + 2 * M * T * D)      # q, o; k, v; qk, pv
+    step = 2 * B * (4 * M * D * D + 2 * M * M * D + M * 2 * D * D + M * D)   # + W_u, w_a
+    decode = 2 * B * (M * V + D * V)
+    return read + cfg.n_steps * step + decode
+
+
 def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     """An upper estimate of a training step's memory beyond the parameters, their
     gradients and AdamW's moments, from the shapes: what the backward keeps (see the

@@ -71,6 +71,18 @@ PRESETS = {
 BATCH_SIZES = {"tiny": 4, "default": 64, "note": 32}
 
 
+def supervised_targets(cfg: Config) -> int:
+    """Next-byte targets a window trains on: one at every position."""
+    return cfg.context
+
+
+def forward_flops(cfg: Config, batch_size: int) -> int:
+    """Matmul FLOPs of one forward pass (2*m*n*k each); attention counted in full."""
+    B, T, D, F, V = batch_size, cfg.context, cfg.d_model, cfg.d_mlp, cfg.vocab_size
+    layer = 2 * B * T * (4 * D * D + 2 * T * D + 2 * D * F)     # qkvo, qk+pv, mlp
+    return cfg.n_layers * layer + 2 * B * T * D * V
+
+
 def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     """An upper estimate of a training step's memory beyond the parameters, their
     gradients and AdamW's moments, from the shapes: each layer keeps about ten
