@@ -1,11 +1,13 @@
-"""What is particular to the brain-like model: its masking and step-free configs against
-finite differences, which parameters learn at init, a shorter context, its config rules.
-The checks every model shares are in test_models.py."""
+"""What is particular to the brain-like model: its masking, step-free and ablation configs
+against finite differences, which parameters learn at init, what the random selection
+chooses, a shorter context, its config rules. The checks every model shares are in
+test_models.py."""
 
 import numpy as np
 import pytest
 
 from brainlike_np.config import ConfigError
+from brainlike_np.data import random_batch
 from brainlike_np.models import brainlike
 from brainlike_np.optim import AdamW
 from brainlike_np.backends import get_backend
@@ -14,7 +16,11 @@ from gradcheck import (assert_model_gradients_match, device_batch, measured_acti
 
 TINY = brainlike.PRESETS["tiny"]
 # tau = 0.5 masks about half the keys at init, so the masked paths are exercised
-CONFIGS = {"tiny-masking": TINY.with_overrides(tau=0.5), "no-steps": TINY.with_overrides(n_steps=0)}
+CONFIGS = {"tiny-masking": TINY.with_overrides(tau=0.5), "no-steps": TINY.with_overrides(n_steps=0),
+           "no-input-read": TINY.with_overrides(input_read=False),
+           "random-selection": TINY.with_overrides(selection="random", tau=0.5)}
+# the parameters of the input read (the active neurons' attention to the context)
+READ_PARAMS = {"Wq_x", "Wk_x", "Wv_x", "Wo_x", "g_x", "g_t", "Epos", "Etok"}
 
 
 @pytest.mark.parametrize("config_name", list(CONFIGS))
@@ -42,6 +48,67 @@ def test_every_parameter_gets_a_nonzero_gradient(backend):
     assert zero_grads(params)[0] == set()
 
 
+def test_without_the_input_read_the_state_starts_at_h0_and_the_read_does_not_learn(backend):
+    """input_read=False is the model with the read's output replaced by zero: at
+    Wo_x = 0 (the read's output projection) both configs give the same logits and the
+    same gradients outside the read; the read's own parameters get exactly zero."""
+    cfg = TINY.with_overrides(input_read=False)
+    x, y = device_batch(backend, cfg, batch_size=4, seed=7)
+    params = perturbed_params(backend, brainlike, cfg, seed=8)
+    closed = {**params, "Wo_x": backend.xp.zeros_like(params["Wo_x"])}
+    np.testing.assert_allclose(backend.to_numpy(brainlike.next_logits(params, x, cfg, backend.ops)),
+                               backend.to_numpy(brainlike.next_logits(closed, x, TINY, backend.ops)),
+                               rtol=1e-12, atol=1e-12)
+    _, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
+    _, grads_closed = brainlike.loss_and_grads(closed, x, y, TINY, backend.ops)
+    for name, g in grads.items():
+        g = backend.to_numpy(g)
+        if name in READ_PARAMS:
+            np.testing.assert_array_equal(g, 0.0, err_msg=name)
+        else:
+            np.testing.assert_allclose(g, backend.to_numpy(grads_closed[name]), rtol=1e-10,
+                                       atol=1e-12, err_msg=name)
+
+
+def test_random_selection_is_a_fixed_uniform_draw_per_window(backend):
+    """The same window always gets the same neurons, whatever the parameters; windows
+    share about k*k/N of them, as independent uniform draws would (here 64*64/1024 = 4),
+    even when they differ in one byte; every neuron is chosen about equally often."""
+    cfg = brainlike.PRESETS["default"].with_overrides(selection="random")
+    N, k = cfg.n_neurons, cfg.k_active
+    xh, _ = random_batch(512, cfg.context, cfg.vocab_size, seed=9)
+    changed = xh.copy()
+    changed[:, 10] = (changed[:, 10] + 1) % cfg.vocab_size
+
+    def chosen(tokens, z_seed):
+        z = backend.asarray(np.random.default_rng(z_seed).standard_normal((len(tokens), N)))
+        return backend.to_numpy(brainlike.select(z, backend.asarray(tokens), cfg, backend.ops))
+
+    idx = chosen(xh, z_seed=0)
+    np.testing.assert_array_equal(chosen(xh, z_seed=1), idx)        # z does not choose
+    assert all(len(set(row)) == k for row in idx)
+    one_byte = [len(set(a) & set(b)) for a, b in zip(idx, chosen(changed, z_seed=0))]
+    other = [len(set(a) & set(b)) for a, b in zip(idx[:-1], idx[1:])]
+    for overlaps in (one_byte, other):
+        assert np.mean(overlaps) == pytest.approx(k * k / N, abs=0.5)
+    counts = np.bincount(idx.ravel(), minlength=N)                   # mean 32 per neuron
+    assert counts.min() >= 10 and counts.max() <= 60
+
+
+def test_random_selection_still_trains_the_encoder_through_the_activations(backend):
+    """z no longer chooses, but it sets the chosen neurons' activations: E, P and b_e
+    get gradient only at the chosen neurons."""
+    cfg = TINY.with_overrides(selection="random")
+    x, y = device_batch(backend, cfg, batch_size=2, seed=3)
+    params = perturbed_params(backend, brainlike, cfg)
+    _, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
+    z = backend.xp.zeros((2, cfg.n_neurons), dtype=backend.dtype("float64"))
+    chosen = np.unique(backend.to_numpy(brainlike.select(z, x, cfg, backend.ops)))
+    db_e = backend.to_numpy(grads["b_e"])
+    assert np.all(db_e[chosen] != 0)
+    np.testing.assert_array_equal(np.delete(db_e, chosen), 0.0)
+
+
 def test_a_shorter_context_than_trained_works(backend):
     x, y = device_batch(backend, TINY)
     params = brainlike.init_params(TINY, backend, seed=0)
@@ -58,6 +125,8 @@ def test_a_shorter_context_than_trained_works(backend):
     ({"n_steps": -1}, "n_steps must be 0 or more"),
     ({"tau": float("nan")}, "tau must be in [0, 1)"),
     ({"path": "bogus"}, "unknown path 'bogus'; choose one of: sparse, dense"),
+    ({"selection": "top"}, "unknown selection 'top'; choose one of: learned, random"),
+    ({"input_read": 0}, "input_read must be of type bool, got 0"),
 ])
 def test_invalid_configs_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")

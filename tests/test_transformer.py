@@ -1,6 +1,6 @@
 """What is particular to the causal Transformer baseline: causality, the shifted
-next-byte targets, which parameters learn, a shorter context, its config rules. The
-checks every model shares are in test_models.py."""
+next-byte targets (every position's, or the last one's), which parameters learn, a
+shorter context, its config rules. The checks every model shares are in test_models.py."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import pytest
 from brainlike_np.config import ConfigError
 from brainlike_np.data import random_batch
 from brainlike_np.models import transformer as tr
-from gradcheck import perturbed_params
+from gradcheck import assert_model_gradients_match, device_batch, perturbed_params
 
 TINY = tr.PRESETS["tiny"]
 STACKED = ("g_attn", "Wq", "Wk", "Wv", "Wo", "g_mlp", "W1", "W2")   # [n_layers, ...]
@@ -51,6 +51,25 @@ def test_loss_is_mean_cross_entropy_of_the_next_byte_at_every_position(backend):
     assert tr.loss(params, x, y, cfg, backend.ops) == pytest.approx(last, rel=1e-12)
 
 
+def test_last_position_targets_train_on_y_alone(backend):
+    """targets="last": the training loss is the evaluation loss (the last position's
+    cross-entropy), not the mean over every position's next byte."""
+    cfg = TINY.with_overrides(targets="last")
+    xh, yh = batch(cfg, B=3, seed=8)
+    x, y = backend.asarray(xh), backend.asarray(yh)
+    params = perturbed_params(backend, tr, cfg, seed=9)
+    loss, _ = tr.loss_and_grads(params, x, y, cfg, backend.ops)
+    assert loss == pytest.approx(tr.loss(params, x, y, cfg, backend.ops), rel=1e-12)
+    assert loss == pytest.approx(tr.loss(params, x, y, TINY, backend.ops), rel=1e-12)
+    assert loss != pytest.approx(tr.loss_and_grads(params, x, y, TINY, backend.ops)[0], rel=1e-3)
+
+
+def test_last_position_targets_match_finite_differences(backend):
+    cfg = TINY.with_overrides(targets="last")
+    x, y = device_batch(backend, cfg)
+    assert_model_gradients_match(backend, tr, cfg, perturbed_params(backend, tr, cfg), x, y)
+
+
 def test_every_parameter_gets_a_nonzero_gradient_at_init(backend):
     cfg = TINY
     xh, yh = batch(cfg, B=4, seed=7)
@@ -85,6 +104,8 @@ def test_a_shorter_context_than_trained_works(backend):
     ({"n_layers": -1}, "n_layers must be positive"),
     ({"d_mlp": 0}, "d_mlp must be positive"),
     ({"context": 0}, "context must be positive"),
+    ({"targets": "first"}, "unknown targets 'first'; choose one of: all, last"),
+    ({"targets": 1}, "targets must be of type str, got 1"),
 ])
 def test_invalid_configs_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):

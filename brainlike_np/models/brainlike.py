@@ -18,6 +18,12 @@ the design note's version: states for all N neurons ``[B, N, D]``, attention ove
 N with non-selected or sub-threshold neurons masked as keys, and the activation of
 non-selected neurons held at zero. Both give the same logits and gradients.
 
+Ablations (config fields that change the result): ``n_steps=0`` (no interaction),
+``tau=0`` (no active key is masked), ``input_read=False`` (H = H0: the active neurons
+never attend to the context, and the read's parameters get zero gradient), and
+``selection="random"`` (see ``random_scores``: idx is the top-k of a hash of the window
+instead of z, so z only sets the activations of neurons it did not choose).
+
 What the backward keeps (memory is the point of the model): each interaction step's
 cache holds its input state, q/k/v, each query's attention log-sum-exp, the message and
 the tanh output; normalised activations are rebuilt from the state and its saved inverse
@@ -35,6 +41,7 @@ from ..backends import device_of, get_namespace, to_float
 from ..config import ConfigDict, ConfigError, choose
 
 PATHS = ("sparse", "dense")
+SELECTIONS = ("learned", "random")
 # gains and biases get no weight decay
 NO_DECAY = frozenset({"b_e", "g_t", "g_x", "g", "b_u", "b_a", "g_f", "b_dec"})
 
@@ -52,6 +59,9 @@ class BrainlikeConfig(ConfigDict):
     n_steps: int = 5           # S: interaction steps
     n_heads: int = 4           # h, with D % h == 0
     tau: float = 0.01          # activation threshold for attending
+    input_read: bool = True    # False: H = H0, the active neurons never read the context
+    selection: str = "learned" # "learned": top-k of z; "random": top-k of a fixed hash
+                               # of the window (random_scores), an ablation
     # execution options: how to compute, not what (every choice gives the same result)
     path: str = "sparse"       # "sparse": [B, k, D] active set; "dense": [B, N, D]
     recompute: bool = False    # keep only each interaction step's input; redo the step
@@ -73,6 +83,7 @@ class BrainlikeConfig(ConfigDict):
         if not 0.0 <= self.tau < 1.0:
             raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
         choose(PATHS, self.path, "path")
+        choose(SELECTIONS, self.selection, "selection")
 
 
 Config = BrainlikeConfig
@@ -172,7 +183,7 @@ def encoder_sparse_forward(p, x, cfg, ops):
     """-> a ``[B, k]``, U rows ``[B, k, D]``, idx ``[B, k]``, cache."""
     xp = get_namespace(p["E"])
     z = p["b_e"] + ops.gather_weighted_sum(p["E"], x, p["P"])        # [B, N]
-    idx = ops.topk(z, cfg.k_active)                                  # [B, k]
+    idx = select(z, x, cfg, ops)                                     # [B, k]
     a, ca = L.sigmoid_forward(xp.take_along_axis(z, idx, axis=1))    # [B, k]
     U_rows, cu = L.embedding_forward(p["U"], idx, ops)               # [B, k, D]
     return a, U_rows, idx, (x, idx, ca, cu)
@@ -199,7 +210,7 @@ def encoder_dense_forward(p, x, cfg, ops):
     E_rows, ce = L.embedding_forward(p["E"], x, ops)                 # [B, T, N]
     P_used, n_positions = L.first_rows_forward(p["P"], T)           # [T, N]
     z = p["b_e"] + xp.sum(E_rows * P_used, axis=1)                   # [B, N]
-    idx = ops.topk(z, cfg.k_active)                                  # [B, k]
+    idx = select(z, x, cfg, ops)                                     # [B, k]
     selected = _per_sample_scatter(xp.ones(idx.shape, dtype=z.dtype, device=device_of(z)),
                                    idx, N, ops)                      # [B, N] 0/1
     s, cs = L.sigmoid_forward(z)
@@ -218,6 +229,43 @@ def encoder_dense_backward(da, dU_rows, p, cache, grads, ops):
         _accumulate(grads, name, g)
 
 
+def select(z, x, cfg, ops):
+    """The active neurons idx ``[B, k]``: the top-k of z, or with ``selection="random"``
+    the top-k of ``random_scores(x)``. Either way no gradient flows through the choice
+    itself (top-k is piecewise constant); z's gradient comes through a = sigmoid(z[idx])."""
+    scores = z if cfg.selection == "learned" else random_scores(x, cfg.n_neurons)
+    return ops.topk(scores, cfg.k_active)
+
+
+# a prime below 2^31: products of two residues fit in int64
+_HASH_PRIME = 2 ** 31 - 1
+
+
+def random_scores(x, N):
+    """A fixed pseudo-random score per (window, neuron): x ``[B, T']`` -> ``[B, N]``
+    float64, distinct within a row. Its top-k is a set of k neurons that depends only on
+    the window's bytes (the same window always gets the same set, in training and in
+    evaluation, on every backend), looks uniformly random over the N neurons, and carries
+    no similarity between windows: two windows that differ in one byte get unrelated sets
+    (about k*k/N neurons shared, as for independent draws).
+
+    The hash is integer arithmetic on the device (no host read): a polynomial hash of the
+    window modulo a prime, combined with each neuron's id and mixed by three rounds of
+    squaring modulo the same prime; ``score = hash * N + n`` breaks ties by neuron id and
+    stays exact in float64 for N < 2^22."""
+    xp = get_namespace(x)
+    device = device_of(x)
+    q = _HASH_PRIME
+    T = x.shape[1]
+    powers = xp.asarray([pow(131, t + 1, q) for t in range(T)], dtype=xp.int64, device=device)
+    window = xp.sum(xp.astype(x, xp.int64) * powers, axis=1) % q                # [B]
+    n = xp.arange(N, dtype=xp.int64, device=device)                             # [N]
+    h = (window[:, None] * 48271 + (n[None, :] + 1) * 69621) % q                # [B, N]
+    for c in (11, 4099, 65537):
+        h = (h * h + c) % q
+    return xp.astype(h * N + n, xp.float64)
+
+
 def _per_sample_scatter(values, idx, N, ops):
     """``out[b, idx[b, j]] = values[b, j]``, zero elsewhere: values, idx ``[B, k]`` ->
     ``[B, N]`` (the ids of a row are distinct, as top-k's are)."""
@@ -232,35 +280,53 @@ def _per_sample_scatter(values, idx, N, ops):
 # input read: the active neurons attend to the context once
 # ---------------------------------------------------------------------------------
 def input_read_forward(p, a, U_rows, x, cfg, ops):
-    """a ``[B, M]``, U rows ``[B or 1, M, D]``, x ``[B, T]`` -> H ``[B, M, D]``."""
-    T = x.shape[1]
-    tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
-    pos, n_positions = L.first_rows_forward(p["Epos"], T)            # [T, D]
-    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
+    """a ``[B, M]``, U rows ``[B or 1, M, D]``, x ``[B, T]`` -> H ``[B, M, D]``: the
+    initial state H0 = a * U rows, plus what it reads from the context unless
+    ``cfg.input_read`` is False."""
     H0 = a[..., None] * U_rows                                       # [B, M, D]
-    Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
-    Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
-                                 cfg.n_heads)                        # [B, M, D]
-    return H0 + Mx, (ct, cc, cq, cm, a, U_rows, n_positions)
+    if not cfg.input_read:
+        return H0, (a, U_rows, None)
+    Mx, cread = context_read_forward(p, H0, x, cfg, ops)             # [B, M, D]
+    return H0 + Mx, (a, U_rows, cread)
 
 
 def input_read_backward(dH, p, cache, grads, ops):
     """-> (da ``[B, M]``, dU_rows ``[B, M, D]``)."""
     xp = get_namespace(dH)
-    ct, cc, cq, cm, a, U_rows, n_positions = cache
-    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dH, cm, L.rmsnorm_output(cq),
-                                                       L.rmsnorm_output(cc))
-    dH0_norm, dg_x = L.rmsnorm_backward(dXq, cq)
-    dH0 = dH + dH0_norm                                              # [B, M, D]
+    a, U_rows, cread = cache
+    dH0 = dH if cread is None else dH + context_read_backward(dH, p, cread, grads, ops)
     da = xp.sum(dH0 * U_rows, axis=-1)                               # [B, M]
     dU_rows = dH0 * a[..., None]                                     # [B, M, D]
+    return da, dU_rows
+
+
+def context_read_forward(p, H0, x, cfg, ops):
+    """MHA(rms(H0, g_x), C, C) with C = rms(Etok[x] + Epos, g_t): H0 ``[B, M, D]``,
+    x ``[B, T]`` -> ``[B, M, D]``."""
+    T = x.shape[1]
+    tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
+    pos, n_positions = L.first_rows_forward(p["Epos"], T)            # [T, D]
+    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
+    Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
+    Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
+                                 cfg.n_heads)                        # [B, M, D]
+    return Mx, (ct, cc, cq, cm, n_positions)
+
+
+def context_read_backward(dMx, p, cache, grads, ops):
+    """-> dH0 ``[B, M, D]`` through the read (H0's direct path is the caller's)."""
+    xp = get_namespace(dMx)
+    ct, cc, cq, cm, n_positions = cache
+    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dMx, cm, L.rmsnorm_output(cq),
+                                                       L.rmsnorm_output(cc))
+    dH0, dg_x = L.rmsnorm_backward(dXq, cq)                          # [B, M, D]
     dC_in, dg_t = L.rmsnorm_backward(dC, cc)                         # [B, T, D]
     dEpos = L.first_rows_backward(xp.sum(dC_in, axis=0), n_positions)
     for name, g in (("Wq_x", dWq), ("Wk_x", dWk), ("Wv_x", dWv), ("Wo_x", dWo),
                     ("g_x", dg_x), ("g_t", dg_t), ("Epos", dEpos),
                     ("Etok", L.embedding_backward(dC_in, ct, ops))):
         _accumulate(grads, name, g)
-    return da, dU_rows
+    return dH0
 
 
 # ---------------------------------------------------------------------------------
@@ -403,7 +469,7 @@ def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
     da_enc = da_read if da is None else da + da_read
     encoder_backward = encoder_sparse_backward if cfg.path == "sparse" else encoder_dense_backward
     encoder_backward(da_enc, dU_rows, p, cenc, grads, ops)
-    for name, value in p.items():      # parameters unused by this config (S = 0)
+    for name, value in p.items():      # parameters unused by this config (S = 0, no read)
         if name not in grads:
             grads[name] = get_namespace(value).zeros_like(value)
     return grads

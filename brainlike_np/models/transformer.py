@@ -13,7 +13,9 @@ h heads, d = D / h head width, Ly layers.
 The output head ``W_out`` is untied from ``Etok``. The MLP uses ReLU (on NumPy an
 unfused GELU costs ~10x more elementwise passes). Linear layers have no biases.
 Position t predicts byte t + 1, so a window x ``[B, T]`` with its next byte y ``[B]``
-gives T supervised targets: ``concat(x[:, 1:], y)``.
+gives T supervised targets: ``concat(x[:, 1:], y)``. ``targets="last"`` trains on the
+last position's alone (y: the brain-like model's supervision, one target per window);
+evaluation (``loss``) scores the last position either way.
 
 The residual stream is kept as rows ``[B*T, D]``: every matmul except attention's
 is then one 2-D product, which NumPy runs ~2.7x faster than the same product over
@@ -30,10 +32,12 @@ from dataclasses import dataclass, fields
 
 from .. import layers as L
 from ..backends import device_of, get_namespace, to_float
-from ..config import ConfigDict, ConfigError
+from ..config import ConfigDict, ConfigError, choose
 
 # gains get no weight decay
 NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})
+# which positions' next bytes the training loss supervises
+TARGETS = ("all", "last")
 
 
 # ---------------------------------------------------------------------------------
@@ -47,15 +51,17 @@ class TransformerConfig(ConfigDict):
     n_layers: int = 4          # Ly
     n_heads: int = 4           # h, with D % h == 0
     d_mlp: int = 512           # F
+    targets: str = "all"       # training loss over "all" T positions, or the "last" only
 
     def __post_init__(self):
         self.check_types()
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
+            if f.type == "int" and getattr(self, f.name) <= 0:
                 raise ConfigError(f"{f.name} must be positive, got {getattr(self, f.name)}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads "
                               f"({self.n_heads})")
+        choose(TARGETS, self.targets, "targets")
 
 
 Config = TransformerConfig
@@ -72,8 +78,8 @@ BATCH_SIZES = {"tiny": 4, "default": 64, "note": 32}
 
 
 def supervised_targets(cfg: Config) -> int:
-    """Next-byte targets a window trains on: one at every position."""
-    return cfg.context
+    """Next-byte targets a window trains on: one at every position, or the last alone."""
+    return cfg.context if cfg.targets == "all" else 1
 
 
 def forward_flops(cfg: Config, batch_size: int) -> int:
@@ -285,16 +291,6 @@ def forward(p, x, cfg: TransformerConfig, ops):
     return xp.reshape(logits, (B, T, cfg.vocab_size)), (ctrunk, chead)
 
 
-def backward(dlogits, p, cache, cfg: TransformerConfig, ops) -> dict:
-    """dlogits ``[B, T', V]`` -> grads, one entry per parameter. Consumes the cache."""
-    xp = get_namespace(dlogits)
-    ctrunk, chead = cache
-    grads = {}
-    dX = head_backward(xp.reshape(dlogits, (-1, cfg.vocab_size)), chead, grads)   # [B*T, D]
-    trunk_backward(dX, p, ctrunk, cfg, grads, ops)
-    return grads
-
-
 def next_logits(p, x, cfg: TransformerConfig, ops):
     """Logits for the byte after each window: x ``[B, T']`` -> ``[B, V]``."""
     return forward(p, x, cfg, ops)[0][:, -1, :]
@@ -303,7 +299,7 @@ def next_logits(p, x, cfg: TransformerConfig, ops):
 def loss(p, x, y, cfg: TransformerConfig, ops) -> float:
     """Cross-entropy of y ``[B]`` at the last position only, without the backward
     (for evaluation): the same task, from the same full window, that the brain-like
-    model is scored on. Training uses every position (``loss_and_grads``)."""
+    model is scored on, whatever ``cfg.targets`` the model trains on."""
     return to_float(L.cross_entropy_forward(next_logits(p, x, cfg, ops), y)[0])
 
 
@@ -314,12 +310,26 @@ def next_byte_targets(x, y):
 
 
 def loss_and_grads(p, x, y, cfg: TransformerConfig, ops):
-    """Mean cross-entropy over all B*T positions of windows x ``[B, T]`` whose next
-    byte is y ``[B]``."""
+    """Mean cross-entropy of the next bytes of windows x ``[B, T]`` whose next byte is
+    y ``[B]``: over all B*T positions (``targets="all"``), or over the B last positions
+    (``targets="last"``: the head then runs on those rows alone, and the trunk's
+    backward starts from a gradient that is zero at every other position)."""
     xp = get_namespace(p["W_out"])
-    logits, cache = forward(p, x, cfg, ops)                          # [B, T, V]
-    B, T, V = logits.shape
-    targets = xp.reshape(next_byte_targets(x, y), (B * T,))
-    loss, closs = L.cross_entropy_forward(xp.reshape(logits, (B * T, V)), targets)
-    dlogits = xp.reshape(L.cross_entropy_backward(1.0, closs), (B, T, V))
-    return to_float(loss), backward(dlogits, p, cache, cfg, ops)
+    B, T = x.shape
+    D = cfg.d_model
+    X, ctrunk = trunk_forward(p, x, cfg, ops)                        # [B*T, D]
+    if cfg.targets == "all":
+        rows, targets = X, xp.reshape(next_byte_targets(x, y), (B * T,))
+    else:
+        rows, targets = xp.reshape(X, (B, T, D))[:, -1, :], y         # [B, D], [B]
+    logits, chead = head_forward(p, rows)                            # [B*T or B, V]
+    loss, closs = L.cross_entropy_forward(logits, targets)
+    grads = {}
+    drows = head_backward(L.cross_entropy_backward(1.0, closs), chead, grads)
+    if cfg.targets == "all":
+        dX = drows                                                   # [B*T, D]
+    else:
+        earlier = xp.zeros((B, T - 1, D), dtype=drows.dtype, device=device_of(drows))
+        dX = xp.reshape(xp.concat([earlier, drows[:, None, :]], axis=1), (B * T, D))
+    trunk_backward(dX, p, ctrunk, cfg, grads, ops)
+    return to_float(loss), grads
