@@ -31,8 +31,8 @@ NOTE_BATCH = 32
 IMPLS = ("ours", "torch")
 SMALL_BATCHES = (1, 2, 4, 8)
 # (measurement, subject) pairs in the memory-split table
-MEMORY_TABLE = (("batched", "brain128"), ("dense", "dense128"), ("brain512", "brain512"),
-                ("tr128", "tr128"), ("tr512", "tr512"))
+MEMORY_TABLE = (("batched", "brain128"), ("recompute", "recompute128"), ("dense", "dense128"),
+                ("brain512", "brain512"), ("tr128", "tr128"), ("tr512", "tr512"))
 
 # The design note's figures: key -> (claim number, what the note says, the number a
 # measurement is divided by in the "measured / note" column; None: no such number).
@@ -65,6 +65,7 @@ def measure_all(lab: Lab, args) -> dict:
     rate_at_start = matmul_rate(lab.backend)
     m = {}
     m["batched"] = lab.step(subjects["brain128"], NOTE_BATCH, reps)
+    m["recompute"] = lab.step(subjects["recompute128"], NOTE_BATCH, reps)
     m["loop"] = lab.loop_step(subjects["brain128"], NOTE_BATCH, reps)
     log("loop vs batched done")
     m["dense"] = (scaled_from_one(lab, subjects["dense128"]) if quick
@@ -118,7 +119,7 @@ def compare_with_torch(repeats: int, rounds: int, forced_blas_kernel: bool) -> d
     def run(impl, subject, what, reps):
         spec = {"impl": impl, "subject": subject.to_spec(), "batch": B, "repeats": reps,
                 "measure": what}
-        env = measure.RESIDENT_MEMORY_ENV if what == "memory" else None
+        env = measure.worker_env(what, ours=impl == "ours")
         return measure.in_fresh_process(Path(__file__), spec, env=env,
                                         forced_blas_kernel=forced_blas_kernel)
 
@@ -188,7 +189,7 @@ def claim(key, quantity, measured, value=None, comment=""):
 
 
 def claim_rows(m: dict, args) -> list:
-    b, loop, dense = m["batched"], m["loop"], m["dense"]
+    b, r, loop, dense = m["batched"], m["recompute"], m["loop"], m["dense"]
     b512, t128, t512 = m["brain512"], m["tr128"], m["tr512"]
     mb, budget = m["max_batch"], f"{args.budget_gb:g} GiB"
     dense_how = f"extrapolated from B = {', '.join(map(str, dense['extrapolated_from']))}"
@@ -219,6 +220,12 @@ def claim_rows(m: dict, args) -> list:
               fmt_bytes(b["activation_bytes"]), b["activation_bytes"]),
         claim("activation_ratio", "activations, Transformer / brain-like", f"{act_ratio:.1f}x",
               act_ratio),
+        claim("brainlike_activations", "activations, brain-like --recompute, B 32 T 128",
+              fmt_bytes(r["activation_bytes"]), r["activation_bytes"],
+              f"step {r['step_s']:.2f} s vs {b['step_s']:.2f} s without"),
+        claim("activation_ratio", "activations, Transformer / brain-like --recompute",
+              f"{t128['activation_bytes'] / r['activation_bytes']:.1f}x",
+              t128["activation_bytes"] / r["activation_bytes"]),
         claim("transformer_training_512", "training memory, Transformer B 32 T 512",
               fmt_bytes(t512["training_bytes"]), t512["training_bytes"],
               f"params + grads + AdamW + activations; {t512_how}"),

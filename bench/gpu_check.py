@@ -48,7 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))           # kernels.py and torch_ref.py, loaded by name
+sys.path.insert(0, str(BENCH))           # kernels.py, measure.py, torch_ref.py: by name
 
 import array_api_compat.numpy as numpy_namespace  # noqa: E402
 
@@ -57,6 +57,7 @@ from brainlike_np.backends.reference import ReferenceOps  # noqa: E402
 from brainlike_np.data import random_batch  # noqa: E402
 from brainlike_np.models import brainlike as model  # noqa: E402
 from brainlike_np.train_state import TrainState  # noqa: E402
+from measure import traced_peak  # noqa: E402
 
 # max |got - want| / max |want| allowed against the NumPy reference
 KERNEL_TOL = {"float32": 1e-5, "float64": 1e-12}
@@ -460,13 +461,7 @@ def time_and_peak_ours(ctx, backend, cfg, params, B) -> dict:
         model.loss_and_grads(params, x, y, cfg, backend.ops)
 
     seconds = median_time(step, backend.synchronize, ctx.sizes.timed_steps)
-    backend.memory.reset_peak()
-    base = backend.memory.current_bytes()
-    step()
-    backend.synchronize()
-    peak = backend.memory.peak_bytes() - base
-    backend.memory.stop()
-    return {"step_s": seconds, "peak_bytes": peak}
+    return {"step_s": seconds, "peak_bytes": traced_peak(backend, step)}
 
 
 def time_and_peak_torch(ctx, cfg, B, device) -> dict:

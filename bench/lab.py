@@ -56,6 +56,8 @@ def note_subjects() -> dict:
     note = get_preset("transformer", "note")
     return {
         "brain128": Subject("brain-like sparse, T 128", "brainlike", seed),
+        "recompute128": Subject("brain-like sparse --recompute, T 128", "brainlike",
+                                dataclasses.replace(seed, recompute=True)),
         "dense128": Subject("brain-like dense, T 128", "brainlike",
                             dataclasses.replace(seed, path="dense")),
         "brain512": Subject("brain-like sparse, T 512", "brainlike",

@@ -30,8 +30,20 @@ FORCED_BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMBA_NUM_THREADS")
 # glibc returns freed large blocks to the OS at once, so resident memory tracks arrays
-# (it slows NumPy's temporaries by page faults: for memory runs only, never for timing)
-RESIDENT_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+# (it slows NumPy's temporaries by page faults: for memory runs only, never for timing);
+# the numpy backend's host memory policy, which keeps freed blocks, is switched off
+RESIDENT_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072",
+                       "BRAINLIKE_HOST_MALLOC": "system"}
+# the numpy backend's policy (backends/host_memory.py) is process-wide: a PyTorch process
+# that draws our weights through a numpy backend must keep the allocator's defaults
+OTHER_LIBRARY_ENV = {"BRAINLIKE_HOST_MALLOC": "system"}
+
+
+def worker_env(what: str, ours: bool) -> dict:
+    """The environment added to a measuring process: ``what`` "time" or "memory"; ``ours``
+    False for another library (PyTorch)."""
+    return {**(RESIDENT_MEMORY_ENV if what == "memory" else {}),
+            **({} if ours else OTHER_LIBRARY_ENV)}
 
 
 # ---------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def measure_all(args, skipped: dict) -> dict:
     def run(impl, preset_name, B, what):
         spec = {"impl": impl, "preset": preset_name, "batch": B, "measure": what,
                 "steps": args.steps}
-        env = measure.RESIDENT_MEMORY_ENV if what == "memory" else None
+        env = measure.worker_env(what, ours=impl.startswith("ours"))
         try:
             return measure.in_fresh_process(Path(__file__), spec, env=env,
                                             forced_blas_kernel=args.forced_blas_kernel)
