@@ -353,12 +353,10 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-gb", type=float, default=2.0,
                         help="memory budget (GiB) for the largest-batch search (default 2)")
     parser.add_argument("--out", type=Path, default=measure.RESULTS, help="output folder")
-    measure.add_blas_argument(parser)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    measure.add_worker_arguments(parser)
     args = parser.parse_args(argv)
-    if args.worker:
-        return measure.serve(args.worker, worker)
-    measure.use_native_blas_kernel(args.forced_blas_kernel)
+    if measure.start(args, worker):
+        return 0
     start, load_at_start = time.perf_counter(), measure.machine_load()
     backend = get_backend()
     lab = Lab(backend)

@@ -185,12 +185,10 @@ def main():
                     help=f"{QUICK['steps']} steps of the {QUICK['preset']} preset, "
                          f"{QUICK['rounds']} round: checks that it runs")
     ap.add_argument("--out", type=Path, help="JSON path")
-    measure.add_blas_argument(ap)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    measure.add_worker_arguments(ap)
     args = ap.parse_args()
-    if args.worker:
-        return measure.serve(args.worker, measure_rank)
-    measure.use_native_blas_kernel(args.forced_blas_kernel)
+    if measure.start(args, measure_rank):
+        return 0
     if args.quick:
         vars(args).update(QUICK)
     drive(args)

@@ -18,22 +18,19 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+import measure
 from brainlike_np import ConfigError, get_backend, get_model, get_preset
 from brainlike_np.data import count_model_losses, load_corpus, sample_windows
 from brainlike_np.optim import cosine_lr
 from brainlike_np.train_state import TrainSettings, TrainState
+from measure import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (model, preset, config fields changed): the default list of runs
 RUNS = {
     "brainlike": ("brainlike", "default", {}),
@@ -44,9 +41,6 @@ RUNS = {
     "transformer-last": ("transformer", "default", {"targets": "last"}),
     "transformer-all": ("transformer", "default", {}),
 }
-# OpenBLAS settings a user does not have (they pin a kernel); unset for every run
-UNSET_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SCHEDULE_UNITS = 10_000     # the lr schedule's resolution over a budget
 
 
@@ -128,61 +122,17 @@ def train(spec: dict) -> dict:
             "steps": state.step, "seconds": seconds, "targets": seen,
             "step_s": seconds / max(state.step, 1), "val_loss": curve[-1]["val_loss"],
             "wall_s": time.perf_counter() - started, "curve": curve,
-            "backend": backend.name, "ops": backend.ops.name, "blas": blas_info()}
+            "backend": backend.name, "ops": backend.ops.name}
 
 
-def run_in_subprocess(spec: dict, env: dict) -> dict:
+def run_in_fresh_process(spec: dict, forced_blas_kernel: bool) -> dict:
     """A fresh process per run: no allocator state or warm caches shared between runs.
-    Its progress goes to stderr; a failure is recorded, and the other runs still go."""
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          stdout=subprocess.PIPE, text=True, env=env, check=False)
-    if done.returncode:
-        return {**spec, "error": f"exit code {done.returncode} (its stderr is above)"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# ---------------------------------------------------------------------------------
-# the machine
-# ---------------------------------------------------------------------------------
-def blas_info() -> list:
-    """The BLAS this process loaded and the CPU kernel it chose: threadpoolctl's
-    threadpool_info(), or without threadpoolctl, OpenBLAS asked directly."""
+    A failure is recorded, and the other runs still go."""
     try:
-        from threadpoolctl import threadpool_info
-        return threadpool_info()
-    except ImportError:
-        pass
-    import ctypes
-    found = []
-    maps = Path("/proc/self/maps").read_text().splitlines() if Path("/proc/self/maps").exists() else []
-    for path in sorted({line.split()[-1] for line in maps if "openblas" in line.lower()}):
-        lib = ctypes.CDLL(path)
-        for symbol in ("openblas_get_corename", "scipy_openblas_get_corename64_",
-                       "openblas_get_corename64_"):
-            if hasattr(lib, symbol):
-                getattr(lib, symbol).restype = ctypes.c_char_p
-                found.append({"internal_api": "openblas", "filepath": path,
-                              "architecture": getattr(lib, symbol)().decode()})
-                break
-    return found
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "threads": {v: os.environ.get(v, "default") for v in THREAD_VARS},
-            "unset_for_runs": [v for v in UNSET_ENV if v in os.environ]}
-
-
-def cpu_pressure() -> str:
-    """Share of time some task waited for a CPU: other work slows every run."""
-    path = Path("/proc/pressure/cpu")
-    return path.read_text().splitlines()[0] if path.exists() else "unavailable"
+        return measure.in_fresh_process(Path(__file__), spec,
+                                        forced_blas_kernel=forced_blas_kernel)
+    except RuntimeError as failure:
+        return {**spec, "error": " ".join(str(failure).split())[-300:]}
 
 
 # ---------------------------------------------------------------------------------
@@ -194,20 +144,19 @@ def config_change(run: dict) -> str:
 
 
 def table(result: dict) -> str:
-    m, b, blas = result["machine"], result["baselines"], result["blas"]
-    kernel = ", ".join(f"{i.get('internal_api')} {i.get('architecture')}" for i in blas) or "unknown"
+    b = result["baselines"]
     budgets = [k for k in ("seconds", "targets") if result["budgets"][k]]
     head = {"seconds": f"{result['budgets']['seconds']:g} s of training",
             "targets": f"{result['budgets']['targets']:,} targets"}
     lines = [f"Command: `{result['command']}` ({result['total_s'] / 60:.1f} min).  ",
-             f"Machine: {m['cpu']}, {m['cores']} cores; numpy {m['numpy']}, BLAS {kernel}; "
-             f"backend {result['runs'][0].get('backend', '?')} (ops "
-             f"{result['runs'][0].get('ops', '?')}); threads {m['threads']}.  ",
+             f"{measure.machine_line(result['machine'])}; backend "
+             f"{result['runs'][0].get('backend', '?')} (ops {result['runs'][0].get('ops', '?')}); "
+             f"threads {result['machine']['threads']}.  ",
              f"Budget per run: {' and, separately, '.join(head[k] for k in budgets)}; lr "
              f"{result['settings']['lr']:g}, warmup {result['settings']['warmup']:.0%} of the "
              f"budget then cosine; {result['settings']['eval_windows']} validation windows.  ",
-             f"CPU pressure at start / end: `{result['cpu_pressure'][0]}` / "
-             f"`{result['cpu_pressure'][1]}`.", "",
+             f"CPU pressure at start / end: `{result['load']['start']['cpu_pressure']}` / "
+             f"`{result['load']['end']['cpu_pressure']}`.", "",
              "| run | config | params | targets / step | "
              + " | ".join(f"{head[k]}: steps | targets | seconds | val loss" for k in budgets) + " |",
              "|---|---|---|---|" + "---|---|---|---|" * len(budgets)]
@@ -276,10 +225,9 @@ def main() -> int:
                     "bench/results)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (3 s, 320 targets, "
                     "2 evaluations of 2 batches): checks that every run works")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    measure.add_worker_arguments(ap)
     args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(train(json.loads(args.worker))))
+    if measure.start(args, train):
         return 0
     if args.quick:
         args.seconds, args.targets, args.evals, args.eval_batches = 3.0, 320, 2, 2
@@ -287,25 +235,23 @@ def main() -> int:
         specs = [parse_run(r) for r in args.runs]
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    started, pressure = time.perf_counter(), cpu_pressure()
+    started, load_at_start = time.perf_counter(), measure.machine_load()
     corpus = load_corpus(args.data)
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
     runs = []
     for kind, budget in (("seconds", args.seconds), ("targets", args.targets)):
         for spec in specs if budget else []:
             print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {budget:g} {kind}", flush=True)
-            runs.append(run_in_subprocess({
+            runs.append(run_in_fresh_process({
                 **spec, "budget": [kind, budget], "data": args.data, "seed": args.seed,
                 "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
                 "evals": args.evals, "eval_batches": args.eval_batches,
                 "eval_batch_size": args.eval_batch_size,
                 "eval_context": max(get_preset(s["model"], s["preset"])
                                     .with_overrides(**s["fields"]).context for s in specs),
-            }, env))
-    blas = next((r["blas"] for r in runs if "blas" in r), [])
+            }, args.forced_blas_kernel))
     result = {
-        "command": shlex.join(["python", "bench/learning.py", *sys.argv[1:]]),
-        "machine": machine(), "blas": blas, "cpu_pressure": [pressure, cpu_pressure()],
+        "command": measure.command_line(), "machine": measure.environment(),
+        "load": {"start": load_at_start, "end": measure.machine_load()},
         "budgets": {"seconds": args.seconds, "targets": args.targets},
         "settings": {"lr": args.lr, "warmup": args.warmup, "seed": args.seed,
                      "eval_windows": args.eval_batches * args.eval_batch_size,

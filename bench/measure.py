@@ -15,6 +15,7 @@ The rules it carries out (bench/README.md says why):
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -186,6 +187,24 @@ def machine_load() -> dict:
 # ---------------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------------
+def add_worker_arguments(parser) -> None:
+    """``--forced-blas-kernel`` and the hidden ``--worker SPEC`` of a script that measures
+    in fresh processes of itself (see ``start``)."""
+    add_blas_argument(parser)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def start(args, worker) -> bool:
+    """The first lines of such a script's ``main``: as a worker, measure ``args.worker``
+    with ``worker`` and print it (-> True: the script is done); as the driver, go on
+    with the native BLAS kernel (-> False)."""
+    if args.worker:
+        serve(args.worker, worker)
+        return True
+    use_native_blas_kernel(args.forced_blas_kernel)
+    return False
+
+
 def add_blas_argument(parser) -> None:
     parser.add_argument("--forced-blas-kernel", action="store_true",
                         help=f"keep {' and '.join(FORCED_BLAS_VARS)} from the environment "

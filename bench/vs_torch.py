@@ -198,12 +198,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed processes per point")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--out", type=Path, default=measure.RESULTS, help="output folder")
-    measure.add_blas_argument(parser)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    measure.add_worker_arguments(parser)
     args = parser.parse_args(argv)
-    if args.worker:
-        return measure.serve(args.worker, worker)
-    measure.use_native_blas_kernel(args.forced_blas_kernel)
+    if measure.start(args, worker):
+        return 0
     if args.quick:
         args.rounds, args.steps = 1, 2
     load_at_start = measure.machine_load()
