@@ -81,6 +81,12 @@ def to_float(x) -> float:
 
 
 # ---- the backends -------------------------------------------------------------------------
+def quiet_float_warnings():
+    """A context in which NumPy's floating-point warnings (overflow, invalid) are silent:
+    a diverged loss is caught and reported in one line by the trainer itself."""
+    return np.errstate(all="ignore")
+
+
 def host_free_memory_bytes() -> int | None:
     """The host memory new allocations can take (Linux's MemAvailable), or None."""
     try:

@@ -207,3 +207,17 @@ def _pair_counts(tokens: np.ndarray) -> np.ndarray:
 
 def nats_to_bits(nats: float) -> float:
     return nats / math.log(2.0)
+
+
+def check_batch(x, y, vocab_size: int) -> None:
+    """ValueError unless host x ``[B, T]`` and y ``[B]`` are integer tokens in
+    ``[0, vocab_size)`` with B > 0: checked once on the host, so the device never has to."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or y.shape != x.shape[:1] or x.shape[0] == 0:
+        raise ValueError(f"a batch is x [B, T] and y [B] with B > 0, got {x.shape} and {y.shape}")
+    for name, a in (("x", x), ("y", y)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer tokens, got {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= vocab_size):
+            raise ValueError(f"{name} holds tokens outside [0, {vocab_size}): "
+                             f"{a.min()}..{a.max()}")

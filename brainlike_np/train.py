@@ -18,10 +18,9 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import numpy as np
 from tqdm import tqdm
 
-from .backends import BackendError, get_backend, host_free_memory_bytes
+from .backends import BackendError, get_backend, host_free_memory_bytes, quiet_float_warnings
 from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
 from .config import ConfigError
@@ -399,7 +398,7 @@ def run_distributed(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    with np.errstate(all="ignore"):   # overflow is caught as a diverged loss, one line
+    with quiet_float_warnings():
         return _main(args)
 
 

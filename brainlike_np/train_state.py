@@ -15,12 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .backends.distributed import SingleProcess
 from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
 from .config import ConfigDict, ConfigError, choose
-from .data import sample_windows
+from .data import check_batch, sample_windows
 from .models import get_model
 from .optim import AdamW, clip_by_global_norm
 
@@ -77,20 +75,6 @@ def _flag(name: str) -> str:
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN or infinite."""
-
-
-def check_batch(x, y, vocab_size: int) -> None:
-    """ValueError unless host x ``[B, T]`` and y ``[B]`` are integer tokens in
-    ``[0, vocab_size)`` with B > 0: checked once on the host, so the device never has to."""
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 2 or y.shape != x.shape[:1] or x.shape[0] == 0:
-        raise ValueError(f"a batch is x [B, T] and y [B] with B > 0, got {x.shape} and {y.shape}")
-    for name, a in (("x", x), ("y", y)):
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"{name} must hold integer tokens, got {a.dtype}")
-        if a.size and (a.min() < 0 or a.max() >= vocab_size):
-            raise ValueError(f"{name} holds tokens outside [0, {vocab_size}): "
-                             f"{a.min()}..{a.max()}")
 
 
 @dataclass
@@ -206,7 +190,7 @@ class TrainState:
             check_shapes(path, v, shapes, what="AdamW second moment")
         for group in (params, m, v):
             for name, a in group.items():
-                if a.dtype != np.dtype(settings.dtype):
+                if a.dtype.name != settings.dtype:
                     raise CheckpointError(f"checkpoint '{path}': {name} is {a.dtype}, the run "
                                           f"trains in {settings.dtype}")
         optimizer.m = {n: backend.asarray(a, dt) for n, a in m.items()}
