@@ -13,7 +13,6 @@ for the same arguments.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 
 from .backends import BackendError, get_backend
 from .checkpoint import CheckpointError
+from .cli import OneLineParser
 from .train_state import TrainState
 
 EXIT_INTERRUPTED = 130
@@ -57,12 +57,13 @@ def sample_from_logits(logits: np.ndarray, rng: np.random.Generator,
     return int(rng.choice(scaled.shape[0], p=probs / probs.sum()))
 
 
-def _check_sampling(temperature, top_k) -> None:
+def _check_sampling(temperature, top_k, names=("temperature", "top_k")) -> None:
+    """GenerationError naming the argument (``names``: the library's or the flags')."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not (math.isfinite(temperature) and temperature >= 0):
-        raise GenerationError(f"temperature must be a finite number >= 0 (0: greedy), "
-                         f"got {temperature!r}")
-    _check_count("top_k", top_k, "(0: all bytes)")
+        raise GenerationError(f"{names[0]} must be a finite number >= 0 (0: greedy), "
+                              f"got {temperature!r}")
+    _check_count(names[1], top_k, "(0: all bytes)")
 
 
 def _check_count(name: str, value, note: str = "") -> None:
@@ -100,7 +101,7 @@ def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float 
     return bytes(out[-n_bytes:]) if n_bytes else b""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m brainlike_np.generate",
                       description="Sample bytes from a trained checkpoint. Backend: "
                                   "$BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
@@ -116,24 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A command-line mistake is one ``error: ...`` line (and exit code 2), not the
-    usage text followed by the error."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         prompt = os.fsencode(args.prompt)    # the bytes the shell passed, UTF-8 or not
         _check_count("--max-new-bytes", args.max_new_bytes)
         _check_count("--seed", args.seed)
-        _check_count("--top-k", args.top_k, "(0: all bytes)")
-        if not (math.isfinite(args.temperature) and args.temperature >= 0):
-            raise GenerationError(f"--temperature must be a finite number >= 0 (0: greedy), "
-                             f"got {args.temperature}")
+        _check_sampling(args.temperature, args.top_k, names=("--temperature", "--top-k"))
         if sys.stdout is None:      # started with stdout closed (>&-)
             raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from .backends import BackendError, get_backend, host_free_memory_bytes, quiet_float_warnings
 from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
+from .cli import OneLineParser
 from .config import ConfigError
 from .data import DataError, count_model_losses, load_corpus, nats_to_bits, sample_windows
-from .generate import OneLineParser
 from .models import MODELS, get_model, get_preset
 from .optim import cosine_lr
 from .outdir import OutDir, OutDirError
