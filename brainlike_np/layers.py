@@ -109,7 +109,7 @@ def tanh_backward(dout, y):
 
 
 # ---------------------------------------------------------------------------------
-# embedding lookup (a shared table indexed by ids) and row gather (per sample)
+# embedding lookup (a shared table indexed by ids)
 # ---------------------------------------------------------------------------------
 def embedding_forward(table, ids, ops):
     """table ``[R, F]``, ids ``[*I]`` -> ``[*I, F]``; ``ops`` is the backend's hot path."""
@@ -122,24 +122,6 @@ def embedding_backward(dout, cache, ops):
     ids, n_rows = cache
     F = dout.shape[-1]
     return ops.scatter_add_rows(xp.reshape(ids, (-1,)), xp.reshape(dout, (-1, F)), n_rows)
-
-
-def gather_forward(x, idx, ops):
-    """Per-sample rows: x ``[B, N, F]``, idx ``[B, k]`` -> ``x[b, idx[b]]`` ``[B, k, F]``."""
-    xp = get_namespace(x)
-    B, N, F = x.shape
-    flat_ids = per_sample_flat_ids(xp, idx, N)                     # [B, k]
-    out = ops.gather_rows(xp.reshape(x, (B * N, F)), flat_ids)     # [B, k, F]
-    return out, (flat_ids, B, N)
-
-
-def gather_backward(dout, cache, ops):
-    """-> dx ``[B, N, F]``, zero outside the gathered rows."""
-    xp = get_namespace(dout)
-    flat_ids, B, N = cache
-    F = dout.shape[-1]
-    dx = ops.scatter_add_rows(xp.reshape(flat_ids, (-1,)), xp.reshape(dout, (-1, F)), B * N)
-    return xp.reshape(dx, (B, N, F))
 
 
 def first_rows_forward(table, n):

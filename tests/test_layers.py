@@ -82,17 +82,6 @@ def test_embedding_is_a_lookup(backend):
     np.testing.assert_array_equal(backend.to_numpy(out), table[ids])
 
 
-def test_gather_rows_per_sample(backend):
-    idx_host = np.array([[3, 0], [1, 2]])
-    idx = backend.asarray(idx_host)
-    x = RNG.standard_normal((2, 4, 3))
-    out, _ = L.gather_forward(backend.asarray(x), idx, backend.ops)
-    np.testing.assert_array_equal(backend.to_numpy(out), np.stack([x[0, [3, 0]], x[1, [1, 2]]]))
-    check_layer(backend,
-                lambda t: L.gather_forward(t, idx, backend.ops),
-                lambda d, c: [L.gather_backward(d, c, backend.ops)], [x])
-
-
 def _attention(mask):
     """The attention layer with its inputs kept in the cache, for check_layer: the
     layer's backward takes the inputs from its caller."""
