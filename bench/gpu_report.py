@@ -165,33 +165,46 @@ def run_stages(ctx: Context, stages: list, write) -> list[Stage]:
     remaining stages are marked skipped."""
     results = [Stage(name) for name, _ in stages]
     write(results)
-    stopped = ""
-    with terminate_raises_cutoff():
+    with Termination() as termination:
         for (_, fn), st in zip(stages, results):
-            if not stopped and ctx.deadline.left() <= 0:
-                stopped = "deadline"
-            if stopped:
-                st.status = f"skipped: {stopped}"
+            if termination.came:
+                st.status = "skipped: terminated"
+            elif ctx.deadline.left() <= 0:
+                st.status = "skipped: deadline"
             else:
-                try:
-                    run_stage(ctx, fn, st)
-                except CutOff as exc:
-                    stopped = exc.reason
+                termination.run(ctx, fn, st)
             write(results)
     return results
 
 
-class terminate_raises_cutoff:
-    """Inside: SIGTERM (a job's time limit) raises CutOff("terminated") where the check
-    is, so the running stage is recorded and the report still written."""
+class Termination:
+    """SIGTERM (a job's time limit) raises CutOff("terminated") while a stage runs, and
+    is only noted between stages, so that a report is never cut off half written."""
+
+    def __init__(self):
+        self.came = False
+        self._in_stage = False
 
     def __enter__(self):
-        def handler(signum, frame):
-            raise CutOff("terminated")
-        self._previous = signal.signal(signal.SIGTERM, handler)
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._previous)
+
+    def _handler(self, signum, frame):
+        self.came = True
+        if self._in_stage:
+            raise CutOff("terminated")
+
+    def run(self, ctx: Context, fn, st: Stage) -> None:
+        self._in_stage = True
+        try:
+            run_stage(ctx, fn, st)
+        except CutOff as exc:                 # the stage's status says so
+            self.came = self.came or exc.reason == "terminated"
+        finally:
+            self._in_stage = False
 
 
 def verdict(results: list[Stage]) -> str:
