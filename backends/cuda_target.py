@@ -27,7 +27,7 @@ import warnings
 _OCCUPANCY_ENV = "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"
 os.environ.setdefault(_OCCUPANCY_ENV, "0")
 
-from numba import cuda  # noqa: E402  (numba-cuda: the Numba CUDA target)
+import numba.cuda as cuda  # noqa: E402  (numba-cuda: the Numba CUDA target)
 from numba.cuda.core import config as cuda_config  # noqa: E402
 
 cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = bool(int(os.environ[_OCCUPANCY_ENV]))  # if read earlier
@@ -38,8 +38,15 @@ SIMULATOR = bool(cuda_config.ENABLE_CUDASIM)
 """True under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` before Numba loads)."""
 
 
+_streams = {}      # (device id, CuPy stream pointer) -> the Numba stream wrapping it
+
+
 def current_stream():
     """CuPy's current stream as a Numba stream, for launching kernels in CuPy's order.
+
+    One Numba stream per CuPy stream, made on first use and kept: a launch
+    configuration (``kernel[grid, block, stream]``) is cached by Numba per stream
+    object, so a new wrapper per launch would configure every launch afresh.
 
     The simulator has no external streams (and cannot take CuPy arrays): there it is
     the default stream.
@@ -47,7 +54,11 @@ def current_stream():
     if SIMULATOR:
         return cuda.default_stream()
     import cupy
-    return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    ptr = cupy.cuda.get_current_stream().ptr
+    key = (cupy.cuda.runtime.getDevice(), ptr)     # stream 0 exists once per device
+    if key not in _streams:
+        _streams[key] = cuda.external_stream(ptr)
+    return _streams[key]
 
 
 __all__ = ["cuda", "SIMULATOR", "current_stream"]

@@ -7,9 +7,10 @@ global batch's: one all-reduce per step over a single flat buffer (every gradien
 the loss) leaves all ranks with identical gradients, hence identical clipping, AdamW
 updates and parameters.
 
-:func:`connect` joins the job, creates this rank's backend on its own device (the GPU
-of the rank's index on its node, made current before anything is allocated), and takes
-the transport from that backend (``backend.communicator``):
+:func:`connect` joins the job, creates this rank's backend on its own device (made
+current before anything is allocated: the one GPU the launcher gave the rank, else the
+GPU of the rank's index on its node), and picks the transport the backend names
+(``backend.transport``):
 
 - host arrays (numpy, array-api-strict): MPI's Allreduce through mpi4py;
 - CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs, one GPU per rank; MPI only
@@ -22,10 +23,13 @@ single-process run uses :class:`SingleProcess` and never loads MPI.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-from . import device_of, get_backend, get_namespace, to_float
+from .backend import get_backend
+from .host_reads import to_float
+from .namespace import device_of, get_namespace
 
 INSTALL_HINT = ("pip install -e '.[distributed]' (mpi4py) and an MPI library, e.g. "
                 "apt-get install openmpi-bin")
@@ -147,15 +151,34 @@ def connect(backend: str | None = None, kernels: str | None = None):
     backend).
 
     The backend (``get_backend(backend, kernels, device=...)``, default
-    ``$BRAINLIKE_BACKEND``) is created here, on the device of this rank's index on its
-    node, so a GPU rank picks its own GPU before anything is allocated; its
-    ``communicator`` method chooses the transport (MPI or NCCL).
+    ``$BRAINLIKE_BACKEND``) is created here, on this rank's device (:func:`rank_device`),
+    so a GPU rank picks its own GPU before anything is allocated; the transport is the
+    one the backend names (``backend.transport``: MPI or NCCL).
     """
     MPI = _mpi()
     world = MPI.COMM_WORLD
     local_rank = world.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()   # index on its node
-    this_backend = get_backend(backend, kernels, device=local_rank)
-    return this_backend.communicator(MPI, world), this_backend
+    this_backend = get_backend(backend, kernels, device=rank_device(local_rank))
+    return communicator(this_backend, MPI, world), this_backend
+
+
+def rank_device(local_rank: int) -> int:
+    """The GPU index this rank uses: 0 when the launcher gave the rank a GPU of its own
+    (``CUDA_VISIBLE_DEVICES`` names exactly one device, as Slurm's
+    ``--gpus-per-task=1`` does), else the rank's index on its node."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and len([d for d in visible.split(",") if d.strip()]) == 1:
+        return 0
+    return local_rank
+
+
+def communicator(backend, MPI, world):
+    """The data-parallel communicator for ``backend``'s arrays over ``world``: NCCL on
+    the GPUs (MPI broadcasts NCCL's id), else MPI all-reduces on host buffers."""
+    if backend.transport == "nccl":
+        import cupy
+        return NcclCommunicator(MPI, world, cupy, nccl_module())
+    return MpiCommunicator(MPI, world)
 
 
 def _mpi():

@@ -1,4 +1,10 @@
-"""The numpy backend's host memory policy: keep freed array memory for reuse.
+"""Host memory: what is free for new arrays, and the numpy backend's policy of keeping
+freed array memory for reuse.
+
+:func:`host_free_memory_bytes` reads Linux's MemAvailable (the host backends' free
+memory, which the trainer checks before it allocates).
+
+The policy, :func:`keep_freed_memory`:
 
 A training step allocates and frees the same large temporaries every step. With glibc's
 defaults, blocks above the (dynamic) mmap threshold are mapped fresh and unmapped on
@@ -28,6 +34,16 @@ MALLOPT = {               # glibc's mallopt parameters -> value
     -2: 256 << 20,        # M_TOP_PAD: grow the heap 256 MiB at a time
 }
 _applied = None
+
+
+def host_free_memory_bytes() -> int | None:
+    """The host memory new allocations can take (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def keep_freed_memory() -> bool:

@@ -1,14 +1,26 @@
 """Memory accounting: current and peak bytes of array memory, with a reset.
 
 Host backends (numpy, array-api-strict) count through ``tracemalloc``: NumPy reports
-every array buffer it allocates to it. CuPy counts through a memory hook on its pool,
-which sees every device allocation and free the arrays make; it counts the blocks
-allocated since it was installed, so ``current_bytes()`` never goes negative.
+every array buffer it allocates to it, so the peak is exact.
+
+CuPy has two modes, chosen when the tracker is made (``exact_peak``):
+
+- sampled (the default, what ``backend.memory`` uses): nothing runs per allocation.
+  ``current_bytes()`` is the pool's ``used_bytes()`` (every live array on the device)
+  and ``peak_bytes()`` the largest ``total_bytes()`` seen: the pool keeps freed blocks
+  for reuse, so what it holds is at least the peak of live arrays since
+  ``reset_peak()`` (which hands the pool's unused blocks back to the device first),
+  plus the pool's rounding. Two calls into CuPy per read, none per allocation.
+- exact (``exact_peak=True``, for benchmarks): a memory hook on the pool sees every
+  allocation and free (about four Python calls each, milliseconds a training step) and
+  counts the blocks allocated since it was installed, so ``current_bytes()`` never
+  goes negative and the peak is that of the arrays made since the reset.
 
 Call ``stop()`` when done (in a ``finally``): it removes the hook / stops tracemalloc.
 
-Counting starts at the first ``reset_peak()`` (tracemalloc slows Python's allocator,
-so it is never switched on behind a user's back).
+The host tracker and CuPy's exact one start counting at the first ``reset_peak()``
+(tracemalloc slows Python's allocator, the hook every allocation: neither is switched
+on behind a user's back).
 """
 
 from __future__ import annotations
@@ -17,9 +29,11 @@ import tracemalloc
 
 
 class MemoryTracker:
-    """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``."""
+    """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``; ``mode`` says how it
+    counts: "tracemalloc" (host), "pool" (CuPy, sampled) or "hook" (CuPy, exact)."""
 
-    def __init__(self, reset, current, peak, stop):
+    def __init__(self, mode: str, reset, current, peak, stop):
+        self.mode = mode
         self._reset, self._current, self._peak, self._stop = reset, current, peak, stop
         self._at_stop = None          # (current, peak) when stopped, until counting restarts
 
@@ -55,10 +69,31 @@ class MemoryTracker:
         def peak():
             return tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else 0
 
-        return cls(reset, current, peak, tracemalloc.stop)
+        return cls("tracemalloc", reset, current, peak, tracemalloc.stop)
 
     @classmethod
-    def for_cupy(cls, cupy) -> "MemoryTracker":
+    def for_cupy(cls, cupy, exact_peak: bool = False) -> "MemoryTracker":
+        return cls._cupy_hooked(cupy) if exact_peak else cls._cupy_sampled(cupy)
+
+    @classmethod
+    def _cupy_sampled(cls, cupy) -> "MemoryTracker":
+        pool = cupy.get_default_memory_pool()
+        peak = 0
+
+        def reset():
+            nonlocal peak
+            pool.free_all_blocks()           # the pool's footprint = its live arrays
+            peak = pool.used_bytes()
+
+        def sample_peak():
+            nonlocal peak
+            peak = max(peak, pool.total_bytes())
+            return peak
+
+        return cls("pool", reset, pool.used_bytes, sample_peak, lambda: None)
+
+    @classmethod
+    def _cupy_hooked(cls, cupy) -> "MemoryTracker":
         hook = _make_cupy_hook(cupy)
 
         def reset():
@@ -72,7 +107,7 @@ class MemoryTracker:
                 hook.__exit__(None, None, None)
                 hook.installed = False
 
-        return cls(reset, lambda: hook.current, lambda: hook.peak, stop)
+        return cls("hook", reset, lambda: hook.current, lambda: hook.peak, stop)
 
 
 def _make_cupy_hook(cupy):

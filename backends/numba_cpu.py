@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import BackendError
+from .errors import BackendError
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 
 ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"

@@ -19,6 +19,9 @@ feature axis, so a warp reads consecutive features (coalesced); narrow rows pack
 several rows into one warp. The weighted-sum kernels use one thread per output element
 (consecutive threads on consecutive features) or per backward term.
 
+Compiled kernels are cached on disk (``cache=True``, one entry per signature and GPU
+architecture), so a new process does not compile them again.
+
 Scatter-adds use float32/float64 atomics by default: fast, but the order of the
 additions, and so the last bits of the result, can change from run to run. With
 ``deterministic=True`` they sort the ids (stable) and sum each output row's
@@ -32,8 +35,8 @@ import math
 
 from array_api_compat import array_namespace
 
-from . import KernelsUnavailable
 from .cuda_target import cuda, current_stream
+from .errors import KernelsUnavailable
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 
 THREADS_PER_BLOCK = 256
@@ -48,7 +51,7 @@ def _lane_and_row():
     return cuda.threadIdx.x, cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gather_rows_kernel(table, ids, out):
     """``out[i, f] = table[ids[i], f]``: table ``[R, F]``, ids ``[n]``, out ``[n, F]``."""
     lane, i = _lane_and_row()
@@ -58,7 +61,7 @@ def _gather_rows_kernel(table, ids, out):
             out[i, f] = table[src, f]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _scatter_add_rows_kernel(ids, rows, out):
     """``out[ids[i], f] += rows[i, f]`` with atomics: ids ``[n]``, rows ``[n, F]``,
     out ``[R, F]`` zeroed by the caller."""
@@ -69,7 +72,7 @@ def _scatter_add_rows_kernel(ids, rows, out):
             cuda.atomic.add(out, (dst, f), rows[i, f])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _segment_sum_rows_kernel(order, starts, rows, out):
     """``out[r, f] += sum of rows[order[p], f]`` for p in ``starts[r]:starts[r+1]``, in
     that order, one thread per output element: order ``[n]``, starts ``[R+1]``,
@@ -83,7 +86,7 @@ def _segment_sum_rows_kernel(order, starts, rows, out):
             out[r, f] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gather_weighted_sum_kernel(table, weights, ids, out):
     """``out[b, f] += sum_t table[ids[b, t], f] * weights[t, f]``, a thread per (b, f):
     table ``[R, F]``, weights ``[T', F]``, ids ``[B, T]``, out ``[B, F]`` zeroed by the caller."""
@@ -105,7 +108,7 @@ def _backward_term(i, ids, cols):
     return b, t, j, ids[b, t], cols[b, j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gather_weighted_sum_backward_kernel(dout, cols, table, weights, ids, dtable, dweights):
     """With atomics, a thread per term (b, t, j) with r = ids[b, t], f = cols[b, j]:
     ``dtable[r, f] += dout[b, j] * weights[t, f]`` and ``dweights[t, f] += dout[b, j] *
@@ -118,7 +121,7 @@ def _gather_weighted_sum_backward_kernel(dout, cols, table, weights, ids, dtable
         cuda.atomic.add(dweights, (t, f), dout[b, j] * table[r, f])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gather_weighted_sum_backward_terms_kernel(dout, cols, table, weights, ids,
                                                keys_t, vals_t, keys_w, vals_w):
     """The terms of :func:`_gather_weighted_sum_backward_kernel` written out instead of
@@ -308,8 +311,10 @@ class NumbaCudaOps:
         vals_w = self._cp.empty(n_terms, weights.dtype)
         launch_gather_weighted_sum_backward_terms(dout, cols, table, weights, ids,
                                                   keys_t, vals_t, keys_w, vals_w, stream)
-        dtable = self._scatter_add(keys_t, vals_t[:, None], table.size, stream)
-        dweights = self._scatter_add(keys_w, vals_w[:, None], weights.size, stream)
+        # reshape, not [:, None]: a new axis may get stride 0, which Numba types as a
+        # non-contiguous array (another kernel signature than the C-contiguous one)
+        dtable = self._scatter_add(keys_t, vals_t.reshape(-1, 1), table.size, stream)
+        dweights = self._scatter_add(keys_w, vals_w.reshape(-1, 1), weights.size, stream)
         return dtable.reshape(table.shape), dweights.reshape(weights.shape)
 
 

@@ -1,0 +1,64 @@
+"""Which ops a backend gets: the portable reference, or its Numba kernels where they run.
+
+``kernels`` is "reference", "numba" (the kernels or a one-line BackendError) or "auto"
+(the kernels where they run, else the reference). Under "auto", kernels that exist but
+cannot run here (not installed, not importable, no cache folder, rejected by the
+driver) are reported in one line on stderr, once; a backend without kernels
+(array-api-strict) takes the reference silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .errors import BackendError, KernelsMissing, KernelsUnavailable, warn_once
+from .reference import ReferenceOps
+from .settings import ENV_KERNELS
+
+
+def choose_ops(backend_cls, xp, kernels: str):
+    """The ops ``kernels`` asks for, for ``backend_cls`` (whose ``numba_ops()`` gives its
+    kernels) on namespace ``xp``."""
+    if kernels == "reference":
+        return ReferenceOps(xp)
+    try:
+        return backend_cls.numba_ops()
+    except KernelsMissing as exc:
+        if kernels == "numba":
+            raise BackendError(str(exc)) from None
+    except KernelsUnavailable as exc:
+        if kernels == "numba":
+            raise BackendError(f"kernels 'numba' for backend '{backend_cls.name}': {exc}, "
+                               f"or set {ENV_KERNELS}=reference") from None
+        warn_once(f"warning: the Numba kernels of backend '{backend_cls.name}' cannot run "
+                  f"({exc}); using the reference ops instead (slower; "
+                  f"{ENV_KERNELS}=reference silences this)")
+    return ReferenceOps(xp)
+
+
+@contextlib.contextmanager
+def importing_kernels(install_hint: str):
+    """Turn the failures of importing a kernel module into KernelsUnavailable: Numba or
+    its CUDA target not installed (``install_hint`` says how to install it), installed
+    but not importable (e.g. a library of another CUDA version: an ImportError that is
+    not ModuleNotFoundError), or no writable folder for the compiled-code cache. Import
+    errors of this package's own modules are bugs, and pass through."""
+    try:
+        yield
+    except ImportError as exc:
+        if (exc.name or "").startswith("brainlike_np"):
+            raise                                  # a bug here, not a missing library
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            raise KernelsUnavailable(f"{exc.name} is not installed: {install_hint}") from None
+        reason = " ".join(str(exc).split())
+        raise KernelsUnavailable(
+            f"the kernels' libraries cannot be imported ({type(exc).__name__}: {reason}); "
+            f"reinstall them: {install_hint}") from None
+    except RuntimeError as exc:       # numba.core.caching: "cannot cache function ..."
+        if "cannot cache function" not in str(exc):
+            raise
+        raise KernelsUnavailable(
+            f"Numba found no writable folder for its compiled-code cache "
+            f"(NUMBA_CACHE_DIR={os.environ.get('NUMBA_CACHE_DIR', 'unset')}, and the "
+            "package folder is read-only): set NUMBA_CACHE_DIR to a writable folder") from None
