@@ -223,3 +223,15 @@ def test_cuda_kernels_in_simulator():
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_cuda_kernel_is_cached_on_disk():
+    """cache=True on every kernel, so a new process loads them instead of compiling."""
+    numba_cuda = pytest.importorskip("brainlike_np.backends.numba_cuda")
+    from numba.cuda.core.caching import NullCache
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    kernels = {name: obj for name, obj in vars(numba_cuda).items()
+               if isinstance(obj, CUDADispatcher) and not obj.targetoptions["device"]}
+    assert len(kernels) >= 6
+    assert [name for name, k in kernels.items() if isinstance(k._cache, NullCache)] == []
