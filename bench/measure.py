@@ -83,12 +83,13 @@ def best_time(sync, fn, repeats: int) -> float:
 def traced_peak(backend, fn) -> int:
     """Peak bytes of arrays allocated while ``fn()`` runs, above what was alive before,
     in the backend's own accounting (tracemalloc on the host, a pool hook on CuPy)."""
-    backend.memory.reset_peak()
-    base = backend.memory.current_bytes()
+    memory = backend.memory_tracker(exact_peak=True)
+    memory.reset_peak()
+    base = memory.current_bytes()
     fn()
     backend.synchronize()
-    peak = backend.memory.peak_bytes() - base
-    backend.memory.stop()
+    peak = memory.peak_bytes() - base
+    memory.stop()
     return peak
 
 

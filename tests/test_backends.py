@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import brainlike_np.backends as backends_face
-from brainlike_np.backends import BACKEND_NAMES, BackendError, get_backend
+from brainlike_np.backends import BACKEND_NAMES, BackendError, backend_class, get_backend
 from brainlike_np.backends.distributed import DistributedError, nccl_module
 from brainlike_np.backends.errors import warn_once
 from brainlike_np.backends.kernel_choice import importing_kernels
@@ -110,6 +110,12 @@ def test_unknown_backend_lists_the_valid_ones():
     assert "unknown backend 'tensorflow'" in message
     for name in BACKEND_NAMES:
         assert name in message
+
+
+def test_every_backend_class_has_its_name_listed():
+    from brainlike_np.backends.backend import BACKENDS
+    assert sorted(BACKENDS) == sorted(BACKEND_NAMES)
+    assert all(backend_class(name).name == name for name in BACKEND_NAMES)
 
 
 def test_unknown_kernels_choice_is_an_error():
