@@ -10,9 +10,11 @@ CuPy has two modes, chosen when the tracker is made (``exact_peak``):
   and ``peak_bytes()`` the largest ``total_bytes()`` seen: the pool keeps freed blocks
   for reuse, so what it holds is at least the peak of live arrays since
   ``reset_peak()`` (which hands the pool's unused blocks back to the device first),
-  plus the pool's rounding. Two calls into CuPy per read, none per allocation.
+  plus the pool's rounding, unless CuPy handed blocks back in between (it does so
+  when an allocation would otherwise fail). Unlike the other trackers it counts the arrays made before
+  the reset too (the parameters, say). Two calls into CuPy per read, none per allocation.
 - exact (``exact_peak=True``, for benchmarks): a memory hook on the pool sees every
-  allocation and free (about four Python calls each, milliseconds a training step) and
+  allocation and free (about four Python calls each) and
   counts the blocks allocated since it was installed, so ``current_bytes()`` never
   goes negative and the peak is that of the arrays made since the reset.
 
