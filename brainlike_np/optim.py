@@ -139,7 +139,7 @@ class AdamW:
         xp = get_namespace(buffers[0])
         rates = self._rates(xp, buffers[0], lr, apply)
         eps = self.eps * math.sqrt(1.0 - self.beta2 ** self.step)
-        decay = 1.0 - rates[2] if self.weight_decay else None      # 0-d: 1 - lr wd
+        decay = rates[2] if self.weight_decay else None
         if self.layout is not None:
             p = self.flat["p"]
             if not self.m:                         # the first step: moments start at zero
@@ -160,15 +160,20 @@ class AdamW:
             # stored back: NumPy's 0-d results are scalars, which in-place operators rebind
             self.m[name], self.v[name], params[name] = m, v, p
 
-    def _rates(self, xp, like, lr, apply):
-        """``[1 - b1, 1 - b2, lr wd, step size]`` on the device, all zero where ``apply``
-        is False (a step that changes nothing)."""
+    def _rates(self, xp, like, lr, apply) -> tuple:
+        """The step's scalars as 0-d device arrays, views of one uploaded vector:
+        (1 - b1, 1 - b2, the decay factor 1 - lr wd, the step size); where ``apply`` is
+        False, those of a step that changes nothing (0, 0, 1, 0)."""
         bias1 = 1.0 - self.beta1 ** self.step
         step_size = lr * math.sqrt(1.0 - self.beta2 ** self.step) / bias1
-        rates = xp.asarray([1.0 - self.beta1, 1.0 - self.beta2, lr * self.weight_decay,
-                            step_size],
-                           dtype=like.dtype, device=device_of(like))
-        return rates if apply is None else rates * xp.astype(apply, like.dtype)
+        rates = [1.0 - self.beta1, 1.0 - self.beta2, 1.0 - lr * self.weight_decay, step_size]
+        where = {"dtype": like.dtype, "device": device_of(like)}
+        if apply is None:
+            chosen = xp.asarray(rates, **where)                                 # [4]
+        else:
+            both = xp.asarray([rates, [0.0, 0.0, 1.0, 0.0]], **where)          # [2, 4]
+            chosen = xp.where(apply, both[0, :], both[1, :])                    # [4]
+        return tuple(xp.reshape(chosen[i:i + 1], ()) for i in range(4))
 
     # ---- checkpoints ---------------------------------------------------------------
     def state(self) -> dict:
