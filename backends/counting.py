@@ -191,5 +191,14 @@ class CountingBackend(ArrayApiStrictBackend):
 
 
 def counting_backend() -> CountingBackend:
-    """A fresh counting backend; its counter is ``backend.counter``."""
+    """A fresh counting backend; its counter is ``backend.counter``. RuntimeError if
+    array-api-strict's views no longer write through (the count would then be of a
+    step that does not work)."""
+    import array_api_strict as xp
+    flat = xp.zeros(4)
+    view = xp.reshape(flat[1:3], (2,))
+    view += 1.0
+    if float(xp.sum(flat)) != 2.0:
+        raise RuntimeError("array-api-strict's views do not write through: the counting "
+                           "backend cannot run the flat-buffer step")
     return CountingBackend.create_counting(LaunchCounter())
