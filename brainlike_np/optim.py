@@ -105,7 +105,8 @@ class AdamW:
     # ---- steps --------------------------------------------------------------------
     def update(self, params: dict, grads: dict, lr: float) -> dict:
         """One AdamW step without clipping, in place: the arrays of ``params`` (which the
-        caller owns and nothing else may share) and the moments; returns ``params``."""
+        caller owns and nothing else may share; after :meth:`adopt`, the views it
+        returned) and the moments; returns ``params``."""
         self._step(params, self._gradient_buffers(params, grads), lr, None, None)
         return params
 

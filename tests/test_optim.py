@@ -172,4 +172,5 @@ def test_cosine_schedule_warms_up_then_decays():
     assert lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert cosine_lr(110, 1.0, 10, 110) == pytest.approx(0.1)
-    assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
