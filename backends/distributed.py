@@ -28,7 +28,6 @@ import os
 import numpy as np
 
 from .backend import get_backend
-from .host_reads import to_float
 from .namespace import device_of, get_namespace
 
 INSTALL_HINT = ("pip install -e '.[distributed]' (mpi4py) and an MPI library, e.g. "
@@ -48,7 +47,7 @@ class SingleProcess:
     def local_part(self, batch):
         return batch
 
-    def average(self, loss: float, grads: dict) -> tuple[float, dict]:
+    def average(self, loss, grads: dict) -> tuple:
         return loss, grads
 
     def any_rank(self, flag: bool) -> bool:
@@ -70,12 +69,12 @@ class MpiCommunicator:
         per_rank = batch.shape[0] // self.size
         return batch[self.rank * per_rank:(self.rank + 1) * per_rank]
 
-    def average(self, loss: float, grads: dict) -> tuple[float, dict]:
-        """This rank's (mean loss, its gradients) -> the mean over all ranks, with one
-        all-reduce; every rank gets the same result."""
+    def average(self, loss, grads: dict) -> tuple:
+        """This rank's (mean loss, a 0-d array; its gradients) -> the mean over all ranks,
+        with one all-reduce; every rank gets the same result."""
         flat, shapes = flatten(grads, loss)
         flat = self.allreduce_mean(flat)
-        return to_float(flat[-1]), unflatten(flat[:-1], shapes)
+        return flat[-1], unflatten(flat[:-1], shapes)
 
     def allreduce_mean(self, flat):
         """Element-wise mean over the ranks of a 1-d host-backend array ``[n]`` (``flat``
@@ -125,13 +124,13 @@ class NcclCommunicator(MpiCommunicator):
         return flat / self.size
 
 
-def flatten(grads: dict, loss: float):
+def flatten(grads: dict, loss):
     """-> (one contiguous buffer ``[n_params + 1]``: every gradient raveled, then the loss;
     the shapes that undo it)."""
     first = next(iter(grads.values()))
     xp = get_namespace(first)
     parts = [xp.reshape(g, (-1,)) for g in grads.values()]
-    parts.append(xp.asarray([loss], dtype=first.dtype, device=device_of(first)))
+    parts.append(xp.reshape(xp.asarray(loss, dtype=first.dtype, device=device_of(first)), (1,)))
     return xp.concat(parts), {name: tuple(g.shape) for name, g in grads.items()}
 
 

@@ -257,21 +257,26 @@ def softmax_from_lse(xp, scores, lse, keep):
 # softmax cross-entropy (mean over the batch)
 # ---------------------------------------------------------------------------------
 def cross_entropy_forward(logits, targets):
-    """logits ``[B, V]``, targets ``[B]`` int -> (mean loss, cache)."""
+    """logits ``[B, V]``, targets ``[B]`` int -> (mean loss, cache).
+
+    One pass gives the loss and its gradient, ``(softmax - onehot) / B``, which the cache
+    keeps (``[B, V]``, the only array kept): the backward only scales it."""
     xp = get_namespace(logits)
     B, V = logits.shape
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)              # [B, V]
-    log_z = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))        # [B, 1]
-    log_probs = shifted - log_z                                            # [B, V]
-    onehot = xp.astype(targets[:, None] == xp.arange(V, dtype=targets.dtype,
-                                                     device=device_of(targets))[None, :],
-                       logits.dtype)                                       # [B, V]
-    loss = -xp.sum(log_probs * onehot) / B
-    return loss, (log_probs, onehot)
+    probs = xp.exp(shifted)                                                # [B, V], unnormalised
+    total = xp.sum(probs, axis=-1, keepdims=True)                          # [B, 1]
+    picked = xp.take_along_axis(shifted, targets[:, None], axis=-1)         # [B, 1]
+    loss = xp.mean(xp.log(total) - picked)                                 # mean of -log p[y]
+    probs /= total * B                                                     # softmax / B
+    is_target = targets[:, None] == xp.arange(V, dtype=targets.dtype,
+                                              device=device_of(targets))[None, :]  # [B, V]
+    return loss, xp.where(is_target, probs - 1.0 / B, probs)
 
 
 def cross_entropy_backward(dloss, cache):
-    """-> dlogits ``[B, V]`` = (softmax - onehot) / B * dloss."""
-    xp = get_namespace(cache[0])
-    log_probs, onehot = cache
-    return (xp.exp(log_probs) - onehot) * (dloss / log_probs.shape[0])
+    """-> dlogits ``[B, V]`` = (softmax - onehot) / B * dloss (a Python 1, the training
+    loss's own gradient, costs nothing)."""
+    if isinstance(dloss, (int, float)) and dloss == 1:
+        return cache
+    return cache * dloss

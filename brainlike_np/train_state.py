@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_che
 from .config import ConfigDict, ConfigError, choose
 from .data import check_batch, sample_windows
 from .models import get_model
-from .optim import AdamW, clip_by_global_norm
+from .optim import AdamW
 
 DTYPES = ("float32", "float64")
 
@@ -102,8 +102,8 @@ class TrainState:
                               f"got {type(cfg).__name__}")
         params = model.init_params(cfg, backend, seed=settings.seed, dtype=settings.dtype)
         optimizer = AdamW(weight_decay=settings.weight_decay, no_decay=model.NO_DECAY)
-        return cls(model_name, cfg, settings, backend, params, optimizer,
-                   backend.rng(settings.seed + 1))
+        return cls(model_name, cfg, settings, backend, optimizer.adopt(params, backend.xp),
+                   optimizer, backend.rng(settings.seed + 1))
 
     def with_settings(self, settings: TrainSettings) -> None:
         """Continue under new settings: those in ``TrainSettings.FIXED`` must not change
@@ -124,20 +124,27 @@ class TrainState:
 
     def train_step(self, x, y, lr: float) -> dict:
         """One AdamW step on host batch (x, y) (this rank's slice of the global batch when
-        data-parallel); parameters are left untouched if the loss or the gradients are not
-        finite."""
+        data-parallel); parameters and moments are left untouched if the loss or the
+        gradients are not finite.
+
+        Nothing is read from the device until the update is issued (a GPU runs the step
+        without waiting; the clipping and the finiteness guard are device-side), then
+        the loss and the gradient norm are read together, once."""
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         check_batch(x, y, self.cfg.vocab_size)
         xb, yb = self.backend.asarray(x), self.backend.asarray(y)
         loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
         loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
-        grads, norm = clip_by_global_norm(grads, self.settings.grad_clip)
+        stats = self.optimizer.clip_and_update(self.params, grads, lr,
+                                               self.settings.grad_clip, loss)
+        del grads
+        loss, norm = self.backend.to_numpy(stats).tolist()   # the step's one host read
         if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.optimizer.undo_count()                  # the update changed nothing
             raise TrainingDiverged(
                 f"the loss became {loss} (gradient norm {norm}) at step {self.step + 1}; "
                 "lower --lr or raise --warmup, and resume from the last checkpoint")
-        self.params = self.optimizer.update(self.params, grads, lr)
         self.step += 1
         return {"loss": loss, "grad_norm": norm}
 
@@ -195,6 +202,7 @@ class TrainState:
                                           f"trains in {settings.dtype}")
         optimizer.m = {n: backend.asarray(a, dt) for n, a in m.items()}
         optimizer.v = {n: backend.asarray(a, dt) for n, a in v.items()}
-        return cls(meta["model"], cfg, settings, backend,
-                   {n: backend.asarray(a, dt) for n, a in params.items()}, optimizer, sampler,
+        params = optimizer.adopt({n: backend.asarray(a, dt) for n, a in params.items()},
+                                 backend.xp)
+        return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics)

@@ -50,7 +50,7 @@ def test_execution_options_give_the_default_result(backend, model_name, options)
         atol=1e-10)
     loss_d, grads_d = model.loss_and_grads(params, x, y, default, backend.ops)
     loss_o, grads_o = model.loss_and_grads(params, x, y, other, backend.ops)
-    assert loss_o == pytest.approx(loss_d, rel=1e-12)
+    assert float(loss_o) == pytest.approx(float(loss_d), rel=1e-12)
     for name in grads_d:
         np.testing.assert_allclose(backend.to_numpy(grads_o[name]), backend.to_numpy(grads_d[name]),
                                    rtol=1e-9, atol=1e-10, err_msg=name)

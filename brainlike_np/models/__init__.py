@@ -53,7 +53,8 @@ class Model(Protocol):
         parameters, gradients and AdamW moments (the trainer checks it before a run)."""
 
     def loss_and_grads(self, p, x, y, cfg, ops) -> tuple:
-        """-> (the training loss as a float, grads: one array per parameter)."""
+        """-> (the training loss as a 0-d array on the device, not read back: the
+        trainer reads it once the update is issued; grads: one array per parameter)."""
 
     def loss(self, p, x, y, cfg, ops):
         """Mean cross-entropy of y given x, a float, without the backward: the

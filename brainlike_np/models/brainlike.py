@@ -490,4 +490,4 @@ def loss_and_grads(p, x, y, cfg: Config, ops):
     logits, cache = forward(p, x, cfg, ops)
     loss, closs = L.cross_entropy_forward(logits, y)
     grads = backward(L.cross_entropy_backward(1.0, closs), p, cache, cfg, ops)
-    return to_float(loss), grads
+    return loss, grads

@@ -332,4 +332,4 @@ def loss_and_grads(p, x, y, cfg: TransformerConfig, ops):
         earlier = xp.zeros((B, T - 1, D), dtype=drows.dtype, device=device_of(drows))
         dX = xp.reshape(xp.concat([earlier, drows[:, None, :]], axis=1), (B * T, D))
     trunk_backward(dX, p, ctrunk, cfg, grads, ops)
-    return to_float(loss), grads
+    return loss, grads
