@@ -1,41 +1,49 @@
 """Byte-level corpora on the host: the default (the running Python's standard library
-sources) or any text file, split deterministically into train and validation; windows
-drawn from them with a seeded NumPy generator; count-model baselines.
+sources, read into memory) or ``--data FILE|DIR|GLOB`` (files memory-mapped read-only,
+never read whole), split deterministically into train and validation; windows drawn
+from them with a seeded NumPy generator; count-model baselines from a bounded sample;
+the corpus's identity record, which ``--resume`` compares.
 
 Everything here is host-side NumPy (bytes in, ``uint8``/``int64`` arrays out), whatever
 the backend: batches go to the device with ``backend.asarray``."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import math
 import os
 import stat
 import sysconfig
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .datafiles import DataError, DataFile, Tokens
+
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
-VALID_FRACTION = 0.1
+VALID_FRACTION = 0.1      # a single file: its last 10% of bytes are the validation split
+VALID_ONE_IN = 10         # several files: those whose path's CRC-32 is 0 mod 10
 COUNT_CHUNK = 1 << 18     # bytes the baselines count at a time: their extra memory is O(this)
+BASELINE_SAMPLE_BYTES = 100 * 2**20   # the baselines read at most this much of each split
 
 
-class DataError(ValueError):
-    """The corpus cannot be used; the message says which file and what to do."""
-
-
+# ---- corpora ------------------------------------------------------------------------
 @dataclass
 class Corpus:
     name: str
-    train: object        # host uint8 array [n_train]
-    valid: object        # host uint8 array [n_valid]
+    train: Tokens        # [n_train]
+    valid: Tokens        # [n_valid]
+    files: list = field(default_factory=list)   # DataFiles, in order (none: in memory)
+    split: dict = field(default_factory=dict)   # how validation was chosen, as recorded
+    source: str | None = None                   # --data, resolved; None: the default
 
     def check_fits(self, context: int, vocab_size: int = 256) -> None:
         """DataError unless both splits hold more than ``context + 1`` bytes and every
-        byte is a token of the model (below ``vocab_size``); cheap, so call it before the
-        model is allocated."""
+        byte is a token of the model (below ``vocab_size``; checked on the baselines'
+        sample of a larger corpus); cheap, so call it before the model is allocated."""
         for split in ("train", "valid"):
             tokens = getattr(self, split)
             n = tokens.shape[0]
@@ -44,11 +52,27 @@ class Corpus:
                     f"corpus '{self.name}': the {split} split has {n} bytes, too short for "
                     f"windows of {context} bytes plus a target; use a longer file or a "
                     f"smaller --context")
-            top = int(tokens.max())
-            if top >= vocab_size:
-                raise DataError(
-                    f"corpus '{self.name}' holds byte {top}, but the model's vocab_size is "
-                    f"{vocab_size}: a byte corpus needs --vocab-size 256")
+            if vocab_size < 256:      # every byte is below 256
+                top = max(int(p.max()) for p, _ in tokens.chunks(BASELINE_SAMPLE_BYTES, COUNT_CHUNK))
+                if top >= vocab_size:
+                    raise DataError(
+                        f"corpus '{self.name}' holds byte {top}, but the model's vocab_size "
+                        f"is {vocab_size}: a byte corpus needs --vocab-size 256")
+
+    def record(self) -> dict:
+        """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
+        file's absolute path, size and fingerprint, the split and the split sizes (an
+        in-memory corpus: a hash of its bytes instead of files)."""
+        rec = {"source": self.source, "name": self.name, "split": self.split,
+               "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
+        if self.files:
+            rec["files"] = [f.record() for f in self.files]
+        else:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self.train.tobytes())
+            h.update(self.valid.tobytes())
+            rec["fingerprint"] = h.hexdigest()
+        return rec
 
 
 def stdlib_files() -> list[Path]:
@@ -58,20 +82,26 @@ def stdlib_files() -> list[Path]:
                   if not SKIPPED_STDLIB_DIRS & set(p.relative_to(root).parts))
 
 
+def in_validation(relative_paths: list[str]) -> list[bool]:
+    """Whole files to validation: those whose relative path's CRC-32 is 0 mod 10."""
+    return [zlib.crc32(rel.encode()) % VALID_ONE_IN == 0 for rel in relative_paths]
+
+
 def load_stdlib_corpus() -> Corpus:
     """Every tenth file (by a hash of its path) goes to validation. Each split grows in
     one buffer (files joined by newlines), never as a list of files plus a joined copy."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    files = stdlib_files()
     train, valid = bytearray(), bytearray()
-    for path in stdlib_files():
-        key = zlib.crc32(str(path.relative_to(root)).encode())
-        split = valid if key % 10 == 0 else train
+    for path, to_valid in zip(files, in_validation([str(p.relative_to(root)) for p in files])):
+        split = valid if to_valid else train
         if split:
             split += b"\n"
         split += path.read_bytes()
     if not train or not valid:
         raise DataError(f"no Python sources found under {root}; pass --data FILE")
-    return Corpus(f"python-stdlib ({root})", _read_only(train), _read_only(valid))
+    return Corpus(f"python-stdlib ({root})", Tokens.of(_read_only(train)),
+                  Tokens.of(_read_only(valid)), split={"valid": "files by path hash"})
 
 
 class NotRegularFileError(OSError):
@@ -105,21 +135,65 @@ def _check_regular(path: str, st: os.stat_result) -> None:
         raise NotRegularFileError(f"'{path}' is {kind}, not a regular file")
 
 
-def load_text_file(path: str) -> Corpus:
-    """The last 10% of the file's bytes are the validation split. The file is read once
-    into one ``uint8`` buffer; both splits are views of it."""
+def open_corpus(spec: str | None = None) -> Corpus:
+    """The default corpus (``spec`` None), or ``spec``'s files mapped: a file, a folder
+    (every regular file under it, sorted) or a glob pattern (``'texts/*.txt'``)."""
+    if spec is None:
+        return load_stdlib_corpus()
+    if not spec:
+        raise DataError("--data is empty; name a text file, a folder or a glob pattern")
+    if os.path.isdir(spec):
+        root, paths = spec, sorted(p for p in Path(spec).rglob("*") if p.is_file())
+        what, source = f"folder '{spec}'", _resolved_source(spec)
+    elif glob.has_magic(spec) and not os.path.exists(spec):
+        root = _literal_prefix(spec)
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        what, source = f"glob '{spec}'", _resolved_source(spec, root)
+    else:
+        return _open_one_file(spec)
+    if not paths:
+        raise DataError(f"{what} {'holds' if root == spec else 'matches'} no files; point "
+                        "--data at text files")
+    files = [_open_data_file(str(p)) for p in paths]
+    kept = [(f, str(os.path.relpath(p, root))) for f, p in zip(files, paths) if f.size]
+    if not kept:
+        raise DataError(f"{what} holds only empty files; point --data at text files")
+    if len(kept) == 1:
+        return _file_corpus(kept[0][0], what, source)
+    to_valid = in_validation([rel for _, rel in kept])
+    if not any(to_valid) or all(to_valid):    # few files: the last one validates
+        to_valid = [i == len(kept) - 1 for i in range(len(kept))]
+    split = {"valid": "files by path hash", "valid_files": [i for i, v in enumerate(to_valid) if v]}
+    sides = {side: Tokens([(f, 0, f.size) for (f, _), v in zip(kept, to_valid) if v == side])
+             for side in (False, True)}
+    return Corpus(f"{what} ({len(kept)} files)", sides[False], sides[True],
+                  [f for f, _ in kept], split, source)
+
+
+def load_corpus(path: str | None = None) -> Corpus:
+    """The library's name for ``open_corpus``."""
+    return open_corpus(path)
+
+
+def _open_one_file(path: str) -> Corpus:
+    data_file = _open_data_file(path)
+    if data_file.size == 0:
+        raise DataError(f"data file '{path}' is empty; pass a text file with content")
+    return _file_corpus(data_file, path, data_file.path)
+
+
+def _file_corpus(data_file: DataFile, name: str, source: str) -> Corpus:
+    """The last 10% of the file's bytes are the validation split."""
+    cut = int(data_file.size * (1.0 - VALID_FRACTION))
+    return Corpus(name, Tokens([(data_file, 0, cut)]), Tokens([(data_file, cut, data_file.size)]),
+                  [data_file], {"valid": "tail", "valid_range": [cut, data_file.size]}, source)
+
+
+def _open_data_file(path: str) -> DataFile:
+    """A DataFile, after checking that ``path`` is a regular file this process can read."""
     try:
-        with open_regular_file(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise DataError(f"data file '{path}' is empty; pass a text file with content")
-            tokens = np.empty(size, dtype=np.uint8)
-            n = 0
-            while n < size:      # readinto may return less than asked
-                got = f.readinto(memoryview(tokens)[n:])
-                if not got:      # the file shrank since the stat
-                    break
-                n += got
+        with open_regular_file(path):
+            return DataFile(path)
     except NotRegularFileError as exc:
         raise DataError(f"data file {exc}; pass a text file to --data") from None
     except FileNotFoundError:
@@ -128,15 +202,57 @@ def load_text_file(path: str) -> Corpus:
     except OSError as exc:
         raise DataError(f"data file '{path}' cannot be read ({exc.strerror or exc}); check "
                         "the path and its permissions") from None
-    except MemoryError:
-        raise DataError(f"data file '{path}' ({size:,} bytes) does not fit in memory; "
-                        "train on a smaller file") from None
-    if n == 0:
-        raise DataError(f"data file '{path}' is empty; pass a text file with content")
-    tokens = tokens[:n]
-    tokens.flags.writeable = False
-    cut = int(n * (1.0 - VALID_FRACTION))
-    return Corpus(path, tokens[:cut], tokens[cut:])
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    literal = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return str(Path(*parts[:literal])) if literal else "."
+
+
+def _resolved_source(spec: str, prefix: str | None = None) -> str:
+    """``spec`` made absolute with symlinks resolved (a glob pattern: its folder part)."""
+    if prefix is None:
+        return os.path.realpath(spec)
+    return os.path.join(os.path.realpath(prefix), os.path.relpath(spec, prefix))
+
+
+def check_same_data(saved: dict | None, current: dict) -> str | None:
+    """DataError (one line) unless ``current`` (``Corpus.record()``) is the data the run
+    was trained on (``saved``): the same files (absolute, symlinks resolved), sizes,
+    fingerprints and split. -> a note when there is no saved record to compare."""
+    if saved is None:
+        return ("note: the checkpoint has no data record (written by an older version), so "
+                "the data could not be checked against the run's")
+    try:
+        return _compare_records(saved, current)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"the checkpoint's data record is damaged ({type(exc).__name__}: "
+                        f"{exc}); start a new run in another --out-dir") from None
+
+
+def _compare_records(saved: dict, current: dict) -> None:
+    fix = "pass the run's data to --data, or start a new run in another --out-dir"
+    old, new = saved.get("files", []), current.get("files", [])
+    if [f["path"] for f in old] != [f["path"] for f in new]:
+        was = old[0]["path"] + (f" and {len(old) - 1} more" if len(old) > 1 else "") \
+            if old else "the default corpus"
+        now = new[0]["path"] + (f" and {len(new) - 1} more" if len(new) > 1 else "") \
+            if new else "the default corpus"
+        raise DataError(f"this run was trained on {was}, not {now}; {fix}")
+    for before, after in zip(old, new):
+        if before["size"] != after["size"]:
+            raise DataError(f"data file '{after['path']}' changed since the run started "
+                            f"({before['size']:,} -> {after['size']:,} bytes); {fix}")
+        if before["fingerprint"] != after["fingerprint"]:
+            raise DataError(f"data file '{after['path']}' changed since the run started "
+                            f"(its content differs); {fix}")
+    for key in ("split", "train_bytes", "valid_bytes", "fingerprint"):
+        if saved.get(key) != current.get(key):
+            raise DataError(f"the data changed since the run started ({key} "
+                            f"{saved.get(key)} -> {current.get(key)}); {fix}")
+    return None
 
 
 def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int = 0):
@@ -146,10 +262,6 @@ def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int
     x = rng.integers(0, vocab_size, size=(batch_size, context))                # [B, T]
     y = rng.integers(0, vocab_size, size=batch_size)                           # [B]
     return x, y
-
-
-def load_corpus(path: str | None = None) -> Corpus:
-    return load_stdlib_corpus() if path is None else load_text_file(path)
 
 
 def as_tokens(data: bytes) -> np.ndarray:
@@ -163,46 +275,53 @@ def _read_only(buffer: bytearray) -> np.ndarray:
     return tokens
 
 
-def sample_windows(tokens: np.ndarray, batch_size: int, context: int,
+def sample_windows(tokens, batch_size: int, context: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random windows x ``[B, T]`` (int64) and the byte after each, y ``[B]``."""
+    """Random windows x ``[B, T]`` (int64) and the byte after each, y ``[B]``, from a
+    host array or Tokens: only the windows' bytes are read."""
+    tokens = Tokens.of(tokens)
     starts = rng.integers(0, tokens.shape[0] - context, size=batch_size)       # [B]
-    x = tokens[starts[:, None] + np.arange(context)[None, :]].astype(np.int64)  # [B, T]
-    y = tokens[starts + context].astype(np.int64)                               # [B]
-    return x, y
+    windows = tokens.take(starts[:, None] + np.arange(context + 1)[None, :])   # [B, T+1]
+    windows = windows.astype(np.int64)
+    return np.ascontiguousarray(windows[:, :-1]), windows[:, -1].copy()       # [B, T], [B]
 
 
-def count_model_losses(train: np.ndarray, valid: np.ndarray) -> dict:
+def count_model_losses(train, valid, max_bytes: int = BASELINE_SAMPLE_BYTES) -> dict:
     """Validation cross-entropy (nats/byte) of unigram and bigram count models fit on
-    ``train``, with add-one smoothing. Bytes and byte pairs are counted a chunk at a
-    time, so the extra memory is O(COUNT_CHUNK), whatever the corpus size."""
-    unigram = _byte_counts(train) + 1.0                                                # [256]
-    log_p1 = np.log(unigram / unigram.sum())
-    bigram = _pair_counts(train) + 1.0                                           # [256, 256]
-    log_p2 = np.log(bigram / bigram.sum(axis=1, keepdims=True))
+    ``train``, with add-one smoothing. Each split is read a chunk at a time (extra
+    memory O(COUNT_CHUNK)), all of it up to ``max_bytes``, else evenly spaced blocks of
+    about ``max_bytes`` in all (an estimate; ``baseline_note`` says when)."""
+    unigram, bigram = _counts(Tokens.of(train), max_bytes)
+    log_p1 = np.log((unigram + 1.0) / (unigram + 1.0).sum())                         # [256]
+    log_p2 = np.log((bigram + 1.0) / (bigram + 1.0).sum(axis=1, keepdims=True))  # [256, 256]
     # mean over the validation bytes = counts of each byte (pair) times its log-probability
-    return {"unigram": float(-(_byte_counts(valid) * log_p1).sum() / valid.shape[0]),
-            "bigram": float(-(_pair_counts(valid) * log_p2).sum() / (valid.shape[0] - 1))}
+    valid_unigram, valid_bigram = _counts(Tokens.of(valid), max_bytes)
+    return {"unigram": float(-(valid_unigram * log_p1).sum() / valid_unigram.sum()),
+            "bigram": float(-(valid_bigram * log_p2).sum() / valid_bigram.sum())}
 
 
-def _byte_counts(tokens: np.ndarray) -> np.ndarray:
-    """How often each byte value occurs: float64 ``[256]``."""
-    counts = np.zeros(256, dtype=np.int64)
-    for start in range(0, tokens.shape[0], COUNT_CHUNK):
-        counts += np.bincount(tokens[start:start + COUNT_CHUNK], minlength=256)
-    return counts.astype(np.float64)
+def baseline_note(train, valid, max_bytes: int = BASELINE_SAMPLE_BYTES) -> str:
+    """'' when ``count_model_losses`` counts every byte, else which splits it sampled."""
+    sampled = [f"{name} ({len(Tokens.of(t)) / 2**20:,.0f} MiB)"
+               for name, t in (("train", train), ("valid", valid)) if len(Tokens.of(t)) > max_bytes]
+    return (f"; estimated from {max_bytes / 2**20:g} MiB samples of {' and '.join(sampled)}"
+            if sampled else "")
 
 
-def _pair_counts(tokens: np.ndarray) -> np.ndarray:
-    """How often byte b follows byte a: float64 ``[256, 256]`` indexed [a, b]; the
-    pairs are coded ``a * 256 + b`` in uint16, one chunk (overlapping by a byte) at a
-    time."""
-    counts = np.zeros(256 * 256, dtype=np.int64)
-    for start in range(0, tokens.shape[0] - 1, COUNT_CHUNK):
-        chunk = tokens[start:start + COUNT_CHUNK + 1]
-        pairs = chunk[:-1].astype(np.uint16) * 256 + chunk[1:]        # [chunk] uint16
-        counts += np.bincount(pairs, minlength=256 * 256)
-    return counts.reshape(256, 256).astype(np.float64)
+def _counts(tokens: Tokens, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each byte occurs, float64 ``[256]``, and how often byte b follows byte
+    a, float64 ``[256, 256]`` indexed [a, b] (pairs coded ``a * 256 + b`` in uint16;
+    a piece that continues the previous one adds the pair across their edge)."""
+    bytes_seen = np.zeros(256, dtype=np.int64)
+    pairs_seen = np.zeros(256 * 256, dtype=np.int64)
+    last = None
+    for piece, continues in tokens.chunks(max_bytes, COUNT_CHUNK):
+        bytes_seen += np.bincount(piece, minlength=256)
+        run = np.concatenate([last, piece]) if continues else piece
+        pairs = run[:-1].astype(np.uint16) * 256 + run[1:]                 # [piece] uint16
+        pairs_seen += np.bincount(pairs, minlength=256 * 256)
+        last = piece[-1:]
+    return bytes_seen.astype(np.float64), pairs_seen.reshape(256, 256).astype(np.float64)
 
 
 def nats_to_bits(nats: float) -> float:

@@ -25,7 +25,9 @@ from .backends.distributed import DistributedError, SingleProcess, connect
 from .checkpoint import CheckpointError
 from .cli import OneLineParser
 from .config import ConfigError
-from .data import DataError, count_model_losses, load_corpus, nats_to_bits, sample_windows
+from .data import (DataError, baseline_note, check_same_data, count_model_losses, nats_to_bits,
+                   open_corpus, sample_windows)
+from .generate import generate
 from .models import MODELS, get_model, get_preset
 from .optim import cosine_lr
 from .outdir import OutDir, OutDirError
@@ -34,6 +36,8 @@ from .train_state import TrainingDiverged, TrainSettings, TrainState
 EXIT_INTERRUPTED = 130      # Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143       # SIGTERM (Slurm, Kubernetes, kill)
 DEFAULT_BATCH_SIZE = 32     # for presets that name none
+SAMPLE_PROMPT_BYTES = 24    # --sample-every: the prompt is the validation split's first bytes
+SAMPLE_BYTES = 80           # ... and this many new bytes follow it
 
 
 # ---------------------------------------------------------------------------------
@@ -138,7 +142,8 @@ def resumed_state(args, backend, path: str) -> TrainState:
             raise CheckpointError(
                 f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value}; "
                 f"drop --{_flag(name)} to resume it, or start a new run in another --out-dir")
-    state.with_settings(dataclasses.replace(state.settings, **given(args, "train_")))
+    flags = {name: value for name, value in given(args, "train_").items() if name != "data"}
+    state.with_settings(dataclasses.replace(state.settings, **flags))   # data: by its record
     return state
 
 
@@ -175,12 +180,19 @@ def prepare(args, backend, out: OutDir) -> Run:
     if args.resume is not None:
         state = resumed_state(args, backend, args.resume or out.checkpoint)
         check_memory(state.cfg, state.model_name, state.settings, backend)
-        corpus = load_corpus(state.settings.data)
+        saved = state.data_record      # the files the run was trained on, resolved
+        data = args.train_data if args.train_data is not None else \
+            saved.get("source") if saved else state.settings.data
+        corpus = open_corpus(data)
+        note = check_same_data(saved, corpus.record())
+        if note:
+            print(note, file=sys.stderr)
         corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     else:
         out.check_fresh()
-        corpus = load_corpus(given(args, "train_").get("data"))
+        corpus = open_corpus(args.train_data)
         state = new_state(args, backend, corpus)
+    state.data_record = corpus.record()
     return Run(state, corpus, out, state.settings.batch_size)
 
 
@@ -206,11 +218,14 @@ class Reporter:
         self.run, self.root = run, root
         s, state = run.state.settings, run.state
         self.baselines = count_model_losses(run.corpus.train, run.corpus.valid) if root else {}
+        self.evaluations = 0
         eval_rng = state.backend.rng(s.seed + 10_000)
         self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
         self.metrics = run.out.open_metrics(upto_step=state.step,
                                             last_eval=state.metrics) if root else None
+        # seconds of training, continued from the checkpoint's last evaluation
+        self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -221,12 +236,13 @@ class Reporter:
               f"{s.batch_size}{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
               f"{state.step}->{s.max_iters}, corpus {corpus.name}: {corpus.train.shape[0]:,} "
               f"train / {corpus.valid.shape[0]:,} valid bytes\n"
-              f"baselines (valid, nats/byte): unigram {self.baselines['unigram']:.3f}, "
+              f"baselines (valid, nats/byte{baseline_note(corpus.train, corpus.valid)}): "
+              f"unigram {self.baselines['unigram']:.3f}, "
               f"bigram {self.baselines['bigram']:.3f}", flush=True)
 
     def log_step(self, record: dict) -> None:
         if self.root:
-            self.metrics.write(record)
+            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock})
 
     def evaluate_and_save(self, reason: str):
         """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
@@ -240,13 +256,25 @@ class Reporter:
                 f"the validation loss became {val} at step {state.step}; not saving it over "
                 "the last checkpoint: lower --lr or raise --warmup, and resume from it")
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
-                         **{f"{k}_baseline": v for k, v in self.baselines.items()}}
+                         **{f"{k}_baseline": v for k, v in self.baselines.items()},
+                         "time_s": time.perf_counter() - self.clock}
         state.save(self.run.out.checkpoint)
         self.metrics.write(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
                    f" | unigram {self.baselines['unigram']:.3f} | bigram "
                    f"{self.baselines['bigram']:.3f} | {reason}")
+        self.evaluations += 1
+        if state.settings.sample_every and self.evaluations % state.settings.sample_every == 0:
+            self.print_sample()
         return val
+
+    def print_sample(self) -> None:
+        """A short continuation of the validation split's first bytes (a fixed prompt)."""
+        state = self.run.state
+        prompt = self.run.corpus.valid.head(SAMPLE_PROMPT_BYTES)
+        text = generate(state, prompt, SAMPLE_BYTES, seed=state.settings.seed)
+        tqdm.write(f"sample at step {state.step}: "
+                   f"{(prompt + text).decode('utf-8', errors='replace')!r}")
 
     def close(self) -> None:
         if self.metrics is not None:

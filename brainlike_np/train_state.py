@@ -44,9 +44,11 @@ class TrainSettings(ConfigDict):
     grad_clip: float = _setting(1.0, "global gradient norm limit (0: off)")
     eval_every: int = _setting(200, "steps between evaluations and checkpoints")
     eval_batches: int = _setting(16, "validation batches per evaluation")
-    data: str = _setting(None, "a text file to train on (default: Python stdlib sources)")
+    data: str = _setting(None, "a text file, a folder or a glob pattern to train on, mapped, "
+                               "not read (default: Python stdlib sources)")
     seed: int = _setting(0, "seed for the weights and the data order")
     dtype: str = _setting("float32", "parameter dtype: float32 or float64")
+    sample_every: int = _setting(0, "print a short sample at every N-th evaluation (0: never)")
 
     FIXED = ("data", "seed", "dtype")
 
@@ -56,7 +58,7 @@ class TrainSettings(ConfigDict):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
-        for name in ("warmup", "seed"):
+        for name in ("warmup", "seed", "sample_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip"):
@@ -89,6 +91,7 @@ class TrainState:
     step: int = 0
     metrics: dict = field(default_factory=dict)   # the last evaluation's record
     comm: object = field(default_factory=SingleProcess, repr=False)   # data-parallel ranks
+    data_record: dict | None = None  # the corpus's identity (data.Corpus.record()); None: unknown
 
     @property
     def model(self):
@@ -168,7 +171,7 @@ class TrainState:
         save_checkpoint(path, self.params, self.optimizer, {
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
-            "metrics": self.metrics,
+            "metrics": self.metrics, "data": self.data_record,
         }, self.backend)
 
     @classmethod
@@ -183,6 +186,9 @@ class TrainState:
             step = meta["step"]
             optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
             metrics = dict(meta.get("metrics") or {})
+            data_record = meta.get("data")
+            if not isinstance(data_record, (dict, type(None))):
+                raise ValueError(f"data record {data_record!r}")
             if not isinstance(step, int) or step < 0 or optimizer.step != step:
                 raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -205,4 +211,4 @@ class TrainState:
         params = optimizer.adopt({n: backend.asarray(a, dt) for n, a in params.items()},
                                  backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
-                   step=step, metrics=metrics)
+                   step=step, metrics=metrics, data_record=data_record)

@@ -289,6 +289,12 @@ def _unreadable(tmp_path):
     return path
 
 
+def _empty_folder(tmp_path):
+    path = tmp_path / "empty"
+    path.mkdir()
+    return path
+
+
 def _fifo(tmp_path):
     path = tmp_path / "fifo"
     os.mkfifo(path)
@@ -304,12 +310,12 @@ def _fifo(tmp_path):
     (lambda t: t / "o", lambda t: t / "corpus.txt" / "x", "cannot be read (Not a directory)"),
     pytest.param(lambda t: t / "o", _unreadable, "cannot be read (Permission denied)",
                  marks=pytest.mark.skipif(AS_ROOT, reason=ROOT_REASON)),
-    (lambda t: t / "o", lambda t: t, "is a folder, not a regular file"),
+    (lambda t: t / "o", lambda t: _empty_folder(t), "holds no files"),
     (lambda t: t / "o", _fifo, "is a FIFO (named pipe), not a regular file"),
     (lambda t: t / "o", lambda t: "/dev/zero", "is a character device, not a regular file"),
     (lambda t: t / "o", lambda t: t / "missing.txt", "does not exist"),
 ], ids=["out-is-file", "out-under-file", "out-empty", "out-unwritable", "data-under-file",
-        "data-unreadable", "data-folder", "data-fifo", "data-dev-zero", "data-missing"])
+        "data-unreadable", "data-empty-folder", "data-fifo", "data-dev-zero", "data-missing"])
 def test_unusable_paths_are_one_line_before_training(tmp_path, corpus_file, out_dir,
                                                      data_file, expected):
     data_path = data_file(tmp_path) if data_file else corpus_file

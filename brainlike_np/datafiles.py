@@ -1,0 +1,155 @@
+"""The bytes of a corpus, read only where needed: :class:`DataFile` (one file's identity
+and its checked, mapped or ``pread`` reads) and :class:`Tokens` (a byte sequence made of
+ranges of files or arrays, never joined in memory). Host-side NumPy, like ``data.py``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+READ_CHUNK = 1 << 18      # bytes ``Tokens.tobytes`` reads at a time
+SAMPLE_BLOCK = 2**20      # a sample of a long sequence: evenly spaced blocks of this size
+FINGERPRINT_BLOCK = 2**20             # a file's fingerprint: its first and last MiB ...
+FINGERPRINT_SAMPLES = 16              # ... and this many 64 KiB blocks evenly between
+
+
+class DataError(ValueError):
+    """The corpus cannot be used; the message says which file and what to do."""
+
+
+# ---- files: identity, checked reads --------------------------------------------------
+class DataFile:
+    """One file of a corpus, as it was when the corpus was opened: its absolute path
+    (symlinks resolved), size and inode. ``map()`` maps it read-only for one read; a
+    file removed, replaced or resized since is a DataError (reading a truncated map
+    would kill the process with SIGBUS)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.realpath(path)
+        st = os.stat(self.path)
+        self.size, self._inode = st.st_size, (st.st_dev, st.st_ino)
+        self._fingerprint = None
+
+    def check_unchanged(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DataError(self._changed("was removed")) from None
+        if st.st_size != self.size:
+            raise DataError(self._changed(f"changed size ({self.size:,} -> {st.st_size:,} "
+                                          "bytes)"))
+        if (st.st_dev, st.st_ino) != self._inode:
+            raise DataError(self._changed("was replaced by another file"))
+
+    def _changed(self, what: str) -> str:
+        return (f"data file '{self.path}' {what} during the run; restore it and --resume "
+                "(the last checkpoint is intact)")
+
+    def map(self) -> np.ndarray:
+        """The whole file as a read-only ``uint8`` memory map ``[size]``."""
+        self.check_unchanged()
+        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.size,))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Bytes ``[start, stop)`` read with ``pread`` (the page cache holds them, not
+        this process, unlike a map's pages)."""
+        return np.frombuffer(self._read_spans([(start, stop)])[0], dtype=np.uint8)
+
+    def _read_spans(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        self.check_unchanged()
+        with open(self.path, "rb") as f:
+            got = [os.pread(f.fileno(), stop - start, start) for start, stop in spans]
+        if any(len(g) != stop - start for g, (start, stop) in zip(got, spans)):
+            raise DataError(self._changed("was truncated"))
+        return got
+
+    def fingerprint(self) -> str:
+        """BLAKE2b of the size, the first and last MiB and evenly spaced 64 KiB blocks
+        (a small file: all of it): a few MiB read whatever the size."""
+        if self._fingerprint is None:
+            block = FINGERPRINT_BLOCK // 16
+            starts = np.linspace(FINGERPRINT_BLOCK, self.size - FINGERPRINT_BLOCK - block,
+                                 FINGERPRINT_SAMPLES).astype(np.int64)
+            spans = ([(0, FINGERPRINT_BLOCK), *((int(s), int(s) + block) for s in starts),
+                      (self.size - FINGERPRINT_BLOCK, self.size)]
+                     if self.size > 4 * FINGERPRINT_BLOCK else [(0, self.size)])
+            h = hashlib.blake2b(str(self.size).encode(), digest_size=16)
+            for piece in self._read_spans(spans):
+                h.update(piece)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def record(self) -> dict:
+        return {"path": self.path, "size": self.size, "fingerprint": self.fingerprint()}
+
+
+# ---- token sequences made of parts ---------------------------------------------------
+class Tokens:
+    """A byte sequence ``[n]`` made of parts, in order, never joined in memory: each part
+    is a range of an in-memory ``uint8`` array or of a DataFile, mapped only while read."""
+
+    def __init__(self, parts: list[tuple[object, int, int]]):
+        self.parts = parts                              # (array or DataFile, start, stop)
+        lengths = [stop - start for _, start, stop in parts]
+        self.ends = np.cumsum(lengths, dtype=np.int64)  # [n_parts]
+        self.shape = (int(self.ends[-1]) if parts else 0,)
+
+    @classmethod
+    def of(cls, tokens) -> "Tokens":
+        """``tokens`` as Tokens: a Tokens as is, a 1-D host array as one part."""
+        if isinstance(tokens, Tokens):
+            return tokens
+        tokens = np.asarray(tokens)
+        return cls([(tokens, 0, tokens.shape[0])])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The bytes at ``positions`` (any shape, each in ``[0, n)``): only the parts
+        they fall in are read, and of those only the pages holding them."""
+        which = np.searchsorted(self.ends, positions, side="right")     # part of each
+        local = positions - (self.ends[which] - self._lengths(which))   # offset in it
+        out = np.empty(positions.shape, dtype=np.uint8)
+        for i in np.unique(which):
+            source, start, _ = self.parts[i]
+            mapped = source.map() if isinstance(source, DataFile) else source
+            hit = which == i
+            out[hit] = mapped[start + local[hit]]
+        return out
+
+    def _lengths(self, which):
+        return np.diff(self.ends, prepend=0)[which]
+
+    def chunks(self, max_bytes: int, chunk: int):
+        """-> (piece, whether it continues the previous piece), pieces of at most
+        ``chunk`` bytes: every byte when there are at most ``max_bytes``, else evenly
+        spaced blocks of SAMPLE_BLOCK bytes, about ``max_bytes`` in all."""
+        for i, start, stop in self._ranges(max_bytes):
+            source, offset, _ = self.parts[i]
+            for s in range(start, stop, chunk):
+                e = min(s + chunk, stop)
+                piece = (source.read(offset + s, offset + e) if isinstance(source, DataFile)
+                         else source[offset + s:offset + e])
+                yield piece, s > start
+
+    def _ranges(self, max_bytes: int):
+        """(part, start, stop) ranges in the parts' own offsets."""
+        lengths = self._lengths(np.arange(len(self.parts)))
+        if len(self) <= max_bytes:
+            return [(i, 0, int(n)) for i, n in enumerate(lengths)]
+        block = min(SAMPLE_BLOCK, max_bytes)
+        starts = np.linspace(0, len(self) - block, max(1, max_bytes // block)).astype(np.int64)
+        which = np.searchsorted(self.ends, starts, side="right")
+        local = starts - (self.ends[which] - lengths[which])
+        return [(int(i), int(s), int(min(s + block, lengths[i]))) for i, s in zip(which, local)]
+
+    def tobytes(self) -> bytes:
+        """Every byte, joined (for small corpora and tests)."""
+        return b"".join(piece.tobytes() for piece, _ in self.chunks(len(self), READ_CHUNK))
+
+    def head(self, n: int) -> bytes:
+        """The first ``n`` bytes (fewer if there are fewer)."""
+        return self.take(np.arange(min(n, len(self)))).tobytes()
