@@ -63,7 +63,7 @@ class Corpus:
         """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
         file's absolute path, size and fingerprint, the split and the split sizes (an
         in-memory corpus: a hash of its bytes instead of files)."""
-        rec = {"source": self.source, "name": self.name, "split": self.split,
+        rec = {"source": self.source, "split": self.split,
                "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
         if self.files:
             rec["files"] = [f.record() for f in self.files]
@@ -286,11 +286,13 @@ def sample_windows(tokens, batch_size: int, context: int,
     return np.ascontiguousarray(windows[:, :-1]), windows[:, -1].copy()       # [B, T], [B]
 
 
-def count_model_losses(train, valid, max_bytes: int = BASELINE_SAMPLE_BYTES) -> dict:
+def count_model_losses(train, valid, max_bytes: int | None = None) -> dict:
     """Validation cross-entropy (nats/byte) of unigram and bigram count models fit on
     ``train``, with add-one smoothing. Each split is read a chunk at a time (extra
     memory O(COUNT_CHUNK)), all of it up to ``max_bytes``, else evenly spaced blocks of
-    about ``max_bytes`` in all (an estimate; ``baseline_note`` says when)."""
+    about ``max_bytes`` (default BASELINE_SAMPLE_BYTES) in all (an estimate;
+    ``baseline_note`` says when)."""
+    max_bytes = BASELINE_SAMPLE_BYTES if max_bytes is None else max_bytes
     unigram, bigram = _counts(Tokens.of(train), max_bytes)
     log_p1 = np.log((unigram + 1.0) / (unigram + 1.0).sum())                         # [256]
     log_p2 = np.log((bigram + 1.0) / (bigram + 1.0).sum(axis=1, keepdims=True))  # [256, 256]
@@ -300,12 +302,17 @@ def count_model_losses(train, valid, max_bytes: int = BASELINE_SAMPLE_BYTES) -> 
             "bigram": float(-(valid_bigram * log_p2).sum() / valid_bigram.sum())}
 
 
-def baseline_note(train, valid, max_bytes: int = BASELINE_SAMPLE_BYTES) -> str:
+def baseline_note(train, valid, max_bytes: int | None = None) -> str:
     """'' when ``count_model_losses`` counts every byte, else which splits it sampled."""
-    sampled = [f"{name} ({len(Tokens.of(t)) / 2**20:,.0f} MiB)"
-               for name, t in (("train", train), ("valid", valid)) if len(Tokens.of(t)) > max_bytes]
-    return (f"; estimated from {max_bytes / 2**20:g} MiB samples of {' and '.join(sampled)}"
+    max_bytes = BASELINE_SAMPLE_BYTES if max_bytes is None else max_bytes
+    sampled = [f"{name} ({_size(len(Tokens.of(t)))})" for name, t in
+               (("train", train), ("valid", valid)) if len(Tokens.of(t)) > max_bytes]
+    return (f"; estimated from {_size(max_bytes)} samples of {' and '.join(sampled)}"
             if sampled else "")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
 def _counts(tokens: Tokens, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
