@@ -6,8 +6,9 @@ Entries:
 - ``meta.json``: a ``uint8`` array holding UTF-8 JSON: ``format``, ``model`` (the model
   kind), ``config`` (the model config fields), ``step``, ``optimizer`` (AdamW
   hyper-parameters and step), ``rng`` (the data sampler's NumPy bit-generator state),
-  ``train`` (the training settings, ``TrainSettings``) and ``metrics`` (the last
-  evaluation).
+  ``train`` (the training settings, ``TrainSettings``), ``metrics`` (the last
+  evaluation) and ``data`` (the corpus's identity, ``data.Corpus.record()``; absent in
+  older checkpoints).
 
     import json, numpy as np
     ck = np.load("out/ckpt.npz")
