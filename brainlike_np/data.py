@@ -39,6 +39,7 @@ class Corpus:
     files: list = field(default_factory=list)   # DataFiles, in order (none: in memory)
     split: dict = field(default_factory=dict)   # how validation was chosen, as recorded
     source: str | None = None                   # --data, resolved; None: the default
+    _record: dict | None = field(default=None, repr=False)
 
     def check_fits(self, context: int, vocab_size: int = 256) -> None:
         """DataError unless both splits hold more than ``context + 1`` bytes and every
@@ -62,17 +63,20 @@ class Corpus:
     def record(self) -> dict:
         """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
         file's absolute path, size and fingerprint, the split and the split sizes (an
-        in-memory corpus: a hash of its bytes instead of files)."""
-        rec = {"source": self.source, "split": self.split,
-               "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
-        if self.files:
-            rec["files"] = [f.record() for f in self.files]
-        else:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(self.train.tobytes())
-            h.update(self.valid.tobytes())
-            rec["fingerprint"] = h.hexdigest()
-        return rec
+        in-memory corpus: a hash of its bytes instead of files). Computed once."""
+        if self._record is None:
+            rec = {"source": self.source, "split": self.split,
+                   "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
+            if self.files:
+                rec["files"] = [f.record() for f in self.files]
+            else:
+                h = hashlib.blake2b(digest_size=16)
+                for tokens in (self.train, self.valid):
+                    for piece, _ in tokens.chunks(len(tokens), COUNT_CHUNK):
+                        h.update(piece)
+                rec["fingerprint"] = h.hexdigest()
+            self._record = rec
+        return self._record
 
 
 def stdlib_files() -> list[Path]:
