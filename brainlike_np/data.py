@@ -54,11 +54,24 @@ class Corpus:
                     f"windows of {context} bytes plus a target; use a longer file or a "
                     f"smaller --context")
             if vocab_size < 256:      # every byte is below 256
-                top = max(int(p.max()) for p, _ in tokens.chunks(BASELINE_SAMPLE_BYTES, COUNT_CHUNK))
+                top = max(int(piece.max()) for piece, _ in
+                          tokens.chunks(BASELINE_SAMPLE_BYTES, COUNT_CHUNK))
                 if top >= vocab_size:
                     raise DataError(
                         f"corpus '{self.name}' holds byte {top}, but the model's vocab_size "
                         f"is {vocab_size}: a byte corpus needs --vocab-size 256")
+
+    def check_outside(self, folder: str) -> None:
+        """DataError if ``folder`` (the run's --out-dir, whose files change as it trains)
+        holds a file of the corpus or lies in its --data folder."""
+        out = os.path.join(os.path.realpath(folder), "")
+        inside = [f.path for f in self.files if f.path.startswith(out)]
+        if self.source and os.path.isdir(self.source) and \
+                out.startswith(os.path.join(self.source, "")):
+            inside.append(self.source)
+        if inside:
+            raise DataError(f"--out-dir '{folder}' is inside the data ('{inside[0]}'), and "
+                            "its files change as the run trains; keep --out-dir out of --data")
 
     def record(self) -> dict:
         """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
@@ -148,16 +161,15 @@ def open_corpus(spec: str | None = None) -> Corpus:
         raise DataError("--data is empty; name a text file, a folder or a glob pattern")
     if os.path.isdir(spec):
         root, paths = spec, sorted(p for p in Path(spec).rglob("*") if p.is_file())
-        what, source = f"folder '{spec}'", _resolved_source(spec)
+        what, source, none = f"folder '{spec}'", _resolved_source(spec), "holds no files"
     elif glob.has_magic(spec) and not os.path.exists(spec):
         root = _literal_prefix(spec)
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        what, source = f"glob '{spec}'", _resolved_source(spec, root)
+        what, source, none = f"glob '{spec}'", _resolved_source(spec, root), "matches no files"
     else:
         return _open_one_file(spec)
     if not paths:
-        raise DataError(f"{what} {'holds' if root == spec else 'matches'} no files; point "
-                        "--data at text files")
+        raise DataError(f"{what} {none}; point --data at text files")
     files = [_open_data_file(str(p)) for p in paths]
     kept = [(f, str(os.path.relpath(p, root))) for f, p in zip(files, paths) if f.size]
     if not kept:
@@ -240,11 +252,7 @@ def _compare_records(saved: dict, current: dict) -> None:
     fix = "pass the run's data to --data, or start a new run in another --out-dir"
     old, new = saved.get("files", []), current.get("files", [])
     if [f["path"] for f in old] != [f["path"] for f in new]:
-        was = old[0]["path"] + (f" and {len(old) - 1} more" if len(old) > 1 else "") \
-            if old else "the default corpus"
-        now = new[0]["path"] + (f" and {len(new) - 1} more" if len(new) > 1 else "") \
-            if new else "the default corpus"
-        raise DataError(f"this run was trained on {was}, not {now}; {fix}")
+        raise DataError(f"this run was trained on {_describe(old)}, not {_describe(new)}; {fix}")
     for before, after in zip(old, new):
         if before["size"] != after["size"]:
             raise DataError(f"data file '{after['path']}' changed since the run started "
@@ -257,6 +265,12 @@ def _compare_records(saved: dict, current: dict) -> None:
             raise DataError(f"the data changed since the run started ({key} "
                             f"{saved.get(key)} -> {current.get(key)}); {fix}")
     return None
+
+
+def _describe(files: list[dict]) -> str:
+    if not files:
+        return "the default corpus"
+    return files[0]["path"] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
 
 
 def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int = 0):

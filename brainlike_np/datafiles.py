@@ -92,8 +92,9 @@ class Tokens:
 
     def __init__(self, parts: list[tuple[object, int, int]]):
         self.parts = parts                              # (array or DataFile, start, stop)
-        lengths = [stop - start for _, start, stop in parts]
-        self.ends = np.cumsum(lengths, dtype=np.int64)  # [n_parts]
+        self.lengths = np.array([stop - start for _, start, stop in parts], dtype=np.int64)
+        self.ends = np.cumsum(self.lengths)             # [n_parts]: where each part ends
+        self.starts = self.ends - self.lengths          # [n_parts]: where each begins
         self.shape = (int(self.ends[-1]) if parts else 0,)
 
     @classmethod
@@ -111,7 +112,7 @@ class Tokens:
         """The bytes at ``positions`` (any shape, each in ``[0, n)``): only the parts
         they fall in are read, and of those only the pages holding them."""
         which = np.searchsorted(self.ends, positions, side="right")     # part of each
-        local = positions - (self.ends[which] - self._lengths(which))   # offset in it
+        local = positions - self.starts[which]                          # offset in it
         out = np.empty(positions.shape, dtype=np.uint8)
         for i in np.unique(which):
             source, start, _ = self.parts[i]
@@ -119,9 +120,6 @@ class Tokens:
             hit = which == i
             out[hit] = mapped[start + local[hit]]
         return out
-
-    def _lengths(self, which):
-        return np.diff(self.ends, prepend=0)[which]
 
     def chunks(self, max_bytes: int, chunk: int):
         """-> (piece, whether it continues the previous piece), pieces of at most
@@ -137,14 +135,14 @@ class Tokens:
 
     def _ranges(self, max_bytes: int):
         """(part, start, stop) ranges in the parts' own offsets."""
-        lengths = self._lengths(np.arange(len(self.parts)))
         if len(self) <= max_bytes:
-            return [(i, 0, int(n)) for i, n in enumerate(lengths)]
+            return [(i, 0, int(n)) for i, n in enumerate(self.lengths)]
         block = min(SAMPLE_BLOCK, max_bytes)
         starts = np.linspace(0, len(self) - block, max(1, max_bytes // block)).astype(np.int64)
         which = np.searchsorted(self.ends, starts, side="right")
-        local = starts - (self.ends[which] - lengths[which])
-        return [(int(i), int(s), int(min(s + block, lengths[i]))) for i, s in zip(which, local)]
+        local = starts - self.starts[which]
+        return [(int(i), int(s), int(min(s + block, self.lengths[i])))
+                for i, s in zip(which, local)]
 
     def tobytes(self) -> bytes:
         """Every byte, joined (for small corpora and tests)."""

@@ -184,6 +184,7 @@ def prepare(args, backend, out: OutDir) -> Run:
         data = args.train_data if args.train_data is not None else \
             saved.get("source") if saved else state.settings.data
         corpus = open_corpus(data)
+        corpus.check_outside(out.path)
         note = check_same_data(saved, corpus.record())
         if note:
             print(note, file=sys.stderr)
@@ -191,6 +192,7 @@ def prepare(args, backend, out: OutDir) -> Run:
     else:
         out.check_fresh()
         corpus = open_corpus(args.train_data)
+        corpus.check_outside(out.path)
         state = new_state(args, backend, corpus)
     state.data_record = corpus.record()
     return Run(state, corpus, out, state.settings.batch_size)
