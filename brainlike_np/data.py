@@ -9,6 +9,7 @@ the backend: batches go to the device with ``backend.asarray``."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import math
@@ -39,6 +40,7 @@ class Corpus:
     files: list = field(default_factory=list)   # DataFiles, in order (none: in memory)
     split: dict = field(default_factory=dict)   # how validation was chosen, as recorded
     source: str | None = None                   # --data, resolved; None: the default
+    root: str | None = None                     # the folder a --data folder or glob lists
     _record: dict | None = field(default=None, repr=False)
 
     def check_fits(self, context: int, vocab_size: int = 256) -> None:
@@ -63,15 +65,12 @@ class Corpus:
 
     def check_outside(self, folder: str) -> None:
         """DataError if ``folder`` (the run's --out-dir, whose files change as it trains)
-        holds a file of the corpus or lies in its --data folder."""
+        lies in the folder that a --data folder or glob lists."""
         out = os.path.join(os.path.realpath(folder), "")
-        inside = [f.path for f in self.files if f.path.startswith(out)]
-        if self.source and os.path.isdir(self.source) and \
-                out.startswith(os.path.join(self.source, "")):
-            inside.append(self.source)
-        if inside:
-            raise DataError(f"--out-dir '{folder}' is inside the data ('{inside[0]}'), and "
-                            "its files change as the run trains; keep --out-dir out of --data")
+        if self.root and out.startswith(os.path.join(self.root, "")):
+            raise DataError(f"--out-dir '{folder}' is inside the --data folder '{self.root}', "
+                            "so its checkpoint would become data that changes; keep "
+                            "--out-dir out of it")
 
     def record(self) -> dict:
         """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
@@ -175,7 +174,8 @@ def open_corpus(spec: str | None = None) -> Corpus:
     if not kept:
         raise DataError(f"{what} holds only empty files; point --data at text files")
     if len(kept) == 1:
-        return _file_corpus(kept[0][0], what, source)
+        return dataclasses.replace(_file_corpus(kept[0][0], what, source),
+                                   root=os.path.realpath(root))
     to_valid = in_validation([rel for _, rel in kept])
     if not any(to_valid) or all(to_valid):    # few files: the last one validates
         to_valid = [i == len(kept) - 1 for i in range(len(kept))]
@@ -183,7 +183,7 @@ def open_corpus(spec: str | None = None) -> Corpus:
     sides = {side: Tokens([(f, 0, f.size) for (f, _), v in zip(kept, to_valid) if v == side])
              for side in (False, True)}
     return Corpus(f"{what} ({len(kept)} files)", sides[False], sides[True],
-                  [f for f, _ in kept], split, source)
+                  [f for f, _ in kept], split, source, os.path.realpath(root))
 
 
 def load_corpus(path: str | None = None) -> Corpus:

@@ -401,16 +401,21 @@ def test_a_folder_trains_and_its_files_are_recorded(tmp_path, capsys):
     assert_one_error_line(err, "and 10 more, not")
 
 
-def test_a_folder_holding_the_out_dir_is_refused(tmp_path, capsys, corpus_text):
-    """--data . --out-dir out: the checkpoint and metrics would become data that changes."""
+@pytest.mark.parametrize("spec", [".", "*.txt"])
+def test_a_data_folder_or_glob_holding_the_out_dir_is_refused(
+        tmp_path, capsys, monkeypatch, corpus_text, spec):
+    """--data . --out-dir out: the checkpoint and metrics would become data that changes.
+    A single data file inside the out-dir is fine (the trainer never writes it)."""
     (tmp_path / "c.txt").write_bytes(corpus_text)
-    code, _, err = run_train(TINY + ["--max-iters", "2", "--data", tmp_path, "--out-dir",
-                                     tmp_path / "o"], capsys)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_train(TINY + ["--max-iters", "2", "--data", spec, "--out-dir", "o"],
+                             capsys)
     assert code == 1
-    assert_one_error_line(err, "is inside the data")
+    assert_one_error_line(err, "is inside the --data folder")
     assert not (tmp_path / "o" / "ckpt.npz").exists()
-    assert run_train(TINY + ["--max-iters", "2", "--data", tmp_path / "c.txt", "--out-dir",
-                             tmp_path / "o"], capsys)[0] == 0
+    (tmp_path / "o" / "c.txt").write_bytes(corpus_text)
+    assert run_train(TINY + ["--max-iters", "2", "--data", "o/c.txt", "--out-dir", "o"],
+                     capsys)[0] == 0
 
 
 def test_sample_every_prints_at_every_nth_evaluation(tmp_path, capsys, corpus_text):
