@@ -3,7 +3,9 @@ same on every call), files mapped and read only where windows fall, folders and 
 bounded baselines, the identity record that --resume compares, and the trainer's data
 errors (one line, nothing saved lost), down to resident memory on a huge sparse file."""
 
+import ctypes
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -193,6 +195,33 @@ def test_only_the_parts_a_window_falls_in_are_read(tmp_path):
     assert tokens.take(np.arange(990, 1000)).tobytes() == (random_bytes(1000, ord("a"))[990:])
     with pytest.raises(data.DataError, match="was removed during the run"):
         tokens.take(np.arange(995, 1005))
+
+
+def resident_pages(path) -> int:
+    """How many of the file's pages are in the page cache (mincore on a fresh map)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size, page = os.path.getsize(path), mmap.PAGESIZE
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+        view = np.frombuffer(m, dtype=np.uint8)
+        vec = np.zeros((size + page - 1) // page, dtype=np.uint8)
+        assert libc.mincore(view.ctypes.data, size, vec.ctypes.data) == 0, ctypes.get_errno()
+        count = int((vec & 1).sum())
+        del view
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore, sparse files")
+def test_windows_read_their_pages_not_the_read_ahead_around_them(tmp_path):
+    """64 windows from a 1 GB sparse file bring at most a few pages each into the page
+    cache (the kernel's read-ahead around a page fault would bring megabytes each)."""
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(2**30)
+    corpus = data.open_corpus(str(path))
+    assert resident_pages(path) < 64          # nothing read yet but the file's edges
+    data.sample_windows(corpus.train, 64, 16, np.random.default_rng(0))
+    assert resident_pages(path) <= 64 * 2 + 64, resident_pages(path)
 
 
 @pytest.mark.parametrize("change, expected", [
