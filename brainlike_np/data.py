@@ -282,11 +282,6 @@ def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int
     return x, y
 
 
-def as_tokens(data: bytes) -> np.ndarray:
-    """Bytes as a ``uint8`` token array ``[n]``."""
-    return np.frombuffer(data, dtype=np.uint8)
-
-
 def _read_only(buffer: bytearray) -> np.ndarray:
     tokens = np.frombuffer(buffer, dtype=np.uint8)      # no copy
     tokens.flags.writeable = False
