@@ -53,8 +53,8 @@ class SingleProcess:
     def any_rank(self, flag: bool) -> bool:
         return flag
 
-    def check_same(self, what: str, value: str) -> None:
-        """Nothing to compare with."""
+    def allgather(self, value) -> list:
+        return [value]
 
 
 class MpiCommunicator:
@@ -92,14 +92,9 @@ class MpiCommunicator:
         """Rank 0's ``value`` (any picklable object), on every rank."""
         return self.world.bcast(value, root=0)
 
-    def check_same(self, what: str, value: str) -> None:
-        """Raise DistributedError on every rank unless all ranks hold the same ``value``."""
-        values = self.world.allgather(value)
-        differing = [rank for rank, v in enumerate(values) if v != values[0]]
-        if differing:
-            raise DistributedError(
-                f"rank(s) {differing} start from another {what} than rank 0: every rank "
-                "must read the same --data and checkpoint files (a filesystem all nodes share)")
+    def allgather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        return self.world.allgather(value)
 
     def abort(self, code: int) -> None:
         """End every rank of the job now (no rank is left waiting in a collective)."""

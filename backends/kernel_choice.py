@@ -62,3 +62,9 @@ def importing_kernels(install_hint: str):
             f"Numba found no writable folder for its compiled-code cache "
             f"(NUMBA_CACHE_DIR={os.environ.get('NUMBA_CACHE_DIR', 'unset')}, and the "
             "package folder is read-only): set NUMBA_CACHE_DIR to a writable folder") from None
+    except ValueError as exc:         # numba's import refuses NUMBA_NUM_THREADS (0, > cores)
+        if "threads" not in str(exc).lower():
+            raise
+        raise KernelsUnavailable(
+            f"Numba refuses NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')} ({exc}): "
+            "set it to a number from 1 to the cores, or unset it") from None

@@ -28,7 +28,7 @@ import measure
 from brainlike_np import ConfigError, get_backend, get_model, get_preset
 from brainlike_np.data import count_model_losses, load_corpus, sample_windows
 from brainlike_np.optim import cosine_lr
-from brainlike_np.train_state import TrainSettings, TrainState
+from brainlike_np.train_state import TrainSettings, TrainState, default_batch_size
 from measure import RESULTS
 
 # name -> (model, preset, config fields changed): the default list of runs
@@ -81,7 +81,7 @@ def train(spec: dict) -> dict:
     backend = get_backend()
     corpus = load_corpus(spec["data"])
     cfg = get_preset(spec["model"], spec["preset"]).with_overrides(**spec["fields"])
-    batch = spec["batch_size"] or get_model(spec["model"]).BATCH_SIZES.get(spec["preset"], 32)
+    batch = spec["batch_size"] or default_batch_size(spec["model"], spec["preset"])
     settings = TrainSettings(batch_size=batch, lr=spec["lr"], seed=spec["seed"])
     state = TrainState.create(spec["model"], cfg, backend, settings)
     # the same windows for every run: drawn at the longest context, each model reads its own

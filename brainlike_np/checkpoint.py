@@ -22,10 +22,15 @@ written.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -55,66 +60,187 @@ def save_checkpoint(path: str, params: dict, optimizer, meta: dict, backend) -> 
                                         "optimizer": optimizer.state()})
 
 
-def load_checkpoint(path: str) -> tuple[dict, dict, dict, dict]:
-    """-> (params, adam_m, adam_v, meta), as host arrays; CheckpointError if unusable:
-    not a regular file, not an npz archive, meta not a JSON object, an unknown entry, an
-    array that is not floating point or holds NaN or infinity, a negative second moment."""
-    try:
-        arrays, meta = load_npz(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint '{path}' does not exist; check the path (a new "
-                              "run needs no checkpoint)") from None
-    except NotRegularFileError as exc:
-        raise CheckpointError(f"checkpoint {exc}; point to a checkpoint file") from None
-    except MemoryError:
-        raise CheckpointError(f"checkpoint '{path}' declares arrays larger than the memory: "
-                              "it is corrupted, or too large for this machine") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
-            RecursionError) as exc:
-        raise CheckpointError(
-            f"checkpoint '{path}' is corrupted or not a brainlike-np checkpoint "
-            f"({type(exc).__name__}: {exc}); point to another checkpoint file or start "
-            "a new run") from None
-    if not isinstance(meta, dict):
-        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-            type(meta), "number")
-        raise CheckpointError(f"checkpoint '{path}' is corrupted or not a brainlike-np "
-                              f"checkpoint (its {META_KEY} is a JSON {kind}, not an object); "
-                              "point to another checkpoint file")
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{path}' has format {meta.get('format')!r}, "
-                              f"this version reads {FORMAT!r}; start a new run")
-    groups = {"params": {}, "adam_m": {}, "adam_v": {}}
-    for key, value in arrays.items():
-        group, _, name = key.partition("/")
-        if group not in groups:
-            raise CheckpointError(f"checkpoint '{path}' has an unknown entry '{key}'")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise CheckpointError(f"checkpoint '{path}': {key} holds {value.dtype}, not "
-                                  "floating-point numbers; it is corrupted")
-        if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"checkpoint '{path}': {key} holds NaN or infinite values "
-                                  "(saved from a diverged run?); use another checkpoint")
-        if group == "adam_v" and np.any(value < 0):
-            raise CheckpointError(f"checkpoint '{path}': {key} holds negative values (a "
-                                  "second moment is a mean of squares); it is corrupted")
-        groups[group][name] = value
-    return groups["params"], groups["adam_m"], groups["adam_v"], meta
+GROUPS = {"params": "parameter", "adam_m": "AdamW first moment",
+          "adam_v": "AdamW second moment"}
+MAX_META_BYTES = 1 << 20    # meta.json: a config, settings, an RNG state, one record
+READ_CHUNK = 1 << 20        # bytes read at a time into an array
 
 
-def check_shapes(path: str, arrays: dict, expected_shapes: dict, what: str = "parameter") -> None:
-    """Raise CheckpointError unless ``arrays`` has exactly the expected names and shapes."""
-    missing = set(expected_shapes) - set(arrays)
-    extra = set(arrays) - set(expected_shapes)
-    if missing or extra:
-        raise CheckpointError(
-            f"checkpoint '{path}' does not match the model ({what}): missing "
-            f"{sorted(missing) or 'nothing'}, unexpected {sorted(extra) or 'nothing'}")
-    for name, shape in expected_shapes.items():
-        if tuple(arrays[name].shape) != tuple(shape):
+class CheckpointFile:
+    """A checkpoint opened for reading: ``with CheckpointFile(path) as ck:`` reads and
+    parses ``meta.json`` alone (``ck.meta``, a dict); ``ck.read_arrays(shapes, dtype)``
+    then checks every entry's name, ``.npy`` header and declared size against what the
+    caller's config needs before it reads any array data, so no file, however crafted,
+    takes more memory than those arrays. CheckpointError for any problem; the file is
+    never changed. The file stays open between the two, so a checkpoint renamed over
+    this one meanwhile is never mixed in."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._file = open_regular_file(path)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint '{path}' does not exist; check the path (a new "
+                                  "run needs no checkpoint)") from None
+        except NotRegularFileError as exc:
+            raise CheckpointError(f"checkpoint {exc}; point to a checkpoint file") from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint '{path}' cannot be read ({exc.strerror}); "
+                                  "check its permissions") from None
+        try:
+            with self._reading():
+                self._zip = zipfile.ZipFile(self._file)
+                self._entries = self._list_entries()
+                self.meta = self._read_meta()
+            self._check_meta()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def read_arrays(self, shapes: dict, dtype: str) -> dict:
+        """-> ``{"params": {name: array}, "adam_m": ..., "adam_v": ...}`` (host arrays).
+        ``shapes``: entry (``"params/E"``) -> the shape the config needs; every entry
+        must be one of them, of ``dtype``, finite, and a second moment >= 0."""
+        dtype = np.dtype(dtype)
+        with self._reading():
+            self._check_names(shapes)
+            headers = {key: self._check_header(key, tuple(shape), dtype)
+                       for key, shape in shapes.items()}
+            arrays = {key: self._read_data(key, tuple(shapes[key]), dtype, *headers[key])
+                      for key in shapes}
+        groups = {group: {} for group in GROUPS}
+        for key, value in arrays.items():
+            group, _, name = key.partition("/")
+            if not np.all(np.isfinite(value)):
+                raise CheckpointError(f"checkpoint '{self.path}': {key} holds NaN or infinite "
+                                      "values (saved from a diverged run?); use another "
+                                      "checkpoint")
+            if group == "adam_v" and np.any(value < 0):
+                raise CheckpointError(f"checkpoint '{self.path}': {key} holds negative values "
+                                      "(a second moment is a mean of squares); it is corrupted")
+            groups[group][name] = value
+        return groups
+
+    # ---- the steps ---------------------------------------------------------------------
+    def _check_meta(self) -> None:
+        meta = self.meta
+        if not isinstance(meta, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+                type(meta), "number")
+            raise CheckpointError(f"checkpoint '{self.path}' is corrupted or not a brainlike-np "
+                                  f"checkpoint (its {META_KEY} is a JSON {kind}, not an "
+                                  "object); point to another checkpoint file")
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"checkpoint '{self.path}' has format "
+                                  f"{meta.get('format')!r}, this version reads {FORMAT!r}; "
+                                  "start a new run")
+
+    def _list_entries(self) -> dict:
+        entries = {}
+        for info in self._zip.infolist():
+            if info.filename in entries:
+                raise ValueError(f"the entry {info.filename} appears twice")
+            entries[info.filename] = info
+        return entries
+
+    def _read_meta(self):
+        info = self._entries.get(META_KEY + ".npy")
+        if info is None:
+            raise KeyError(f"no {META_KEY} entry")
+        if info.file_size > MAX_META_BYTES:
+            raise ValueError(f"{META_KEY} declares {info.file_size} bytes, more than "
+                             f"{MAX_META_BYTES}")
+        with self._zip.open(info) as f:
+            raw = f.read(MAX_META_BYTES + 1)
+        text = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+        if text.dtype != np.uint8 or text.ndim != 1:
+            raise ValueError(f"{META_KEY} holds {text.dtype} {text.shape}, not UTF-8 bytes")
+        return json.loads(text.tobytes().decode())
+
+    def _check_names(self, shapes: dict) -> None:
+        present = {name[:-len(".npy")] if name.endswith(".npy") else name
+                   for name in self._entries} - {META_KEY}
+        unknown = sorted(k for k in present if k.partition("/")[0] not in GROUPS)
+        if unknown:
+            raise CheckpointError(f"checkpoint '{self.path}' has an unknown entry "
+                                  f"'{unknown[0]}'")
+        for group, what in GROUPS.items():
+            have = {k for k in present if k.startswith(group + "/")}
+            need = {k for k in shapes if k.startswith(group + "/")}
+            if have != need:
+                names = lambda keys: sorted(k.partition("/")[2] for k in keys) or "nothing"
+                raise CheckpointError(
+                    f"checkpoint '{self.path}' does not match the model ({what}): missing "
+                    f"{names(need - have)}, unexpected {names(have - need)}")
+
+    def _check_header(self, key: str, shape: tuple, dtype: np.dtype) -> tuple:
+        """-> (Fortran order, header bytes), after checking the entry's shape, dtype and
+        declared size against the config's, reading its header alone."""
+        info = self._entries[key + ".npy"]
+        with self._zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"{key}: unsupported .npy version {version}")
+            saved_shape, fortran, saved_dtype = read_header(f)
+            header_bytes = f.tell()
+        if saved_dtype != dtype:
+            raise CheckpointError(f"checkpoint '{self.path}': {key} is {saved_dtype}, the "
+                                  f"run trains in {dtype}")
+        if tuple(saved_shape) != shape:
+            raise CheckpointError(f"checkpoint '{self.path}': {GROUPS[key.partition('/')[0]]} "
+                                  f"{key.partition('/')[2]} has shape {tuple(saved_shape)}, "
+                                  f"the config needs {shape}")
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != header_bytes + n_bytes:
+            raise ValueError(f"{key} declares {info.file_size} bytes, its header "
+                             f"{header_bytes} + {n_bytes}")
+        return fortran, header_bytes
+
+    def _read_data(self, key: str, shape: tuple, dtype: np.dtype, fortran: bool,
+                   header_bytes: int) -> np.ndarray:
+        """The entry's array, read in chunks straight into its own memory."""
+        info = self._entries[key + ".npy"]
+        size = info.file_size - header_bytes
+        array = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+        buffer = memoryview(array.reshape(-1)).cast("B")
+        with self._zip.open(info) as f:
+            f.read(header_bytes)
+            done = 0
+            while done < size:
+                chunk = f.read(min(size - done, READ_CHUNK))
+                if not chunk:
+                    raise EOFError(f"{key} ends after {done} of {size} bytes")
+                buffer[done:done + len(chunk)] = chunk
+                done += len(chunk)
+            if f.read(1):       # also completes the CRC check of the entry
+                raise ValueError(f"{key} holds more bytes than it declares")
+        return array.T if fortran else array
+
+    @contextmanager
+    def _reading(self):
+        """Any error of the zip or .npy layers -> one CheckpointError naming the file."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except MemoryError:
+            raise CheckpointError(f"checkpoint '{self.path}' needs more memory than is free: "
+                                  "it is too large for this machine") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError, RuntimeError, UnicodeDecodeError, struct.error,
+                RecursionError, SyntaxError) as exc:
             raise CheckpointError(
-                f"checkpoint '{path}': {what} {name} has shape "
-                f"{tuple(arrays[name].shape)}, the config needs {tuple(shape)}")
+                f"checkpoint '{self.path}' is corrupted or not a brainlike-np checkpoint "
+                f"({type(exc).__name__}: {exc}); point to another checkpoint file or start "
+                "a new run") from None
 
 
 # ---- .npz archives: arrays plus a JSON entry ------------------------------------
@@ -122,43 +248,32 @@ META_KEY = "meta.json"
 
 
 def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
-    """Write arrays plus a JSON ``meta`` entry to ``path`` atomically: a temporary file
-    in the same folder, fsync, then rename, so a crash never leaves a half-written file
-    in place of the previous one."""
+    """Write arrays plus a JSON ``meta`` entry to ``path`` atomically: a new temporary
+    file in the same folder, fsync, then rename, so a crash never leaves a half-written
+    file in place of the previous one (and a symlink at ``path`` is replaced, not
+    followed)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     payload = dict(arrays)
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = new_temp_file(folder, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())   # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.remove(tmp)
         raise
 
 
-def _current_umask() -> int:
+def new_temp_file(folder: str, suffix: str) -> tuple[int, str]:
+    """-> (fd, path) of a new file ``.tmp-*`` in ``folder``, made with O_EXCL (never an
+    existing file or the target of a planted symlink), with the permissions the umask
+    gives a new file (``mkstemp`` makes it owner-only)."""
+    fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     mask = os.umask(0)
     os.umask(mask)
-    return mask
-
-
-def load_npz(path: str) -> tuple[dict, dict]:
-    """-> (arrays, meta). Raises ValueError/OSError/KeyError on a damaged file, and
-    NotRegularFileError (an OSError) before reading anything that is not a regular file.
-    Every array is read while the file is open, so a checkpoint renamed over this one
-    meanwhile is never mixed in."""
-    with open_regular_file(path) as f:
-        archive = np.load(f, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):     # a lone .npy array
-            raise ValueError("a single array, not an .npz archive")
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
-    return arrays, meta
+    os.fchmod(fd, 0o666 & ~mask)
+    return fd, path

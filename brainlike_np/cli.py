@@ -1,8 +1,17 @@
-"""What the two command lines (``train.py``, ``generate.py``) share."""
+"""What the two command lines (``train.py``, ``generate.py``) share: one-line argument
+errors, exit codes, and standard streams that cannot crash a run. Light on purpose (the
+standard library only): it is imported before the heavy libraries load."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+EXIT_INTERRUPTED = 130      # Ctrl-C (SIGINT)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -11,3 +20,104 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def exit_quietly_on_ctrl_c() -> None:
+    """Until ``main`` starts: a Ctrl-C while the libraries load ends the process with
+    one line and exit code 130, not a traceback of the import that was running."""
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def _interrupted_while_starting(signum, frame):
+    print("error: interrupted while starting; nothing was changed", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def startup_over() -> None:
+    """From ``main`` on, a Ctrl-C raises KeyboardInterrupt again, which ``main`` reports."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def forgiving_streams():
+    """``sys.stdout`` and ``sys.stderr`` as :class:`ForgivingStream` s for the block
+    (after :func:`open_missing_standard_fds`): output that fails never stops the work."""
+    open_missing_standard_fds()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = ForgivingStream(sys.stdout, "stdout")
+    sys.stderr = ForgivingStream(sys.stderr, "stderr")
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def open_missing_standard_fds() -> None:
+    """Point standard descriptors 0-2 that the shell closed (``2>&-``) at /dev/null, so
+    that no file this process opens takes their number (a library's write to fd 2 would
+    land in it), and give Python a stream for each (``None`` otherwise)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)    # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
+class ForgivingStream:
+    """A text stream for progress output that a failing reader cannot stop: the first
+    write or flush that fails (a closed pipe as in ``| head``, ``/dev/full``, a gone
+    terminal) says so once on stderr, then the output goes nowhere and the caller
+    carries on. ``isatty``, ``fileno`` and the rest come from the wrapped stream."""
+
+    def __init__(self, stream, name: str):
+        self._stream, self._name, self.failed = stream, name, False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._give_up(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        self.failed = True
+        try:       # the interpreter's last flush at exit must not fail again
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+        if self._name != "stderr":
+            print(f"note: writing to {self._name} failed ({exc.strerror or exc}); carrying "
+                  "on without it", file=sys.stderr, flush=True)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The OS's words plus what the reader can do about it, chosen by the error number."""
+    hints = {errno.ENOSPC: "the disk is full: free some space",
+             errno.EDQUOT: "the disk quota is used up: free some space",
+             errno.EROFS: "the file system is read-only",
+             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+             errno.ENOENT: "check that it exists", errno.ENOTDIR: "a part of it is a file",
+             errno.EPIPE: "the reader of the output went away",
+             errno.EIO: "the device or terminal failed"}
+    where = f" '{exc.filename}'" if exc.filename else ""
+    hint = hints.get(exc.errno)
+    return f"{exc.strerror or exc}{where}" + (f": {hint}" if hint else "")

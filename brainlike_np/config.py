@@ -10,6 +10,12 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and the fix."""
 
 
+def flag(name: str) -> str:
+    """The command-line flag of a config field or setting, without its dashes:
+    ``batch_size`` -> ``batch-size``."""
+    return name.replace("_", "-")
+
+
 def choose(choices, name: str, what: str, where: str = ""):
     """``choices[name]`` for a dict, ``name`` for another collection, or ConfigError
     naming the valid choices: ``what`` says what the name is ("model", "preset"),

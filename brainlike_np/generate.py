@@ -13,18 +13,22 @@ for the same arguments.
 
 from __future__ import annotations
 
-import math
-import os
-import sys
+from .cli import exit_quietly_on_ctrl_c
 
-import numpy as np
+if __name__ == "__main__":    # a Ctrl-C while the libraries below load: one line, exit 130
+    exit_quietly_on_ctrl_c()
 
-from .backends import BackendError, get_backend
-from .checkpoint import CheckpointError
-from .cli import OneLineParser
-from .train_state import TrainState
+import math  # noqa: E402  (the imports below take a while; the guard comes first)
+import os  # noqa: E402
+import sys  # noqa: E402
 
-EXIT_INTERRUPTED = 130
+import numpy as np  # noqa: E402
+
+from .backends import BackendError, get_backend  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
+from .cli import (EXIT_INTERRUPTED, OneLineParser, describe_os_error,  # noqa: E402
+                  open_missing_standard_fds, startup_over)
+from .train_state import TrainState  # noqa: E402
 
 
 class GenerationError(ValueError):
@@ -118,19 +122,21 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv=None) -> int:
+    startup_over()
+    stdout_closed = sys.stdout is None       # started with >&-
+    open_missing_standard_fds()              # (stderr too, for the error line)
     args = build_parser().parse_args(argv)
     try:
         prompt = os.fsencode(args.prompt)    # the bytes the shell passed, UTF-8 or not
         _check_count("--max-new-bytes", args.max_new_bytes)
         _check_count("--seed", args.seed)
         _check_sampling(args.temperature, args.top_k, names=("--temperature", "--top-k"))
-        if sys.stdout is None:      # started with stdout closed (>&-)
+        if stdout_closed:
             raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())
         text = generate(state, prompt, args.max_new_bytes, args.temperature, args.top_k,
                         args.seed)
-        sys.stdout.write((prompt + text).decode("utf-8", errors="replace") + "\n")
-        sys.stdout.flush()
+        write_sample((prompt + text).decode("utf-8", errors="replace") + "\n")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -141,14 +147,27 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        where = f" '{exc.filename}'" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except MemoryError:
         print("error: out of memory while generating; try a smaller model or the numpy "
               "backend", file=sys.stderr)
         return 1
     return 0
+
+
+def write_sample(text: str) -> None:
+    """Write and flush ``text`` on stdout; BrokenPipeError as it comes (not an error),
+    any other failure (``/dev/full``) as a GenerationError that says it was stdout."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _silence_stdout()
+        raise GenerationError(f"cannot write the sample to stdout ({exc.strerror}); send "
+                              "it to a file or program that takes it") from None
 
 
 def _silence_stdout() -> None:

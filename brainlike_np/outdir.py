@@ -3,11 +3,20 @@
 - It is checked before any training time is spent: a usable path, a folder, writable.
 - One trainer at a time: an OS lock (``flock`` on ``.lock``) that the kernel releases when
   the process ends, however it ends, so a killed trainer never leaves it stuck.
-- Leftover temporary checkpoint files of a killed write (``.tmp-*.npz``) are removed.
+- Leftover temporary files of a killed write (``.tmp-*``) are removed.
+- Nothing outside the folder is ever created, truncated or written, whatever the folder
+  holds: every file is created with ``O_EXCL``/``O_NOFOLLOW`` (``mkstemp``) and put in
+  place by a rename, which replaces a planted symlink instead of following it; every
+  file read is checked to be a regular file first (a FIFO would block, ``/dev/zero``
+  never ends).
+- One run per folder: a new run refuses a folder that holds a checkpoint, or the
+  evaluations of a run whose checkpoint is gone; a resume refuses a folder that holds
+  another run's checkpoint or metrics.
 - The metrics file agrees with the checkpoint: opening it keeps only the records up to
   the checkpoint's step (a run killed after its last checkpoint logged steps that the
   resumed run repeats; a run that died before its first checkpoint left records that a
-  new run replaces). Records are strict JSON: NaN and infinities are written as null.
+  new run replaces). Records are strict JSON: NaN and infinities are written as null;
+  a damaged record is skipped, as a torn last line is.
 """
 
 from __future__ import annotations
@@ -18,8 +27,11 @@ import glob
 import json
 import math
 import os
+import stat
+import tempfile
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, new_temp_file
+from .data import NotRegularFileError, open_regular_file
 
 CHECKPOINT_NAME = "ckpt.npz"
 METRICS_NAME = "metrics.jsonl"
@@ -49,8 +61,8 @@ class OutDir:
         if self.writer:
             self._make_writable_folder()
             self._take_lock()
-            for leftover in glob.glob(os.path.join(self.path, ".tmp-*.npz")):
-                os.remove(leftover)
+            for leftover in glob.glob(os.path.join(glob.escape(self.path), ".tmp-*")):
+                os.remove(leftover)      # a symlink is removed, never followed
         return self
 
     def __exit__(self, *exc):
@@ -64,16 +76,27 @@ class OutDir:
                               "another --out-dir")
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe = os.path.join(self.path, f".write-test-{os.getpid()}")
-            with open(probe, "wb") as f:
-                f.write(b"x")
+            fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=self.path)
+            os.close(fd)
             os.remove(probe)
         except OSError as exc:
             raise OutDirError(f"--out-dir '{self.path}' is not writable ({exc.strerror}); "
                               "fix its permissions or choose another --out-dir") from None
 
     def _take_lock(self) -> None:
-        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        path = os.path.join(self.path, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutDirError(f"'{path}' is a symbolic link; remove it (the trainer "
+                                  "makes its own lock file)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutDirError(f"'{path}' is not a regular file; remove it (the trainer "
+                              "makes its own lock file)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -84,55 +107,119 @@ class OutDir:
             raise
         self._lock = fd
 
-    def check_fresh(self) -> None:
-        """CheckpointError if a checkpoint is already there (a new run never overwrites)."""
-        if os.path.exists(self.checkpoint):
+    # ---- one run per folder ----------------------------------------------------------
+    def check_new_run(self) -> None:
+        """CheckpointError unless a new run may start here: no checkpoint, and no
+        evaluation logged by a run whose checkpoint is gone (nothing is overwritten)."""
+        if os.path.lexists(self.checkpoint):
             raise CheckpointError(
                 f"'{self.checkpoint}' already exists; pass --resume to continue that run, or "
                 "choose another --out-dir (nothing was overwritten)")
+        if self.writer and any("val_loss" in r for r in self.read_metrics()):
+            raise CheckpointError(
+                f"'{self.metrics_path}' holds the evaluations of an earlier run whose "
+                f"checkpoint is not in --out-dir '{self.path}'; move it away or choose "
+                "another --out-dir (nothing was overwritten)")
+
+    def check_resume(self, source: str, step: int, last_eval: dict) -> None:
+        """CheckpointError unless the checkpoint ``source`` (at ``step``, its last
+        evaluation ``last_eval``) may continue in this folder: the folder's own
+        checkpoint, or no other checkpoint here and a metrics file of the same run."""
+        if not self.writer:
+            return
+        if os.path.lexists(self.checkpoint) and not _same_file(source, self.checkpoint):
+            raise CheckpointError(
+                f"--out-dir '{self.path}' holds another run's checkpoint; resume '{source}' "
+                "into an empty --out-dir, or resume that run with --resume alone (nothing "
+                "was changed)")
+        records = self.read_metrics()
+        evals_here = [r for r in records if "val_loss" in r and r["step"] == step]
+        if last_eval and evals_here:
+            same_run = _as_logged(last_eval) in evals_here
+        else:     # killed between saving and logging: nothing logged after the checkpoint
+            same_run = all(r["step"] <= step for r in records)
+        if not same_run:
+            raise CheckpointError(
+                f"'{self.metrics_path}' holds the metrics of another run than checkpoint "
+                f"'{source}' (step {step}); resume it into an empty --out-dir, or move "
+                "metrics.jsonl away (nothing was changed)")
+
+    # ---- metrics ---------------------------------------------------------------------
+    def read_metrics(self) -> list[dict]:
+        try:
+            return read_metrics(self.metrics_path)
+        except NotRegularFileError as exc:
+            raise OutDirError(f"{exc}; move it away (the trainer writes metrics.jsonl "
+                              "itself)") from None
 
     def open_metrics(self, upto_step: int, last_eval: dict | None = None) -> "MetricsLog":
         """The metrics file, cut back to the records of steps ``<= upto_step``.
         ``last_eval``: the checkpoint's own evaluation record, put back if the process
-        was killed between writing the checkpoint and logging it."""
-        kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= upto_step]
+        was killed between writing the checkpoint and logging it. Written to a new
+        temporary file renamed over the old one, which then takes the appends."""
+        kept = [r for r in self.read_metrics() if r["step"] <= upto_step]
         if last_eval and last_eval.get("step") == upto_step and not any(
-                "val_loss" in r and r.get("step") == upto_step for r in kept):
+                "val_loss" in r and r["step"] == upto_step for r in kept):
             kept.append(last_eval)
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(_to_json(r) + "\n" for r in kept)
-        os.replace(tmp, self.metrics_path)
-        return MetricsLog(self.metrics_path)
+        fd, tmp = new_temp_file(self.path, suffix=".jsonl")
+        log = MetricsLog(os.fdopen(fd, "wb"))
+        try:
+            for record in kept:
+                log.write(record)
+            os.replace(tmp, self.metrics_path)
+        except BaseException:
+            try:
+                log.close()
+            finally:
+                os.remove(tmp)
+            raise
+        return log
 
 
 def read_metrics(path: str) -> list[dict]:
     """The records of a metrics file, as the next run reads it: a torn last line (a
-    process killed mid-write) is skipped; no file is no records."""
+    process killed mid-write) or any other damaged line (not UTF-8, not JSON, not an
+    object with a step) is skipped; no file is no records."""
     try:
-        with open(path) as f:
+        with open_regular_file(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
     records = []
     for line in lines:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and _is_step(record.get("step")):
             records.append(record)
     return records
 
 
-class MetricsLog:
-    """Appends one strict-JSON record a line, flushed at once."""
+def _is_step(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
-    def __init__(self, path: str):
-        self._file = open(path, "a")
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _as_logged(record: dict) -> dict:
+    """``record`` as read back from the metrics file."""
+    return json.loads(_to_json(record))
+
+
+class MetricsLog:
+    """Appends one strict-JSON record a line to an open binary file, flushed at once."""
+
+    def __init__(self, file):
+        self._file = file
 
     def write(self, record: dict) -> None:
-        self._file.write(_to_json(record) + "\n")
+        self._file.write((_to_json(record) + "\n").encode())
         self._file.flush()
 
     def close(self) -> None:

@@ -3,100 +3,48 @@
 With no arguments it trains the ``default`` preset of the brain-like model on the
 default corpus (the running Python's standard library sources) on the backend named by
 ``$BRAINLIKE_BACKEND``. Output folder: ``ckpt.npz`` (see checkpoint.py) and
-``metrics.jsonl``. The training itself is the library in ``train_state.py``.
+``metrics.jsonl`` (see outdir.py). The command line is parsed in ``train_cli.py``, the
+training itself is the library in ``train_state.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import math
-import signal
-import sys
-import time
-import traceback
-from dataclasses import dataclass
+from .cli import exit_quietly_on_ctrl_c
 
-from tqdm import tqdm
+if __name__ == "__main__":    # a Ctrl-C while the libraries below load: one line, exit 130
+    exit_quietly_on_ctrl_c()
 
-from .backends import BackendError, get_backend, host_free_memory_bytes, quiet_float_warnings
-from .backends.distributed import DistributedError, SingleProcess, connect
-from .checkpoint import CheckpointError
-from .cli import OneLineParser
-from .config import ConfigError
-from .data import (DataError, baseline_note, check_same_data, count_model_losses, nats_to_bits,
-                   open_corpus, sample_windows)
-from .generate import generate
-from .models import MODELS, get_model, get_preset
-from .optim import cosine_lr
-from .outdir import OutDir, OutDirError
-from .train_state import TrainingDiverged, TrainSettings, TrainState
+import hashlib  # noqa: E402  (the imports below take a while; the guard comes first)
+import json  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 
-EXIT_INTERRUPTED = 130      # Ctrl-C (SIGINT)
+from tqdm import tqdm  # noqa: E402
+
+from .backends import (BackendError, get_backend, host_free_memory_bytes,  # noqa: E402
+                       quiet_float_warnings)
+from .backends.distributed import DistributedError, SingleProcess, connect  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
+from .cli import (EXIT_INTERRUPTED, describe_os_error, forgiving_streams,  # noqa: E402
+                  startup_over)
+from .config import ConfigError, flag  # noqa: E402
+from .data import (DataError, baseline_note, check_same_data,  # noqa: E402
+                   count_model_losses, nats_to_bits, open_corpus, sample_windows)
+from .generate import generate  # noqa: E402
+from .models import get_model, get_preset  # noqa: E402
+from .optim import cosine_lr  # noqa: E402
+from .outdir import OutDir, OutDirError  # noqa: E402
+from .train_cli import TrainRequest, parse_request  # noqa: E402
+from .train_state import (TrainingDiverged, TrainSettings, TrainState,  # noqa: E402
+                          default_batch_size)
+
 EXIT_TERMINATED = 143       # SIGTERM (Slurm, Kubernetes, kill)
-DEFAULT_BATCH_SIZE = 32     # for presets that name none
 SAMPLE_PROMPT_BYTES = 24    # --sample-every: the prompt is the validation split's first bytes
 SAMPLE_BYTES = 80           # ... and this many new bytes follow it
-
-
-# ---------------------------------------------------------------------------------
-# the command line
-# ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="python -m brainlike_np.train",
-        description="Train a byte-level language model (the brain-like sparse model by "
-                    "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
-    p.add_argument("--model", help=f"model: {', '.join(MODELS)} (default brainlike)")
-    p.add_argument("--preset", help="named model config, e.g. tiny, default, seed "
-                                    "(default: default)")
-    p.add_argument("--out-dir", default="out", help="checkpoint and metrics folder (default out)")
-    p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
-                   help="continue from CKPT (default: <out-dir>/ckpt.npz); the settings "
-                        "given again replace the saved ones, except --data, --seed, --dtype "
-                        "and the model's")
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel over the ranks of mpirun/srun (the 'distributed' extra); "
-                        "--batch-size is the global batch")
-    group = p.add_argument_group("training settings")
-    for f in dataclasses.fields(TrainSettings):
-        default = "" if f.default is None else f" (default {f.default})"
-        group.add_argument(f"--{_flag(f.name)}", type=_parse_number(f.type), dest=f"train_{f.name}",
-                           metavar=f.name.upper(), help=f.metadata["help"] + default)
-    added = set()
-    for name, model in MODELS.items():
-        group = p.add_argument_group(f"{name} model config (overrides the preset)")
-        for f in dataclasses.fields(model.Config):
-            if f.name in added:
-                continue
-            added.add(f.name)
-            default = getattr(model.PRESETS["default"], f.name)
-            kind = (dict(action=argparse.BooleanOptionalAction) if f.type == "bool" else
-                    dict(type=_parse_number(f.type), metavar=f.name.upper()))
-            group.add_argument(f"--{_flag(f.name)}", dest=f"cfg_{f.name}", **kind,
-                               help=f"default: the preset's ({default} in 'default')")
-    return p
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _parse_number(type_name: str):
-    """argparse type for a config field: ints and floats parsed, floats must be finite."""
-    def parse_float(text):
-        value = float(text)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        return value
-    return {"int": int, "float": parse_float}.get(type_name, str)
-
-
-def given(args, prefix: str) -> dict:
-    """The flags the user gave, with ``prefix`` removed from their names."""
-    return {k[len(prefix):]: v for k, v in vars(args).items()
-            if k.startswith(prefix) and v is not None}
 
 
 # ---------------------------------------------------------------------------------
@@ -104,46 +52,54 @@ def given(args, prefix: str) -> dict:
 # ---------------------------------------------------------------------------------
 @dataclass
 class Run:
+    """A run ready to train: its state, corpus and output folder."""
     state: TrainState
     corpus: object
     out: OutDir
-    batch_size: int
 
 
-def new_state(args, backend, corpus) -> TrainState:
-    model_name = args.model or "brainlike"
-    cfg = get_preset(model_name, args.preset or "default")
-    config_flags = given(args, "cfg_")
-    unknown = set(config_flags) - {f.name for f in dataclasses.fields(cfg)}
+def configured(model_name: str, preset: str, overrides: dict):
+    """The preset's config with the fields given on the command line replaced."""
+    cfg = get_preset(model_name, preset)
+    unknown = set(overrides) - set(cfg.to_dict())
     if unknown:
         raise ConfigError(f"model '{model_name}' has no config field(s) "
                           f"{', '.join(sorted(unknown))}")
-    cfg = cfg.with_overrides(**config_flags)
-    settings = TrainSettings(**given(args, "train_"))
+    return cfg.with_overrides(**overrides)
+
+
+def new_state(request: TrainRequest, backend, corpus) -> TrainState:
+    model_name, preset = request.model or "brainlike", request.preset or "default"
+    cfg = configured(model_name, preset, request.config)
+    settings = TrainSettings(**request.settings)
     if settings.batch_size is None:
-        batch = get_model(model_name).BATCH_SIZES.get(args.preset or "default", DEFAULT_BATCH_SIZE)
-        settings = dataclasses.replace(settings, batch_size=batch)
+        settings = replace(settings, batch_size=default_batch_size(model_name, preset))
     corpus.check_fits(cfg.context, cfg.vocab_size)
     check_memory(cfg, model_name, settings, backend)
     return TrainState.create(model_name, cfg, backend, settings)
 
 
-def resumed_state(args, backend, path: str) -> TrainState:
+def resumed_state(request: TrainRequest, backend) -> TrainState:
+    """The checkpoint's state; the flags that define the run may be given again, but
+    only with the values it was trained with (``--preset``: its fields' values)."""
+    path = request.resume
     state = TrainState.load(path, backend)
-    if args.model and args.model != state.model_name:
+    if request.model and request.model != state.model_name:
         raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
-                              f"'{args.model}'; drop --model to resume it")
-    if args.preset:
-        raise ConfigError("--preset cannot change on --resume (the checkpoint holds the "
-                          "model's config); drop it, or start a new run in another --out-dir")
+                              f"'{request.model}'; drop --model to resume it")
+    expected = (configured(state.model_name, request.preset, request.config).to_dict()
+                if request.preset else request.config)
     saved = state.cfg.to_dict()
-    for name, value in given(args, "cfg_").items():
+    for name, value in expected.items():
         if saved.get(name) != value:
+            given = (f"--preset {request.preset}" if name not in request.config
+                     else f"--{flag(name)}")
             raise CheckpointError(
-                f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value}; "
-                f"drop --{_flag(name)} to resume it, or start a new run in another --out-dir")
-    flags = {name: value for name, value in given(args, "train_").items() if name != "data"}
-    state.with_settings(dataclasses.replace(state.settings, **flags))   # data: by its record
+                f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value} "
+                f"({given}); drop {given} to resume it, or start a new run in another "
+                "--out-dir")
+    flags = {name: value for name, value in request.settings.items() if name != "data"}
+    state.change_settings(replace(state.settings, **flags))     # data: by its record
     return state
 
 
@@ -176,13 +132,15 @@ def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes < 2**60 else f"{n_bytes:.2e} bytes"
 
 
-def prepare(args, backend, out: OutDir) -> Run:
-    if args.resume is not None:
-        state = resumed_state(args, backend, args.resume or out.checkpoint)
+def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
+    if request.resume is not None:
+        state = resumed_state(request, backend)
+        out.check_resume(request.resume, state.step, state.metrics)
         check_memory(state.cfg, state.model_name, state.settings, backend)
         saved = state.data_record      # the files the run was trained on, resolved
-        data = args.train_data if args.train_data is not None else \
-            saved.get("source") if saved else state.settings.data
+        data = request.settings.get("data")
+        if data is None:
+            data = saved.get("source") if saved else state.settings.data
         corpus = open_corpus(data)
         corpus.check_outside(out.path)
         note = check_same_data(saved, corpus.record())
@@ -190,24 +148,52 @@ def prepare(args, backend, out: OutDir) -> Run:
             print(note, file=sys.stderr)
         corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     else:
-        out.check_fresh()
-        corpus = open_corpus(args.train_data)
+        out.check_new_run()
+        corpus = open_corpus(request.settings.get("data"))
         corpus.check_outside(out.path)
-        state = new_state(args, backend, corpus)
+        state = new_state(request, backend, corpus)
     state.data_record = corpus.record()
-    return Run(state, corpus, out, state.settings.batch_size)
+    return Run(state, corpus, out)
 
 
 def join_ranks(run: Run, comm) -> None:
-    """Give the state the communicator, after checking that the ranks agree."""
+    """Give the state the communicator, after checking that the ranks agree on all that
+    defines the run: DistributedError on every rank, naming what differs, if not."""
     s = run.state.settings
     if s.batch_size % comm.size:
         raise ConfigError(f"--batch-size {s.batch_size} must be divisible by the number of "
                           f"ranks ({comm.size}): each takes an equal slice")
-    comm.check_same("state (step, settings, data, sampler)", json.dumps(
-        [run.state.step, s.to_dict(), run.corpus.train.shape[0],
-         run.state.sampler.bit_generator.state]))
+    if comm.size > 1:
+        mine = {what: json.dumps(value, sort_keys=True)
+                for what, value in run_identity(run).items()}
+        everyone = comm.allgather(mine)
+        differ = [what for what in mine if any(f[what] != everyone[0][what] for f in everyone)]
+        if differ:
+            ranks = [rank for rank, facts in enumerate(everyone) if facts != everyone[0]]
+            raise DistributedError(
+                f"rank(s) {ranks} start from another {', '.join(differ)} than rank 0: start "
+                "every rank with the same flags, and let them read the same --data and "
+                "checkpoint (a filesystem all nodes share)")
     run.state.comm = comm
+
+
+def run_identity(run: Run) -> dict:
+    """What every rank must hold the same of before the first step."""
+    state = run.state
+    return {"model": state.model_name, "model config": state.cfg.to_dict(),
+            "training settings": state.settings.to_dict(),
+            "step and data order": [state.step, state.sampler.bit_generator.state],
+            "training data": run.corpus.train.shape[0], "parameters": checksum(state)}
+
+
+def checksum(state: TrainState) -> str:
+    """SHA-256 of the parameters and AdamW moments, read to the host one at a time."""
+    digest = hashlib.sha256()
+    for group in (state.params, state.optimizer.m, state.optimizer.v):
+        for name in sorted(group):
+            digest.update(name.encode())
+            digest.update(state.backend.to_numpy(group[name]).tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------
@@ -346,14 +332,18 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
                             peak_mb=f"{peak / 2**20:.0f}", refresh=False)
-            if comm.any_rank(stop.requested):    # every rank stops at the same step
-                reporter.evaluate_and_save("interrupted: checkpoint saved")
+            stopping = comm.any_rank(stop.requested)    # every rank stops at the same step
+            if stopping or state.step % s.eval_every == 0 or state.step == s.max_iters:
+                val = reporter.evaluate_and_save("interrupted: checkpoint saved" if stopping
+                                                 else "checkpoint saved")
+                # a signal during that evaluation: its checkpoint is the one to stop at
+                stopping = stopping or (state.step < s.max_iters
+                                        and comm.any_rank(stop.requested))
+            if stopping:
                 if reporter.root:
                     print(f"interrupted at step {state.step}; resume with --resume "
                           f"--out-dir {run.out.path}", file=sys.stderr)
                 return stop.exit_code, None
-            if state.step % s.eval_every == 0 or state.step == s.max_iters:
-                val = reporter.evaluate_and_save("checkpoint saved")
     finally:
         bar.close()
     if val is None:   # resumed at or past max_iters: report the current model
@@ -361,25 +351,26 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     return 0, val
 
 
-def run(args, comm, backend) -> int:
+def train(request: TrainRequest, comm, backend) -> int:
+    """The whole command on this rank: prepare, train, report; -> the exit code."""
     root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
-    with OutDir(args.out_dir, writer=root) as out:
-        job = prepare(args, backend, out)
-        join_ranks(job, comm)
-        reporter = Reporter(job, root)
+    with OutDir(request.out_dir, writer=root) as out:
+        run = prepare(request, backend, out)
+        join_ranks(run, comm)
+        reporter = Reporter(run, root)
         reporter.banner(comm)
         backend.memory.reset_peak()
         started = time.perf_counter()
         try:
             with StopFlag(distributed=comm.size > 1) as stop:
-                code, val = train_loop(job, reporter, comm, stop)
+                code, val = train_loop(run, reporter, comm, stop)
             peak = backend.memory.peak_bytes()
         finally:
             reporter.close()
             backend.memory.stop()
     if root and code == 0:
         b = reporter.baselines
-        print(f"done: {job.state.step} steps in {time.perf_counter() - started:.1f} s, peak "
+        print(f"done: {run.state.step} steps in {time.perf_counter() - started:.1f} s, peak "
               f"array memory {peak / 2**20:.1f} MiB; valid loss "
               f"{val:.4f} nats/byte ({nats_to_bits(val):.3f} bits/byte) vs unigram "
               f"{b['unigram']:.3f}, bigram {b['bigram']:.3f}; checkpoint {out.checkpoint}")
@@ -398,9 +389,7 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, USER_ERRORS):
         return str(exc)
     if isinstance(exc, OSError):
-        where = f" '{exc.filename}'" if exc.filename else ""
-        return (f"{exc.strerror or exc}{where}: check that the path exists, is writable "
-                "and its disk has space; the last checkpoint on disk is intact")
+        return f"{describe_os_error(exc)}; the last checkpoint on disk is intact"
     if isinstance(exc, MemoryError):
         return ("out of memory: lower --batch-size, --eval-batches or the model's size; "
                 "the last checkpoint on disk is intact")
@@ -410,7 +399,7 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_distributed(args) -> int:
+def train_distributed(request: TrainRequest) -> int:
     """One rank of an mpirun/srun job. An error on any rank ends the whole job (MPI
     Abort) instead of leaving the other ranks waiting forever in the next all-reduce; the
     last checkpoint on disk stays intact (written atomically by rank 0)."""
@@ -420,30 +409,27 @@ def run_distributed(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        return run(args, comm, backend)
+        return train(request, comm, backend)
     except (Exception, KeyboardInterrupt) as exc:
         print(f"error: rank {comm.rank}: {failure_message(exc)}", file=sys.stderr, flush=True)
         comm.abort(1)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    with quiet_float_warnings():
-        return _main(args)
-
-
-def _main(args) -> int:
-    if args.distributed:
-        return run_distributed(args)
-    try:
-        return run(args, SingleProcess(), get_backend())
-    except KeyboardInterrupt:
-        # a second Ctrl-C in training, or the first one before training began
-        print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (Exception, MemoryError) as exc:
-        print(f"error: {failure_message(exc)}", file=sys.stderr)
-        return 1
+    startup_over()
+    with forgiving_streams(), quiet_float_warnings():
+        try:
+            request = parse_request(argv)
+            if request.distributed:
+                return train_distributed(request)
+            return train(request, SingleProcess(), get_backend())
+        except KeyboardInterrupt:
+            # a second Ctrl-C in training, or the first one before training began
+            print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (Exception, MemoryError) as exc:
+            print(f"error: {failure_message(exc)}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass, field
 
 from .backends.distributed import SingleProcess
-from .checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
-from .config import ConfigDict, ConfigError, choose
+from .backends import Backend
+from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
+from .config import ConfigDict, ConfigError, choose, flag
 from .data import check_batch, sample_windows
 from .models import get_model
 from .optim import AdamW
@@ -57,22 +58,27 @@ class TrainSettings(ConfigDict):
         for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+                raise ConfigError(f"--{flag(name)} must be positive, got {value}")
         for name in ("warmup", "seed", "sample_every"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+                raise ConfigError(f"--{flag(name)} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
-                raise ConfigError(f"--{_flag(name)} must be a finite number "
+                raise ConfigError(f"--{flag(name)} must be a finite number "
                                   f"{'above' if name == 'lr' else 'at least'} 0, got {value}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         choose(DTYPES, self.dtype, "dtype")
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+DEFAULT_BATCH_SIZE = 32     # for presets whose model names none
+
+
+def default_batch_size(model_name: str, preset: str) -> int:
+    """The batch size a preset trains at when none is given (the trainer's and the
+    benches')."""
+    return get_model(model_name).BATCH_SIZES.get(preset, DEFAULT_BATCH_SIZE)
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,14 +114,17 @@ class TrainState:
         return cls(model_name, cfg, settings, backend, optimizer.adopt(params, backend.xp),
                    optimizer, backend.rng(settings.seed + 1))
 
-    def with_settings(self, settings: TrainSettings) -> None:
-        """Continue under new settings: those in ``TrainSettings.FIXED`` must not change
-        (ConfigError naming the flag); the others take effect from the next step."""
+    def change_settings(self, settings: TrainSettings) -> None:
+        """Continue under new settings, in place: those in ``TrainSettings.FIXED`` must
+        not change (ConfigError naming the flag); the others take effect from the next
+        step. (Methods named ``with_...`` return a changed copy, as
+        ``ConfigDict.with_overrides`` does; a state is changed in place, never copied,
+        since a copy would share its parameter arrays, which AdamW updates in place.)"""
         for name in TrainSettings.FIXED:
             old, new = getattr(self.settings, name), getattr(settings, name)
             if old != new:
-                raise ConfigError(f"this run was trained with --{_flag(name)} {old}, not {new}; "
-                                  f"drop --{_flag(name)} to resume it, or start a new run in "
+                raise ConfigError(f"this run was trained with --{flag(name)} {old}, not {new}; "
+                                  f"drop --{flag(name)} to resume it, or start a new run in "
                                   "another --out-dir")
         self.settings = settings
         self.optimizer.weight_decay = settings.weight_decay
@@ -152,13 +161,23 @@ class TrainState:
         return {"loss": loss, "grad_norm": norm}
 
     def evaluate(self, windows) -> float:
-        """Mean loss over a fixed list of host batches."""
+        """Mean loss over a fixed, non-empty list of host batches."""
+        if not windows:
+            raise ValueError("evaluate needs at least one batch (x, y)")
         total = 0.0
         for x, y in windows:
-            check_batch(x, y, self.cfg.vocab_size)
+            self.check_windows(x, y)
             total += self.model.loss(self.params, self.backend.asarray(x),
                                      self.backend.asarray(y), self.cfg, self.backend.ops)
         return total / len(windows)
+
+    def check_windows(self, x, y) -> None:
+        """ValueError unless host x ``[B, context]`` and y ``[B]`` are a batch of full
+        training windows of tokens in the vocabulary."""
+        check_batch(x, y, self.cfg.vocab_size)
+        if len(x[0]) != self.cfg.context:
+            raise ValueError(f"windows must be the model's context ({self.cfg.context} "
+                             f"tokens), got {len(x[0])}")
 
     def next_logits(self, x):
         """Host logits ``[B, V]`` of the byte after each window in host x ``[B, T']``."""
@@ -176,39 +195,52 @@ class TrainState:
 
     @classmethod
     def load(cls, path: str, backend) -> "TrainState":
-        params, m, v, meta = load_checkpoint(path)
-        try:
-            model = get_model(meta["model"])
-            cfg = model.Config.from_dict(meta["config"])
-            settings = TrainSettings.from_dict(meta["train"])
-            sampler = backend.rng(0)
-            sampler.bit_generator.state = meta["rng"]
-            step = meta["step"]
-            optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
-            metrics = dict(meta.get("metrics") or {})
-            data_record = meta.get("data")
-            if not isinstance(data_record, (dict, type(None))):
-                raise ValueError(f"data record {data_record!r}")
-            if not isinstance(step, int) or step < 0 or optimizer.step != step:
-                raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"checkpoint '{path}' has incomplete or invalid metadata "
-                                  f"({type(exc).__name__}: {exc}); point --resume at another "
-                                  "file or start a new run") from None
-        shapes = model.param_shapes(cfg)
-        check_shapes(path, params, shapes)
+        """The state saved at ``path``, on ``backend`` (``get_backend()``); its arrays are
+        read only after their names, shapes, dtypes and sizes match the saved config."""
+        if not isinstance(backend, Backend):
+            raise TypeError(f"TrainState.load needs a backend (brainlike_np.get_backend()), "
+                            f"got {backend!r}")
+        with CheckpointFile(path) as checkpoint:
+            meta = checkpoint.meta
+            try:
+                model = get_model(meta["model"])
+                cfg = model.Config.from_dict(meta["config"])
+                settings = TrainSettings.from_dict(meta["train"])
+                sampler = backend.rng(0)
+                sampler.bit_generator.state = meta["rng"]
+                step = meta["step"]
+                optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
+                _check_optimizer(optimizer)
+                metrics = dict(meta.get("metrics") or {})
+                data_record = meta.get("data")
+                if not isinstance(data_record, (dict, type(None))):
+                    raise ValueError(f"data record {data_record!r}")
+                if not isinstance(step, int) or step < 0 or optimizer.step != step:
+                    raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise CheckpointError(f"checkpoint '{path}' has incomplete or invalid metadata "
+                                      f"({type(exc).__name__}: {exc}); point --resume at "
+                                      "another file or start a new run") from None
+            shapes = model.param_shapes(cfg)
+            groups = ("params", "adam_m", "adam_v") if step else ("params",)   # moments
+            arrays = checkpoint.read_arrays(                    # exist after the first step
+                {f"{group}/{name}": shape for group in groups for name, shape in shapes.items()},
+                settings.dtype)
         dt = backend.dtype(settings.dtype)
-        if step:    # the moments exist after the first step, one per parameter
-            check_shapes(path, m, shapes, what="AdamW first moment")
-            check_shapes(path, v, shapes, what="AdamW second moment")
-        for group in (params, m, v):
-            for name, a in group.items():
-                if a.dtype.name != settings.dtype:
-                    raise CheckpointError(f"checkpoint '{path}': {name} is {a.dtype}, the run "
-                                          f"trains in {settings.dtype}")
-        optimizer.m = {n: backend.asarray(a, dt) for n, a in m.items()}
-        optimizer.v = {n: backend.asarray(a, dt) for n, a in v.items()}
-        params = optimizer.adopt({n: backend.asarray(a, dt) for n, a in params.items()},
-                                 backend.xp)
+        on_backend = {group: {n: backend.asarray(a, dt) for n, a in named.items()}
+                      for group, named in arrays.items()}
+        optimizer.m, optimizer.v = on_backend["adam_m"], on_backend["adam_v"]
+        params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record)
+
+
+def _check_optimizer(optimizer: AdamW) -> None:
+    """ValueError unless the saved AdamW hyper-parameters can work."""
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(optimizer, name) < 1.0:
+            raise ValueError(f"optimizer {name} must be in [0, 1), got {getattr(optimizer, name)}")
+    if not optimizer.eps > 0.0:
+        raise ValueError(f"optimizer eps must be above 0, got {optimizer.eps}")
+    if optimizer.weight_decay < 0.0:
+        raise ValueError(f"optimizer weight_decay must be 0 or more, got {optimizer.weight_decay}")

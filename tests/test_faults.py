@@ -9,14 +9,20 @@ the lock, startup order); the many damaged-checkpoint and argument cases call ``
 in this process, which is the same code without the interpreter's start-up time."""
 
 import copy
+import io
 import json
+import math
 import os
 import random
+import re
 import signal
+import struct
 import subprocess
 import sys
 import time
 import tracemalloc
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -24,7 +30,7 @@ import pytest
 import brainlike_np.generate as gen
 from brainlike_np import data, train
 from brainlike_np.backends import get_backend
-from brainlike_np.checkpoint import CheckpointError, load_npz, save_npz_atomic
+from brainlike_np.checkpoint import CheckpointError, save_npz_atomic
 from brainlike_np.train_state import TrainState
 from diskfull import disk_fills_up
 
@@ -149,6 +155,13 @@ def ckpt_bytes(out_dir) -> bytes:
         return f.read()
 
 
+def load_npz(path) -> tuple[dict, dict]:
+    """A checkpoint this suite wrote, read with NumPy alone: -> (arrays, meta)."""
+    with np.load(path) as ck:
+        arrays = {k: ck[k] for k in ck.files}
+    return arrays, json.loads(arrays.pop("meta.json").tobytes())
+
+
 def leftovers(out_dir) -> list[str]:
     return [n for n in os.listdir(out_dir) if n.startswith(".tmp-")]
 
@@ -159,7 +172,7 @@ def train_here(argv, capsys) -> int:
     return code
 
 
-# ---- (a) a chain of CLI resumes ------------------------------------------------------
+# ---- a chain of CLI resumes (README guarantee (a)) -----------------------------------
 def test_a_chain_of_resumes_loads_generates_and_logs_each_step_once(tmp_path, corpus_file,
                                                                     capsys):
     out = tmp_path / "run"
@@ -177,7 +190,7 @@ def test_a_chain_of_resumes_loads_generates_and_logs_each_step_once(tmp_path, co
     assert evals == [2, 3, 4, 6, 8, 9]
 
 
-# ---- (b) SIGKILL at random points ----------------------------------------------------
+# ---- SIGKILL at random points (guarantees (a), (e)) ----------------------------------
 def evaluations(out_dir) -> dict:
     """step -> the evaluation record without its seconds (a resume of a finished run
     logs it again)."""
@@ -241,7 +254,7 @@ def test_an_evaluation_lost_between_save_and_log_is_logged_on_resume(tmp_path, c
     assert strict_records(out)[5] == records[-1]
 
 
-# ---- (c) SIGTERM -----------------------------------------------------------------------
+# ---- SIGTERM (README, Signals) ---------------------------------------------------------
 def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
     out = tmp_path / "run"
     with Trainer(TINY + ["--eval-every", "1000", "--max-iters", "1000", "--data",
@@ -260,7 +273,7 @@ def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
     assert [s for s, _ in losses(out)] == list(range(1, reached + 4))
 
 
-# ---- (d) a full disk during a save over an existing checkpoint -----------------------
+# ---- a full disk during a save over an existing checkpoint (guarantee (c)) -----------
 def test_a_full_disk_mid_save_keeps_the_old_checkpoint(tmp_path, corpus_file, capsys,
                                                        monkeypatch):
     out = tmp_path / "run"
@@ -275,7 +288,7 @@ def test_a_full_disk_mid_save_keeps_the_old_checkpoint(tmp_path, corpus_file, ca
     assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 2
 
 
-# ---- (e) unusable output folders and data files, refused before training -------------
+# ---- unusable output folders and data files, refused before training (guarantee (c))  -
 def _unwritable(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
@@ -341,7 +354,7 @@ def test_resume_and_generate_refuse_a_checkpoint_that_is_not_a_regular_file(
     main_error(gen.main, ["--checkpoint", path], capsys, "not a regular file", exit_code=1)
 
 
-# ---- (f) two trainers on one folder --------------------------------------------------
+# ---- two trainers on one folder (guarantee (d)) --------------------------------------
 def test_a_second_trainer_on_the_same_out_dir_is_refused(tmp_path, corpus_file):
     out = tmp_path / "run"
     run = TINY + ["--eval-every", "5", "--max-iters", "30", "--data", corpus_file,
@@ -356,7 +369,7 @@ def test_a_second_trainer_on_the_same_out_dir_is_refused(tmp_path, corpus_file):
     assert [s for s, _ in losses(out)] == list(range(1, 31))
 
 
-# ---- (g) divergence ------------------------------------------------------------------
+# ---- divergence (guarantee (b)) ------------------------------------------------------
 def test_a_diverging_resume_keeps_the_last_good_checkpoint(tmp_path, corpus_file, capsys):
     out = tmp_path / "run"
     assert train_here(TINY + ["--eval-every", "2", "--max-iters", 4, "--data", corpus_file,
@@ -370,7 +383,7 @@ def test_a_diverging_resume_keeps_the_last_good_checkpoint(tmp_path, corpus_file
     assert ckpt_bytes(out) == before
 
 
-# ---- (h) the library's own checks ----------------------------------------------------
+# ---- the library's own checks --------------------------------------------------------
 def host(backend, params):
     return {k: backend.to_numpy(v).copy() for k, v in params.items()}
 
@@ -405,7 +418,7 @@ def test_an_empty_batch_is_a_value_error(corpus_file):
         state.train_step(x, y, lr=1e-3)
 
 
-# ---- (i) sizes that cannot fit --------------------------------------------------------
+# ---- sizes that cannot fit (guarantee (c)) --------------------------------------------
 @pytest.mark.parametrize("flags, says", [
     (["--eval-batches", "1000000000"], "lower --eval-batches"),
     (["--batch-size", "1000000000"], "lower --batch-size"),
@@ -472,7 +485,7 @@ DAMAGE = {
     "params-nan": (_entry("params/", lambda a, n: a.__setitem__(n, a[n] * np.nan)),
                    "NaN or infinite"),
     "params-int": (_entry("params/", lambda a, n: a.__setitem__(n, a[n].astype(np.int32))),
-                   "not floating-point"),
+                   "is int32, the run trains in float32"),
     "params-extra": (lambda arrays, meta: arrays.__setitem__("params/extra", np.ones(2, "f4")),
                      "unexpected ['extra']"),
 }
@@ -616,3 +629,157 @@ def test_chunked_baselines_equal_the_direct_count(monkeypatch):
         monkeypatch.setattr(data, "COUNT_CHUNK", chunk)
         got = data.count_model_losses(train_part, valid)
         assert got == pytest.approx(expected, rel=1e-12)
+
+
+# ---- one run per out-dir: a wrong --resume or a new run never cuts another run -------
+def _finished_run(tmp_path, corpus_file, capsys, name, steps=4, *flags) -> str:
+    out = tmp_path / name
+    assert train_here(TINY + ["--eval-every", "2", "--max-iters", steps, "--data",
+                              corpus_file, "--out-dir", out, *flags], capsys) == 0
+    return out
+
+
+def _files(out_dir) -> dict:
+    return {n: (out_dir / n).read_bytes() for n in sorted(os.listdir(out_dir))}
+
+
+def test_resuming_another_runs_checkpoint_into_a_used_out_dir_is_refused(
+        tmp_path, corpus_file, capsys):
+    ours = _finished_run(tmp_path, corpus_file, capsys, "ours", 6)
+    other = _finished_run(tmp_path, corpus_file, capsys, "other", 2, "--seed", 1)
+    before = _files(ours)
+    main_error(train.main, ["--resume", other / "ckpt.npz", "--max-iters", 8, "--out-dir", ours],
+               capsys, "holds another run's checkpoint")
+    assert _files(ours) == before
+    # its checkpoint moved away: the other run's checkpoint is still refused (metrics)
+    os.rename(ours / "ckpt.npz", tmp_path / "moved.npz")
+    before = _files(ours)
+    main_error(train.main, ["--resume", other / "ckpt.npz", "--out-dir", ours], capsys,
+               "holds the metrics of another run")
+    # and so is a new run, which would cut the old metrics
+    main_error(train.main, TINY + ["--data", corpus_file, "--out-dir", ours], capsys,
+               "holds the evaluations of an earlier run")
+    assert _files(ours) == before
+
+
+def test_an_earlier_checkpoint_of_the_same_run_resumes_into_its_out_dir(
+        tmp_path, corpus_file, capsys):
+    """A backup of step 2 put back after the step-4 checkpoint was lost: its evaluation
+    is in the metrics file, so it is the same run; the records after step 2 are cut."""
+    out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
+    backup = tmp_path / "backup.npz"
+    backup.write_bytes((out / "ckpt.npz").read_bytes())
+    assert train_here(["--resume", "--max-iters", 4, "--out-dir", out], capsys) == 0
+    os.remove(out / "ckpt.npz")
+    assert train_here(["--resume", backup, "--max-iters", 4, "--out-dir", out], capsys) == 0
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
+    fresh = _finished_run(tmp_path, corpus_file, capsys, "copy-target-parent", 2)
+    empty = tmp_path / "empty"
+    assert train_here(["--resume", fresh / "ckpt.npz", "--max-iters", 3, "--out-dir", empty],
+                      capsys) == 0
+    assert [s for s, _ in losses(empty)] == [3]
+
+
+# ---- nothing outside the out-dir is created, truncated or written ------------------------
+PLANTED = ["metrics.jsonl", "metrics.jsonl.tmp", ".lock", f".write-test-{os.getpid()}",
+           "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl"]
+
+
+@pytest.mark.parametrize("target", ["precious", "missing"])
+@pytest.mark.parametrize("resume", [False, True], ids=["new-run", "resume"])
+@pytest.mark.parametrize("name", PLANTED)
+def test_a_planted_symlink_never_leads_a_write_outside_the_out_dir(
+        tmp_path, corpus_file, capsys, name, resume, target):
+    """A symlink from a name the trainer uses (or used) in its out-dir to a file outside,
+    or to a missing path outside: the run succeeds or is refused in one line, and
+    outside nothing is created, truncated or written."""
+    out = (_finished_run(tmp_path, corpus_file, capsys, "run", 2) if resume
+           else tmp_path / "run")
+    out.mkdir(exist_ok=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"precious bytes\n")
+    if os.path.lexists(out / name):
+        os.remove(out / name)
+    os.symlink(outside / target, out / name)
+    argv = (["--resume", "--max-iters", 3, "--out-dir", out] if resume
+            else TINY + ["--max-iters", 2, "--eval-every", 2, "--data", corpus_file,
+                         "--out-dir", out])
+    code = train.main([str(a) for a in argv])
+    _, err = capsys.readouterr()
+    if code:
+        assert_one_error(code, err)
+    assert sorted(os.listdir(outside)) == ["precious"]
+    assert (outside / "precious").read_bytes() == b"precious bytes\n"
+
+
+# ---- a crafted checkpoint is refused before its data is read ---------------------------
+GIB3 = 3 << 30
+
+
+def _deflate_zeros(header: bytes, n_bytes: int) -> bytes:
+    """A raw deflate stream of ``header`` then ``n_bytes`` zeros, built from one
+    compressed MiB repeated (full flushes make the pieces independent): about 1 KiB
+    per MiB, so 3 GiB of zeros take 3 MB."""
+    mib = 1 << 20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = [compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)]
+    piece = compressor.compress(bytes(mib)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert compressor.compress(bytes(mib)) + compressor.flush(zlib.Z_FULL_FLUSH) == piece
+    stream += [piece] * (n_bytes // mib)
+    return b"".join(stream) + compressor.flush()
+
+
+def _with_crafted_entry(good_path, path, name, npy_header, n_bytes):
+    """A copy of the checkpoint at ``good_path`` with entry ``name`` replaced by a
+    deflated .npy entry: ``npy_header`` then ``n_bytes`` zeros (declared, and really
+    there when decompressed). The CRC is not computed (3 GiB): nothing may get that far."""
+    stream = _deflate_zeros(npy_header, n_bytes)
+    with zipfile.ZipFile(good_path) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info, src.read(info))
+        dst.writestr(zipfile.ZipInfo(name), stream)       # stored: patched below
+    data = bytearray(open(path, "rb").read())
+    encoded = name.encode()
+    for signature, method_at, size_at in ((b"PK\x03\x04", 8, 22), (b"PK\x01\x02", 10, 24)):
+        at = data.find(signature)
+        while at >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at:name_at + len(encoded)] == encoded:
+                struct.pack_into("<H", data, at + method_at, zipfile.ZIP_DEFLATED)
+                struct.pack_into("<I", data, at + size_at, len(npy_header) + n_bytes)
+            at = data.find(signature, at + 4)
+    open(path, "wb").write(bytes(data))
+
+
+def _npy_header(shape, dtype="<f4") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("entry, shape, says", [
+    ("params/E.npy", (256, 32), "declares"),                  # its own shape, 3 GiB more
+    ("params/E.npy", (GIB3 // 4,), "has shape"),               # a 3 GiB shape
+    ("params/huge.npy", (GIB3 // 4,), "unexpected ['huge']"),  # a name the model lacks
+    ("meta.json.npy", (GIB3,), "declares"),                    # the metadata itself
+], ids=["size", "shape", "name", "meta"])
+def test_a_crafted_3_gib_entry_is_refused_with_little_memory(trained, tmp_path, entry,
+                                                            shape, says):
+    """A 3 MB checkpoint whose deflated entry holds 3 GiB (of zeros): refused from the
+    names, the .npy header and the declared size, before any of it is inflated."""
+    path = tmp_path / "crafted.npz"
+    header = _npy_header(shape, "|u1" if entry.startswith("meta") else "<f4")
+    _with_crafted_entry(trained, path, entry, header, GIB3)
+    assert os.path.getsize(path) < 8 << 20
+    assert zipfile.ZipFile(path).getinfo(entry).file_size > GIB3
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(says)):
+            TrainState.load(str(path), get_backend("numpy"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
