@@ -171,9 +171,9 @@ def join_ranks(run: Run, comm) -> None:
         if differ:
             ranks = [rank for rank, facts in enumerate(everyone) if facts != everyone[0]]
             raise DistributedError(
-                f"rank(s) {ranks} start from another {', '.join(differ)} than rank 0: start "
-                "every rank with the same flags, and let them read the same --data and "
-                "checkpoint (a filesystem all nodes share)")
+                f"rank(s) {ranks} differ from rank 0 in: {', '.join(differ)}; start every "
+                "rank with the same flags, and let them read the same --data and checkpoint "
+                "(a filesystem all nodes share)")
     run.state.comm = comm
 
 

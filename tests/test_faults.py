@@ -783,3 +783,247 @@ def test_a_crafted_3_gib_entry_is_refused_with_little_memory(trained, tmp_path, 
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+# ---- a damaged zip central directory ---------------------------------------------------
+def test_flipped_bytes_near_the_end_of_a_checkpoint_load_the_same_or_are_one_error(trained,
+                                                                                  tmp_path):
+    """60 single-byte flips in the last 2 KiB (the central directory: compression
+    methods, flags, sizes, offsets): each loads the very same state or is refused as a
+    CheckpointError, never another exception."""
+    good = open(trained, "rb").read()
+    reference = TrainState.load(trained, get_backend("numpy"))
+    rng = random.Random(23)
+    path = tmp_path / "flipped.npz"
+    refused = 0
+    for at in rng.sample(range(len(good) - 2048, len(good)), 60):
+        damaged = bytearray(good)
+        damaged[at] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(damaged))
+        try:
+            state = TrainState.load(str(path), get_backend("numpy"))
+        except CheckpointError:
+            refused += 1
+            continue
+        assert state.step == reference.step and all(
+            np.array_equal(state.params[k], reference.params[k]) for k in state.params)
+    assert refused > 0
+
+
+@pytest.mark.parametrize("field_at, value", [(10, 99), (8, 1)], ids=["method", "flags"])
+def test_a_damaged_central_directory_field_is_one_line_in_train_and_generate(
+        trained, tmp_path, capsys, field_at, value):
+    """The first central directory record's compression method (unknown: 99) or flags
+    (encrypted: bit 0), which zipfile answers with NotImplementedError/RuntimeError."""
+    data = bytearray(open(trained, "rb").read())
+    struct.pack_into("<H", data, data.find(b"PK\x01\x02") + field_at, value)
+    path = tmp_path / "ckpt.npz"
+    path.write_bytes(bytes(data))
+    main_error(train.main, ["--resume", "--out-dir", tmp_path], capsys, "is corrupted")
+    main_error(gen.main, ["--checkpoint", path], capsys, "is corrupted", exit_code=1)
+
+
+# ---- damaged metrics records, a FIFO, /dev/zero ---------------------------------------
+def test_damaged_metrics_records_are_skipped_on_resume(tmp_path, corpus_file, capsys):
+    out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
+    good = (out / "metrics.jsonl").read_bytes()
+    bad = [b'{"step": "x"}', b"null", b"[1, 2]", b"\xff\xfe not utf-8", b'{"step": null}',
+           b'{"step": true}', b'{"loss": 1.0}', b"[" * 100000, b'{"step": -3}']
+    (out / "metrics.jsonl").write_bytes(b"\n".join(bad) + b"\n" + good)
+    assert train_here(["--resume", "--max-iters", 3, "--out-dir", out], capsys) == 0
+    assert [s for s, _ in losses(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("plant", [
+    lambda path: os.mkfifo(path), lambda path: os.symlink("/dev/zero", path)],
+    ids=["fifo", "dev-zero"])
+@pytest.mark.parametrize("resume", [False, True], ids=["new-run", "resume"])
+def test_a_metrics_file_that_is_not_a_regular_file_is_one_line(tmp_path, corpus_file, capsys,
+                                                               plant, resume):
+    """A FIFO blocked forever, /dev/zero read until the memory ran out."""
+    out = (_finished_run(tmp_path, corpus_file, capsys, "run", 2) if resume
+           else tmp_path / "run")
+    out.mkdir(exist_ok=True)
+    if resume:
+        os.remove(out / "metrics.jsonl")
+    plant(out / "metrics.jsonl")
+    argv = (["--resume", "--max-iters", 3, "--out-dir", out] if resume
+            else TINY + ["--data", corpus_file, "--out-dir", out])
+    assert_cli_error(argv, "metrics.jsonl' is a", timeout=30)
+
+
+@pytest.mark.parametrize("plant", [os.mkfifo, os.mkdir], ids=["fifo", "folder"])
+def test_a_lock_file_that_is_not_a_regular_file_is_one_line(tmp_path, corpus_file, capsys,
+                                                            plant):
+    (tmp_path / "run").mkdir()
+    plant(tmp_path / "run" / ".lock")
+    main_error(train.main, TINY + ["--data", corpus_file, "--out-dir", tmp_path / "run"],
+               capsys, ".lock")
+
+
+# ---- standard streams: closed, full, a reader gone ------------------------------------
+def _run_with_streams(args, **popen):
+    proc = subprocess.Popen(TRAIN + [str(a) for a in args], env=cli_env(),
+                            stdin=subprocess.DEVNULL, **popen)
+    return proc
+
+
+def _close_fd(fd):
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize("fd", [1, 2], ids=["stdout", "stderr"])
+def test_a_closed_standard_stream_does_not_stop_training(tmp_path, corpus_file, fd):
+    """``>&-`` / ``2>&-``: the run finishes, and no file it opens takes the closed
+    number (a library's write to fd 2 would land in it)."""
+    out = tmp_path / "run"
+    keep = {"stdout": subprocess.DEVNULL} if fd == 2 else {"stderr": subprocess.DEVNULL}
+    proc = _run_with_streams(TINY + ["--max-iters", 3, "--eval-every", 2, "--data", corpus_file,
+                                     "--out-dir", out], preexec_fn=_close_fd(fd), **keep)
+    assert proc.wait(timeout=60) == 0
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 3
+    assert [s for s, _ in losses(out)] == [1, 2, 3]
+
+
+def test_stdout_on_dev_full_does_not_stop_training(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(TRAIN + [str(a) for a in TINY + [
+            "--max-iters", 3, "--eval-every", 2, "--data", corpus_file, "--out-dir", out]],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=cli_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "note: writing to stdout failed (No space left on device); carrying on without it"]
+    assert [s for s, _ in losses(out)] == [1, 2, 3]
+
+
+def test_a_reader_that_goes_away_does_not_stop_training(tmp_path, corpus_file):
+    """``| head -c 20``: the trainer outlives its reader and saves every checkpoint."""
+    out = tmp_path / "run"
+    proc = _run_with_streams(TINY + ["--max-iters", 40, "--eval-every", 20, "--data",
+                                     corpus_file, "--out-dir", out],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(20)) == 20
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 40
+
+
+def test_generate_on_dev_full_says_stdout(trained):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "brainlike_np.generate", "--checkpoint",
+                               trained], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env=cli_env(), timeout=60)
+    assert_one_error(proc.returncode, proc.stderr,
+                     "cannot write the sample to stdout (No space left on device)")
+
+
+# ---- a Ctrl-C while the libraries load ----------------------------------------------------
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("module", ["brainlike_np.train", "brainlike_np.generate"])
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, module):
+    """The SIGINT lands while NumPy is loading (its extension module mapped, so the
+    import is under way): one line and exit 130, not the import's traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", module, "--out-dir", tmp_path / "o"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    maps = f"/proc/{proc.pid}/maps"
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if "_multiarray_umath" in open(maps).read():
+                break
+        except OSError:
+            pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert_one_error(proc.returncode, err, "interrupted", exit_code=130)
+    assert not (tmp_path / "o").exists()
+
+
+def test_numba_refusing_its_thread_count_falls_back_to_the_reference_kernels(
+        tmp_path, corpus_file):
+    env = {**cli_env(), "NUMBA_NUM_THREADS": "0"}
+    proc = subprocess.run(TRAIN + [str(a) for a in TINY + [
+        "--max-iters", 2, "--data", corpus_file, "--out-dir", tmp_path / "o"]],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("warning: the Numba kernels cannot run (Numba refuses "
+                                  "NUMBA_NUM_THREADS=0")
+    strict = subprocess.run(TRAIN + ["--out-dir", tmp_path / "p"], capture_output=True,
+                            text=True, env={**env, "BRAINLIKE_KERNELS": "numba"}, timeout=60)
+    assert_one_error(strict.returncode, strict.stderr, "NUMBA_NUM_THREADS=0")
+
+
+# ---- smaller points ------------------------------------------------------------------------
+def test_resume_accepts_the_same_preset_and_refuses_another(tmp_path, corpus_file, capsys):
+    """The command that started the run, with --resume appended, resumes it."""
+    first = TINY + ["--n-steps", 3, "--eval-every", 2, "--data", corpus_file,
+                    "--out-dir", tmp_path / "run"]
+    assert train_here(first + ["--max-iters", 2], capsys) == 0
+    assert train_here(first + ["--max-iters", 4, "--resume"], capsys) == 0
+    assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
+    main_error(train.main, ["--preset", "tiny", "--resume", "--out-dir", tmp_path / "run"],
+               capsys, "trained with n_steps=3, not 2 (--preset tiny)")
+    main_error(train.main, ["--preset", "default", "--resume", "--out-dir", tmp_path / "run"],
+               capsys, "(--preset default)")
+
+
+def test_sigterm_during_an_evaluation_saves_it_and_exits_without_another(
+        tmp_path, corpus_file, capsys, monkeypatch):
+    real_evaluate = TrainState.evaluate
+    evaluated = []
+
+    def evaluate_then_sigterm(self, windows):
+        evaluated.append(self.step)
+        if self.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(self, windows)
+
+    monkeypatch.setattr(TrainState, "evaluate", evaluate_then_sigterm)
+    code = train_here(TINY + ["--eval-every", 2, "--max-iters", 100, "--data", corpus_file,
+                              "--out-dir", tmp_path], capsys)
+    assert code == train.EXIT_TERMINATED
+    assert evaluated == [2, 4]
+    assert TrainState.load(str(tmp_path / "ckpt.npz"), get_backend("numpy")).step == 4
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("room", [0, 200], ids=["first-byte", "mid-file"])
+def test_a_full_disk_at_start_leaks_no_file_and_changes_nothing(tmp_path, corpus_file, capsys,
+                                                                 monkeypatch, room):
+    out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
+    before = _files(out)
+    disk_fills_up(monkeypatch, room=room)
+    main_error(train.main, ["--resume", "--max-iters", 4, "--out-dir", out], capsys,
+               "No space left on device: the disk is full")
+    monkeypatch.undo()
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("beta1", 1.5, "beta1 must be in [0, 1)"), ("beta2", -0.1, "beta2 must be in [0, 1)"),
+    ("eps", 0.0, "eps must be above 0"), ("weight_decay", -1.0, "weight_decay must be 0"),
+])
+def test_optimizer_settings_from_a_checkpoint_are_validated(good_checkpoint, tmp_path, capsys,
+                                                            field, value, says):
+    arrays, meta = copy.deepcopy(good_checkpoint)
+    meta["optimizer"][field] = value
+    save_npz_atomic(str(tmp_path / "ckpt.npz"), arrays, meta)
+    main_error(train.main, ["--resume", "--out-dir", tmp_path], capsys, says)
+
+
+def test_library_calls_are_checked(trained, corpus_file):
+    with pytest.raises(TypeError, match="needs a backend"):
+        TrainState.load(trained, None)
+    state = TrainState.load(trained, get_backend("numpy"))
+    with pytest.raises(ValueError, match="at least one batch"):
+        state.evaluate([])
+    x, y = state.sample_batch(data.load_corpus(corpus_file).train, 2)
+    with pytest.raises(ValueError, match="context"):
+        state.evaluate([(x[:, 1:], y)])
+    with pytest.raises(ValueError, match="context"):
+        state.check_windows(x[:, 1:], y)
