@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import sys
 
@@ -204,3 +205,39 @@ def test_the_transformer_trains_and_generates_through_the_same_cli(tmp_path, cor
     one_line_error(capsys, ["--model", "transformer", "--preset", "tiny", "--k-active", "4",
                             "--data", corpus_file, "--out-dir", str(tmp_path / "x")],
                    "model 'transformer' has no config field(s) k_active")
+
+
+# ---- checkpoints written before the command-line rework (issue 21) ----------------------
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "checkpoint-8efa3d6")
+FIXTURE_RUN = ["--preset", "tiny", "--n-neurons", "8", "--k-active", "2", "--eval-batches",
+               "2", "--eval-every", "2", "--data", "corpus.txt"]    # the data path relative
+
+
+def read_checkpoint(path):
+    with np.load(path) as ck:
+        arrays = {k: ck[k] for k in ck.files}
+    return arrays, json.loads(arrays.pop("meta.json").tobytes())
+
+
+def test_a_checkpoint_written_by_the_earlier_code_resumes_bit_for_bit(tmp_path, capsys,
+                                                                     monkeypatch):
+    """tests/data/checkpoint-8efa3d6: ckpt.npz and metrics.jsonl of FIXTURE_RUN stopped
+    at step 2, written by commit 8efa3d6. This code writes the same checkpoint at step
+    2, and resuming the old one to step 4 gives exactly this code's straight 4-step run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_bytes(TEXT)
+    shutil.copytree(FIXTURE, tmp_path / "old")
+    old_arrays, old_meta = read_checkpoint("old/ckpt.npz")
+    assert run_main(FIXTURE_RUN + ["--max-iters", "2", "--out-dir", "new"], capsys)[0] == 0
+    new_arrays, new_meta = read_checkpoint("new/ckpt.npz")
+    assert new_arrays.keys() == old_arrays.keys()
+    assert all(np.array_equal(new_arrays[k], old_arrays[k]) for k in old_arrays)
+    assert {k: new_meta[k] for k in old_meta} == old_meta
+    assert run_main(["--resume", "--max-iters", "4", "--out-dir", "old"], capsys)[0] == 0
+    assert run_main(FIXTURE_RUN + ["--max-iters", "4", "--out-dir", "straight"], capsys)[0] == 0
+    resumed, resumed_meta = read_checkpoint("old/ckpt.npz")
+    straight, straight_meta = read_checkpoint("straight/ckpt.npz")
+    assert resumed.keys() == straight.keys()
+    assert all(np.array_equal(resumed[k], straight[k]) for k in straight)
+    assert resumed_meta == straight_meta
+    assert train_losses("old") == train_losses("straight")
