@@ -11,7 +11,6 @@ in this process, which is the same code without the interpreter's start-up time.
 import copy
 import io
 import json
-import math
 import os
 import random
 import re
@@ -288,7 +287,7 @@ def test_a_full_disk_mid_save_keeps_the_old_checkpoint(tmp_path, corpus_file, ca
     assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 2
 
 
-# ---- unusable output folders and data files, refused before training (guarantee (c))  -
+# ---- unusable output folders and data files, refused before training (guarantee (c))
 def _unwritable(tmp_path):
     folder = tmp_path / "locked"
     folder.mkdir()
