@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from brainlike_np import data, train
-from brainlike_np.checkpoint import load_npz, save_npz_atomic
+from brainlike_np.checkpoint import save_npz_atomic
 from brainlike_np.datafiles import DataFile, Tokens
 from brainlike_np.train_state import TrainState
+from npz import load_npz
 
 TINY = ["--preset", "tiny", "--eval-every", "2", "--eval-batches", "2"]
 

@@ -32,6 +32,7 @@ from brainlike_np.backends import get_backend
 from brainlike_np.checkpoint import CheckpointError, save_npz_atomic
 from brainlike_np.train_state import TrainState
 from diskfull import disk_fills_up
+from npz import load_npz
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY = ["--preset", "tiny", "--eval-batches", "2"]
@@ -152,13 +153,6 @@ def deterministic(records) -> list[dict]:
 def ckpt_bytes(out_dir) -> bytes:
     with open(os.path.join(out_dir, "ckpt.npz"), "rb") as f:
         return f.read()
-
-
-def load_npz(path) -> tuple[dict, dict]:
-    """A checkpoint this suite wrote, read with NumPy alone: -> (arrays, meta)."""
-    with np.load(path) as ck:
-        arrays = {k: ck[k] for k in ck.files}
-    return arrays, json.loads(arrays.pop("meta.json").tobytes())
 
 
 def leftovers(out_dir) -> list[str]:
