@@ -6,22 +6,34 @@ Every layer is a pair, side by side (llm.c style):
     d_inputs..., d_params... = name_backward(dout, cache)
 
 Backward functions return the gradients of their inputs and parameters; the caller
-accumulates parameter gradients into its grads structure (parameters can be shared,
-for example across interaction steps). Shapes are in the comments: B batch, L/Lq/Lk
+accumulates parameter gradients into its grads dict with ``accumulate`` (parameters can
+be shared, for example across interaction steps). Shapes are in the comments: B batch, L/Lq/Lk
 sequence lengths, D width, h heads, d = D / h head width, R rows of a table.
 
-The namespace comes from the arrays (``get_namespace``, through the backend layer);
-nothing here imports numpy or cupy.
+One convention for the array namespace: every function derives it from the arrays it
+receives (``xp = get_namespace(...)``, through the backend layer); none takes an ``xp``
+argument, so a caller never has to keep one in step with its arrays. Nothing here
+imports numpy or cupy.
+
+A cache that a forward/backward pair must agree on field by field is a ``NamedTuple``
+when it has more than three fields (``AttentionCache``), as llm.c names its activation
+buffers: the backward reads fields by name, so adding one cannot shift the others.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from .backends import device_of, get_namespace
 
 RMS_EPS = 1e-6
 MASK_BIAS = 1e30      # added (negated) to masked attention scores; finite in float32
+
+
+def accumulate(grads: dict, name: str, g) -> None:
+    """Add a parameter's gradient g to ``grads[name]`` (set it the first time)."""
+    grads[name] = g if name not in grads else grads[name] + g
 
 
 # ---------------------------------------------------------------------------------
@@ -139,8 +151,9 @@ def first_rows_backward(dout, n_rows):
     return xp.concat([dout, zeros], axis=0)
 
 
-def per_sample_flat_ids(xp, idx, N):
+def per_sample_flat_ids(idx, N):
     """idx ``[B, k]`` into rows of a ``[B*N, F]`` view: ``idx[b, j] + b*N``."""
+    xp = get_namespace(idx)
     B = idx.shape[0]
     offsets = xp.arange(B, dtype=idx.dtype, device=device_of(idx)) * N    # [B]
     return idx + offsets[:, None]
@@ -149,6 +162,17 @@ def per_sample_flat_ids(xp, idx, N):
 # ---------------------------------------------------------------------------------
 # multi-head attention with an optional key mask
 # ---------------------------------------------------------------------------------
+class AttentionCache(NamedTuple):
+    """What ``attention_backward`` needs from ``attention_forward`` (not the inputs,
+    which the caller keeps or rebuilds)."""
+    q: object          # [B, h, Lq, d] queries, already scaled by 1/sqrt(d)
+    k: object          # [B, h, Lk, d]
+    v: object          # [B, h, Lk, d]
+    lse: object        # [B, h, Lq, 1] each query's log-sum-exp of its scores
+    keep: object       # [B, 1, 1, Lk] 0/1 key mask, or None
+    weights: tuple     # (Wq, Wk, Wv, Wo), each [D, D]
+
+
 def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
     """Multi-head scaled dot-product attention.
 
@@ -163,13 +187,13 @@ def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
     inputs from the caller, who keeps or rebuilds them.
     """
     xp = get_namespace(xq, xkv)
-    q, k, v = (split_heads(xp, linear_forward(x, W)[0], n_heads)
+    q, k, v = (split_heads(linear_forward(x, W)[0], n_heads)
                for x, W in ((xq, Wq), (xkv, Wk), (xkv, Wv)))          # [B, h, L, d]
     q = q * (1.0 / math.sqrt(q.shape[-1]))   # scaling q, not the scores, saves a big pass
     keep = None if key_mask is None else xp.astype(key_mask[:, None, None, :], q.dtype)
-    probs, lse = masked_softmax_forward(xp, q @ xp.matrix_transpose(k), keep)
-    out, _ = linear_forward(merge_heads(xp, probs @ v), Wo)        # [B, Lq, D]
-    return out, (q, k, v, lse, keep, (Wq, Wk, Wv, Wo))
+    probs, lse = masked_softmax_forward(q @ xp.matrix_transpose(k), keep)
+    out, _ = linear_forward(merge_heads(probs @ v), Wo)            # [B, Lq, D]
+    return out, AttentionCache(q, k, v, lse, keep, (Wq, Wk, Wv, Wo))
 
 
 def attention_backward(dout, cache, xq, xkv):
@@ -180,12 +204,13 @@ def attention_backward(dout, cache, xq, xkv):
     updates its own temporary in place (array-API in-place operators), so at most two of
     them are alive at once."""
     xp = get_namespace(dout)
-    q, k, v, lse, keep, (Wq, Wk, Wv, Wo) = cache                  # q is scaled
-    probs = softmax_from_lse(xp, q @ xp.matrix_transpose(k), lse, keep)   # [B, h, Lq, Lk]
+    q, k, v = cache.q, cache.k, cache.v                            # q is scaled
+    Wq, Wk, Wv, Wo = cache.weights
+    probs = softmax_from_lse(q @ xp.matrix_transpose(k), cache.lse, cache.keep)  # [B, h, Lq, Lk]
     heads = probs @ v                                              # [B, h, Lq, d]
-    dmerged, dWo, _ = linear_backward(dout, (merge_heads(xp, heads), Wo, False))
-    dheads = split_heads(xp, dmerged, q.shape[1])                  # [B, h, Lq, d]
-    dxv, dWv, _ = linear_backward(merge_heads(xp, xp.matrix_transpose(probs) @ dheads),
+    dmerged, dWo, _ = linear_backward(dout, (merge_heads(heads), Wo, False))
+    dheads = split_heads(dmerged, q.shape[1])                      # [B, h, Lq, d]
+    dxv, dWv, _ = linear_backward(merge_heads(xp.matrix_transpose(probs) @ dheads),
                                   (xkv, Wv, False))                # dv: [B, h, Lk, d]
     # softmax backward: d scores = probs * (d probs - sum_j d probs * probs), where the
     # sum is dheads . heads row by row (flash attention's trick: no [Lq, Lk] product)
@@ -194,23 +219,25 @@ def attention_backward(dout, cache, xq, xkv):
     dscores *= probs                                               # masked: probs 0, so 0
     del probs, heads, dheads, dmerged
     dq = (dscores @ k) * (1.0 / math.sqrt(q.shape[-1]))            # [B, h, Lq, d]
-    dxq, dWq, _ = linear_backward(merge_heads(xp, dq), (xq, Wq, False))
+    dxq, dWq, _ = linear_backward(merge_heads(dq), (xq, Wq, False))
     del dq
-    dxkv, dWk, _ = linear_backward(merge_heads(xp, xp.matrix_transpose(dscores) @ q),
+    dxkv, dWk, _ = linear_backward(merge_heads(xp.matrix_transpose(dscores) @ q),
                                    (xkv, Wk, False))               # dk: [B, h, Lk, d]
     del dscores
     dxkv += dxv
     return dxq, dxkv, dWq, dWk, dWv, dWo
 
 
-def split_heads(xp, t, n_heads):
+def split_heads(t, n_heads):
     """``[B, L, D]`` -> ``[B, h, L, D/h]``."""
+    xp = get_namespace(t)
     B, L, D = t.shape
     return xp.permute_dims(xp.reshape(t, (B, L, n_heads, D // n_heads)), (0, 2, 1, 3))
 
 
-def merge_heads(xp, t):
+def merge_heads(t):
     """``[B, h, L, d]`` -> ``[B, L, h*d]``."""
+    xp = get_namespace(t)
     B, h, L, d = t.shape
     return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (B, L, h * d))
 
@@ -222,12 +249,13 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True))
 
 
-def masked_softmax_forward(xp, scores, keep):
+def masked_softmax_forward(scores, keep):
     """Softmax over the last axis, over kept keys only -> (probs, log-sum-exp
     ``[..., 1]``). ``keep`` ``[B, 1, 1, Lk]`` 0/1 or None, broadcast: masked scores get a
     -1e30 bias (cheaper than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor), so a
     masked score minus the row maximum is about -1e30, whose exp is exactly 0. A row
     with no kept key has probs 0 and log-sum-exp +inf. ``scores`` is overwritten."""
+    xp = get_namespace(scores)
     if keep is not None:
         scores += (keep - 1.0) * MASK_BIAS
     top = xp.max(scores, axis=-1, keepdims=True)                        # [..., 1]
@@ -243,14 +271,14 @@ def masked_softmax_forward(xp, scores, keep):
     return e, xp.where(some, top + xp.log(safe_total), math.inf)
 
 
-def softmax_from_lse(xp, scores, lse, keep):
+def softmax_from_lse(scores, lse, keep):
     """The probabilities of ``masked_softmax_forward`` again, from the scores and the
     saved log-sum-exp: one exp pass, no reduction (+inf rows give 0). ``scores`` is
     overwritten."""
     if keep is not None:
         scores += (keep - 1.0) * MASK_BIAS
     scores -= lse
-    return xp.exp(scores)
+    return get_namespace(scores).exp(scores)
 
 
 # ---------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def _per_sample_scatter(values, idx, N, ops):
     ``[B, N]`` (the ids of a row are distinct, as top-k's are)."""
     xp = get_namespace(values)
     B, k = idx.shape
-    flat = L.per_sample_flat_ids(xp, idx, N)                        # [B, k]
+    flat = L.per_sample_flat_ids(idx, N)                      # [B, k]
     out = ops.scatter_add_rows(xp.reshape(flat, (-1,)), xp.reshape(values, (B * k, 1)), B * N)
     return xp.reshape(out, (B, N))
 

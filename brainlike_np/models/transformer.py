@@ -23,19 +23,21 @@ a ``[B, T, D]`` stack.
 
 Per-layer weights are stacked on a leading layer axis (``Wq`` is ``[Ly, D, D]``), so
 the parameter names are the same for every depth and ``NO_DECAY`` is a constant.
+
+A cache with more than three fields is a ``NamedTuple`` read by name in the backward
+(``AttentionCache``, ``MLPCache``, ``BlockCache``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from .. import layers as L
 from ..backends import device_of, get_namespace, to_float
 from ..config import ConfigDict, ConfigError, choose
 
-# gains get no weight decay
-NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})
 # which positions' next bytes the training loss supervises
 TARGETS = ("all", "last")
 
@@ -64,6 +66,9 @@ class TransformerConfig(ConfigDict):
         choose(TARGETS, self.targets, "targets")
 
 
+# ---------------------------------------------------------------------------------
+# the model interface's constants (models.Model)
+# ---------------------------------------------------------------------------------
 Config = TransformerConfig
 
 PRESETS = {
@@ -75,6 +80,8 @@ PRESETS = {
     "note": Config(context=128, d_model=512, n_layers=12, n_heads=8, d_mlp=2048),
 }
 BATCH_SIZES = {"tiny": 4, "default": 64, "note": 32}
+EXECUTION_OPTIONS: dict = {}                 # no field that changes only how it computes
+NO_DECAY = frozenset({"g_attn", "g_mlp", "g_f"})   # gains get no weight decay
 
 
 def supervised_targets(cfg: Config) -> int:
@@ -97,7 +104,6 @@ def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     B, T, D = batch_size, cfg.context, cfg.d_model
     per_layer = 10 * B * T * D + 2 * B * T * cfg.d_mlp + 2 * B * cfg.n_heads * T * T
     return itemsize * (cfg.n_layers * per_layer + 6 * B * T * cfg.vocab_size + 4 * B * T * D)
-EXECUTION_OPTIONS: dict = {}
 
 
 # ---------------------------------------------------------------------------------
@@ -136,49 +142,63 @@ def init_params(cfg: TransformerConfig, backend, seed: int = 0, dtype: str = "fl
 # ---------------------------------------------------------------------------------
 # causal multi-head self-attention (tokens as rows: [B*T, D] in and out)
 # ---------------------------------------------------------------------------------
+class AttentionCache(NamedTuple):
+    X: object          # [B*T, D] the input
+    weights: tuple     # (Wq, Wk, Wv, Wo), each [D, D]
+    merged: object     # [B*T, D] the heads' outputs, merged (Wo's input)
+    q: object          # [B, h, T, d], scaled by ``scale``
+    k: object          # [B, h, T, d]
+    v: object          # [B, h, T, d]
+    probs: object      # [B, h, T, T]
+    scale: float       # 1/sqrt(d)
+
+
 def causal_attention_forward(X, B, Wq, Wk, Wv, Wo, n_heads):
     """X ``[B*T, D]``, W* ``[D, D]`` -> ``[B*T, D]``; position i attends to j <= i."""
     xp = get_namespace(X)
     BT, D = X.shape
     q, k, v = (xp.reshape(X @ W, (B, BT // B, D)) for W in (Wq, Wk, Wv))   # [B, T, D]
-    q, k, v = (L.split_heads(xp, t, n_heads) for t in (q, k, v))  # [B, h, T, d]
+    q, k, v = (L.split_heads(t, n_heads) for t in (q, k, v))      # [B, h, T, d]
     scale = 1.0 / math.sqrt(q.shape[-1])
     q = q * scale                # scaling q, not the [B, h, T, T] scores, saves a pass
-    probs = _causal_softmax(xp, q @ xp.matrix_transpose(k))         # [B, h, T, T]
-    merged = xp.reshape(L.merge_heads(xp, probs @ v), (BT, D))     # [B*T, D]
-    return merged @ Wo, (X, Wq, Wk, Wv, Wo, merged, q, k, v, probs, scale)
+    probs = _causal_softmax(q @ xp.matrix_transpose(k))             # [B, h, T, T]
+    merged = xp.reshape(L.merge_heads(probs @ v), (BT, D))         # [B*T, D]
+    return merged @ Wo, AttentionCache(X, (Wq, Wk, Wv, Wo), merged, q, k, v, probs, scale)
 
 
 def causal_attention_backward(dout, cache):
     """dout ``[B*T, D]`` -> (dX ``[B*T, D]``, dWq, dWk, dWv, dWo)."""
     xp = get_namespace(dout)
-    X, Wq, Wk, Wv, Wo, merged, q, k, v, probs, scale = cache
+    X, q, k, v, probs = cache.X, cache.q, cache.k, cache.v, cache.probs
+    Wq, Wk, Wv, Wo = cache.weights
     B, h, T, d = q.shape
-    dWo = merged.T @ dout                                           # [D, D]
-    dheads = L.split_heads(xp, xp.reshape(dout @ Wo.T, (B, T, h * d)), h)  # [B, h, T, d]
+    dWo = cache.merged.T @ dout                                     # [D, D]
+    dheads = L.split_heads(xp.reshape(dout @ Wo.T, (B, T, h * d)), h)   # [B, h, T, d]
     dv = xp.matrix_transpose(probs) @ dheads                        # [B, h, T, d]
     dscores = L.softmax_backward(probs, dheads @ xp.matrix_transpose(v))  # [B, h, T, T]
-    dq = (dscores @ k) * scale                                      # [B, h, T, d]
+    dq = (dscores @ k) * cache.scale                                # [B, h, T, d]
     dk = xp.matrix_transpose(dscores) @ q                           # q is scaled already
-    rows = lambda t: xp.reshape(L.merge_heads(xp, t), (B * T, h * d))   # noqa: E731
+    rows = lambda t: xp.reshape(L.merge_heads(t), (B * T, h * d))   # noqa: E731
     dq, dk, dv = rows(dq), rows(dk), rows(dv)                       # [B*T, D]
     dX = dq @ Wq.T + dk @ Wk.T + dv @ Wv.T                          # [B*T, D]
     return dX, X.T @ dq, X.T @ dk, X.T @ dv, dWo
 
 
-def _causal_softmax(xp, scores):
+def _causal_softmax(scores):
     """Softmax over keys j <= query i: scores ``[B, h, T, T]``. The diagonal is always
     kept, so no row is empty. Names are rebound so that few ``[B, h, T, T]`` arrays
     are alive at once: they are the largest of the model."""
-    s = scores + _causal_bias(xp, scores.shape[-1], scores.dtype, device_of(scores))
+    xp = get_namespace(scores)
+    s = scores + _causal_bias(scores)
     del scores
     s = xp.exp(s - xp.max(s, axis=-1, keepdims=True))               # 0 where masked
     return s / xp.sum(s, axis=-1, keepdims=True)
 
 
-def _causal_bias(xp, T, dtype, device):
-    """``[T, T]``: 0 where key j <= query i, -inf after. Adding it is ~5x faster on
-    NumPy than ``where`` over the scores."""
+def _causal_bias(scores):
+    """``[T, T]`` for scores ``[..., T, T]``: 0 where key j <= query i, -inf after.
+    Adding it is ~5x faster on NumPy than ``where`` over the scores."""
+    xp, T, dtype, device = get_namespace(scores), scores.shape[-1], scores.dtype, device_of(scores)
     pos = xp.arange(T, device=device)
     blocked = xp.full((T, T), -math.inf, dtype=dtype, device=device)
     return xp.where(pos[None, :] <= pos[:, None], xp.zeros_like(blocked), blocked)
@@ -187,28 +207,42 @@ def _causal_bias(xp, T, dtype, device):
 # ---------------------------------------------------------------------------------
 # MLP: relu(X @ W1) @ W2
 # ---------------------------------------------------------------------------------
+class MLPCache(NamedTuple):
+    X: object          # [B*T, D] the input
+    W1: object         # [D, F]
+    W2: object         # [F, D]
+    act: object        # [B*T, F] relu(X @ W1)
+
+
 def mlp_forward(X, W1, W2):
     """X ``[B*T, D]``, W1 ``[D, F]``, W2 ``[F, D]`` -> ``[B*T, D]``. The hidden ``act``
     is the only ``[B*T, F]`` array kept: W2's gradient needs it, and the ReLU's
     backward reads its mask from it (act > 0 exactly where the input was)."""
     xp = get_namespace(X)
     act = xp.maximum(X @ W1, 0.0)                                   # [B*T, F]
-    return act @ W2, (X, W1, W2, act)
+    return act @ W2, MLPCache(X, W1, W2, act)
 
 
 def mlp_backward(dout, cache):
     """-> (dX ``[B*T, D]``, dW1, dW2)."""
     xp = get_namespace(dout)
-    X, W1, W2, act = cache
+    act = cache.act
     dW2 = act.T @ dout                                              # [F, D]
     # times the 0/1 mask: ~8x faster on NumPy than where(act > 0, ..., 0)
-    dpre = (dout @ W2.T) * xp.astype(act > 0, act.dtype)            # [B*T, F]
-    return dpre @ W1.T, X.T @ dpre, dW2
+    dpre = (dout @ cache.W2.T) * xp.astype(act > 0, act.dtype)      # [B*T, F]
+    return dpre @ cache.W1.T, cache.X.T @ dpre, dW2
 
 
 # ---------------------------------------------------------------------------------
 # one pre-norm block (layer l's slice of the stacked weights)
 # ---------------------------------------------------------------------------------
+class BlockCache(NamedTuple):
+    attn_norm: tuple           # rmsnorm cache before attention
+    attn: AttentionCache
+    mlp_norm: tuple            # rmsnorm cache before the MLP
+    mlp: MLPCache
+
+
 def block_forward(p, l, X, B, cfg):
     """X ``[B*T, D]`` -> ``[B*T, D]``."""
     A, ca = L.rmsnorm_forward(X, p["g_attn"][l, :])
@@ -217,17 +251,16 @@ def block_forward(p, l, X, B, cfg):
     X = X + M                                                       # [B*T, D]
     Z, cz = L.rmsnorm_forward(X, p["g_mlp"][l, :])
     Y, cy = mlp_forward(Z, p["W1"][l, :, :], p["W2"][l, :, :])
-    return X + Y, (ca, cm, cz, cy)
+    return X + Y, BlockCache(ca, cm, cz, cy)
 
 
 def block_backward(dX, cache):
     """-> (dX of the block's input, {name: this layer's gradient})."""
-    ca, cm, cz, cy = cache
-    dZ, dW1, dW2 = mlp_backward(dX, cy)
-    dX_mlp, dg_mlp = L.rmsnorm_backward(dZ, cz)
+    dZ, dW1, dW2 = mlp_backward(dX, cache.mlp)
+    dX_mlp, dg_mlp = L.rmsnorm_backward(dZ, cache.mlp_norm)
     dX = dX + dX_mlp                                                # [B*T, D]
-    dA, dWq, dWk, dWv, dWo = causal_attention_backward(dX, cm)
-    dX_attn, dg_attn = L.rmsnorm_backward(dA, ca)
+    dA, dWq, dWk, dWv, dWo = causal_attention_backward(dX, cache.attn)
+    dX_attn, dg_attn = L.rmsnorm_backward(dA, cache.attn_norm)
     return dX + dX_attn, {"g_attn": dg_attn, "Wq": dWq, "Wk": dWk, "Wv": dWv, "Wo": dWo,
                           "g_mlp": dg_mlp, "W1": dW1, "W2": dW2}
 
