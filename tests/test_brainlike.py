@@ -1,7 +1,11 @@
 """What is particular to the brain-like model: its masking, step-free and ablation configs
-against finite differences, which parameters learn at init, what the random selection
-chooses, a shorter context, its config rules. The checks every model shares are in
-test_models.py."""
+against finite differences, the activation update and decoder reads (issue 24's B and C)
+on both paths and with recompute, which parameters learn at init, what the random
+selection chooses, a shorter context, its config rules, checkpoints from before a field
+existed. The checks every model shares are in test_models.py."""
+
+import itertools
+import json
 
 import numpy as np
 import pytest
@@ -9,8 +13,10 @@ import pytest
 from brainlike_np.config import ConfigError
 from brainlike_np.data import random_batch
 from brainlike_np.models import brainlike
+from brainlike_np.models.brainlike_encoder import select
 from brainlike_np.optim import AdamW
 from brainlike_np.backends import get_backend
+from brainlike_np.train_state import TrainSettings, TrainState
 from gradcheck import (assert_model_gradients_match, device_batch, measured_activation_bytes,
                        perturbed_params)
 
@@ -82,7 +88,7 @@ def test_random_selection_is_a_fixed_uniform_draw_per_window(backend):
 
     def chosen(tokens, z_seed):
         z = backend.asarray(np.random.default_rng(z_seed).standard_normal((len(tokens), N)))
-        return backend.to_numpy(brainlike.select(z, backend.asarray(tokens), cfg, backend.ops))
+        return backend.to_numpy(select(z, backend.asarray(tokens), cfg, backend.ops))
 
     idx = chosen(xh, z_seed=0)
     np.testing.assert_array_equal(chosen(xh, z_seed=1), idx)        # z does not choose
@@ -103,7 +109,7 @@ def test_random_selection_still_trains_the_encoder_through_the_activations(backe
     params = perturbed_params(backend, brainlike, cfg)
     _, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
     z = backend.xp.zeros((2, cfg.n_neurons), dtype=backend.dtype("float64"))
-    chosen = np.unique(backend.to_numpy(brainlike.select(z, x, cfg, backend.ops)))
+    chosen = np.unique(backend.to_numpy(select(z, x, cfg, backend.ops)))
     db_e = backend.to_numpy(grads["b_e"])
     assert np.all(db_e[chosen] != 0)
     np.testing.assert_array_equal(np.delete(db_e, chosen), 0.0)
@@ -127,6 +133,8 @@ def test_a_shorter_context_than_trained_works(backend):
     ({"path": "bogus"}, "unknown path 'bogus'; choose one of: sparse, dense"),
     ({"selection": "top"}, "unknown selection 'top'; choose one of: learned, random"),
     ({"input_read": 0}, "input_read must be of type bool, got 0"),
+    ({"act_update": "add"}, "unknown act_update 'add'; choose one of: replace, residual"),
+    ({"decoder_reads": "first"}, "unknown decoder_reads 'first'; choose one of: last, all"),
 ])
 def test_invalid_configs_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
@@ -150,3 +158,110 @@ def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients():
     assert loss_r == loss
     for name, g in grads.items():
         np.testing.assert_array_equal(backend.to_numpy(grads_r[name]), backend.to_numpy(g), name)
+
+
+# ---------------------------------------------------------------------------------
+# the activation update and the decoder's reads (issue 24's B and C)
+# ---------------------------------------------------------------------------------
+UPDATES_AND_READS = list(itertools.product(brainlike.ACT_UPDATES, brainlike.DECODER_READS))
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recompute"])
+@pytest.mark.parametrize("path", brainlike.PATHS)
+@pytest.mark.parametrize("act_update, decoder_reads", UPDATES_AND_READS)
+def test_updates_and_reads_match_finite_differences(backend, act_update, decoder_reads, path,
+                                                    recompute):
+    """Every combination, on both paths, kept or recomputed, with half the keys masked."""
+    cfg = TINY.with_overrides(tau=0.5, act_update=act_update, decoder_reads=decoder_reads,
+                              path=path, recompute=recompute)
+    x, y = device_batch(backend, cfg)
+    assert_model_gradients_match(backend, brainlike, cfg, perturbed_params(backend, brainlike, cfg),
+                                 x, y)
+
+
+@pytest.mark.parametrize("act_update, decoder_reads", UPDATES_AND_READS)
+def test_updates_and_reads_give_the_same_result_on_every_execution_option(
+        backend, act_update, decoder_reads):
+    """Dense against sparse in float64; recompute against kept bit for bit."""
+    cfg = TINY.with_overrides(tau=0.5, act_update=act_update, decoder_reads=decoder_reads)
+    x, y = device_batch(backend, cfg, batch_size=4, seed=3)
+    params = perturbed_params(backend, brainlike, cfg, seed=4)
+    loss, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
+    for option, exact in (({"path": "dense"}, False), ({"recompute": True}, True)):
+        loss_o, grads_o = brainlike.loss_and_grads(params, x, y, cfg.with_overrides(**option),
+                                                   backend.ops)
+        assert loss_o == (loss if exact else pytest.approx(loss, rel=1e-12)), option
+        for name, g in grads.items():
+            np.testing.assert_allclose(backend.to_numpy(grads_o[name]), backend.to_numpy(g),
+                                       rtol=0 if exact else 1e-9, atol=0 if exact else 1e-10,
+                                       err_msg=f"{option} {name}")
+
+
+@pytest.mark.parametrize("path", brainlike.PATHS)
+def test_residual_steps_start_from_the_encoders_activation(backend, path):
+    """w_a starts at 0 with the residual update, so at init every step's activation is
+    sigmoid(z[idx] + b_a) = the encoder's (b_a = 0): the steps start by keeping it. The
+    replace update's w_a is drawn as before."""
+    cfg = TINY.with_overrides(act_update="residual", decoder_reads="all", path=path)
+    params = brainlike.init_params(cfg, backend, seed=0, dtype="float64")
+    np.testing.assert_array_equal(backend.to_numpy(params["w_a"]), 0.0)
+    assert np.all(backend.to_numpy(brainlike.init_params(TINY, backend, seed=0)["w_a"]) != 0)
+    x, _ = device_batch(backend, cfg, batch_size=3)
+    _, cache = brainlike.forward(params, x, cfg, backend.ops)
+    first, *later = [backend.to_numpy(a) for _, a in cache.decoder.pools]
+    assert len(later) == cfg.n_steps
+    for a in later:
+        np.testing.assert_allclose(a, first, rtol=1e-12, atol=0)
+
+
+def test_reading_all_states_differs_from_the_last_and_equals_it_without_steps(backend):
+    """With S = 0 there is one state, so both reads are the same model bit for bit; with
+    steps the decoder's input (and so the loss) changes."""
+    x, y = device_batch(backend, TINY, batch_size=4, seed=2)
+    params = perturbed_params(backend, brainlike, TINY, seed=3)
+
+    def loss(**fields):
+        return brainlike.loss(params, x, y, TINY.with_overrides(**fields), backend.ops)
+
+    assert loss(n_steps=0, decoder_reads="all") == loss(n_steps=0)
+    assert loss(decoder_reads="all") != pytest.approx(loss(), rel=1e-6)
+
+
+def test_presets_keep_the_note_model_and_name_the_refinement():
+    """default and seed are the design note's model (replace, last); refine is the
+    default with the residual update and every state read, at S = 5."""
+    presets = brainlike.PRESETS
+    for name in ("default", "seed"):
+        assert (presets[name].act_update, presets[name].decoder_reads) == ("replace", "last")
+    assert presets["default"] == brainlike.Config()
+    assert presets["refine"] == presets["default"].with_overrides(
+        n_steps=5, act_update="residual", decoder_reads="all")
+
+
+def test_a_checkpoint_written_before_the_fields_existed_loads_as_the_note_model(tmp_path):
+    """A checkpoint whose config has no act_update or decoder_reads (as every checkpoint
+    written before them) loads with "replace" and "last", and gives the same loss, bit
+    for bit, as one that names them."""
+    backend = get_backend("numpy")
+    cfg = TINY.with_overrides(n_steps=2)
+    state = TrainState.create("brainlike", cfg, backend, TrainSettings(seed=1, batch_size=3))
+    tokens = np.frombuffer(b"def f(x):\n    return x + 1\n" * 40, dtype=np.uint8)
+    x, y = state.sample_batch(tokens, 3)
+    state.train_step(x, y, lr=1e-2)
+    path = tmp_path / "ckpt.npz"
+    state.save(str(path))
+    with np.load(path) as ck:
+        arrays = {k: ck[k] for k in ck.files}
+    meta = json.loads(arrays["meta.json"].tobytes())
+    assert {meta["config"].pop("act_update"), meta["config"].pop("decoder_reads")} == \
+        {"replace", "last"}
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old_path = tmp_path / "old.npz"
+    np.savez(old_path, **arrays)
+
+    old = TrainState.load(str(old_path), backend)
+    assert old.cfg == cfg
+    assert brainlike.Config.from_dict(meta["config"]) == cfg
+    x, y = state.sample_batch(tokens, 3)
+    assert old.model.loss(old.params, x, y, old.cfg, backend.ops) == \
+        brainlike.loss(state.params, x, y, cfg, backend.ops)

@@ -1,4 +1,4 @@
-"""The brain-like model (v1): forward and hand-written backward, sparse and dense paths.
+"""The brain-like model: forward and hand-written backward, sparse and dense paths.
 
 Notation: B batch, T context, V vocabulary, N neurons, D state width, k active neurons,
 S interaction steps, h heads, M the neurons a path carries (k on the sparse path, N on
@@ -10,8 +10,18 @@ the dense one).
     C    = rms(Etok[x] + Epos, g_t)                               [B, T, D]
     H0   = a * U[idx];  H = H0 + MHA(rms(H0, g_x), C, C)          [B, k, D]
     S x: X = rms(H, g); M = MHA(X, X, X, mask a > tau)
-         H = H + tanh([X, M] @ W_u + b_u);  a = sigmoid(H @ w_a + b_a)
-    logits = b_dec + sum_j a_j W_dec[idx_j] + (mean_j a_j rms(H_j, g_f)) @ W_r   [B, V]
+         H = H + tanh([X, M] @ W_u + b_u)
+         a = sigmoid(H @ w_a + b_a)                  act_update="replace" (the design note's)
+         a = sigmoid(z[idx] + H @ w_a + b_a)         act_update="residual" (w_a starts at 0)
+    pooled(H, a) = mean_j a_j rms(H_j, g_f)                       [B, D]
+    logits = b_dec + sum_j a_j W_dec[idx_j] + pooled(H, a) @ W_r  [B, V]
+
+``decoder_reads="last"`` (the design note's) decodes the last state (H, a);
+``decoder_reads="all"`` decodes the mean over the S + 1 states (after the input read and
+after each step) of the activations a and of the pooled states pooled(H, a), so every
+step and the encoder get a gradient from the decoder directly. With "residual" the steps
+refine the encoder's activation instead of replacing it (the RMSNorm of the steps would
+otherwise cancel the scale that carries the encoder's evidence).
 
 The sparse path computes on the gathered ``[B, k, D]`` active set. The dense path is
 the design note's version: states for all N neurons ``[B, N, D]``, attention over all
@@ -30,20 +40,31 @@ the tanh output; normalised activations are rebuilt from the state and its saved
 norm, attention probabilities from q, k and the log-sum-exp, and each step's cache is
 freed as the backward consumes it. ``recompute=True`` keeps only each step's input
 state and activation and redoes the step in the backward (llm.c keeps a similar switch).
+Caches with more than three fields are ``NamedTuple``s read by name.
+
+Here: the config, the interface's constants, the parameters, the decoder and the whole
+model; the encoder is in ``brainlike_encoder.py``, the input read and the interaction
+steps in ``brainlike_steps.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import layers as L
-from ..backends import device_of, get_namespace, to_float
+from ..backends import get_namespace, to_float
 from ..config import ConfigDict, ConfigError, choose
+from .brainlike_encoder import (encoder_dense_backward, encoder_dense_forward,
+                                encoder_sparse_backward, encoder_sparse_forward,
+                                per_sample_scatter)
+from .brainlike_steps import (input_read_backward, input_read_forward, step_backward,
+                              step_forward)
 
 PATHS = ("sparse", "dense")
 SELECTIONS = ("learned", "random")
-# gains and biases get no weight decay
-NO_DECAY = frozenset({"b_e", "g_t", "g_x", "g", "b_u", "b_a", "g_f", "b_dec"})
+ACT_UPDATES = ("replace", "residual")
+DECODER_READS = ("last", "all")
 
 
 # ---------------------------------------------------------------------------------
@@ -62,6 +83,10 @@ class BrainlikeConfig(ConfigDict):
     input_read: bool = True    # False: H = H0, the active neurons never read the context
     selection: str = "learned" # "learned": top-k of z; "random": top-k of a fixed hash
                                # of the window (random_scores), an ablation
+    act_update: str = "replace"    # each step's activation: "replace" sigmoid(H w_a + b_a);
+                                   # "residual" sigmoid(z[idx] + H w_a + b_a)
+    decoder_reads: str = "last"    # the decoder reads the "last" state, or the mean of
+                                   # "all" S + 1 states
     # execution options: how to compute, not what (every choice gives the same result)
     path: str = "sparse"       # "sparse": [B, k, D] active set; "dense": [B, N, D]
     recompute: bool = False    # keep only each interaction step's input; redo the step
@@ -84,20 +109,33 @@ class BrainlikeConfig(ConfigDict):
             raise ConfigError(f"tau must be in [0, 1), got {self.tau}")
         choose(PATHS, self.path, "path")
         choose(SELECTIONS, self.selection, "selection")
+        choose(ACT_UPDATES, self.act_update, "act_update")
+        choose(DECODER_READS, self.decoder_reads, "decoder_reads")
 
 
+# ---------------------------------------------------------------------------------
+# the model interface's constants (models.Model)
+# ---------------------------------------------------------------------------------
 Config = BrainlikeConfig
 
+# the design note's model: activations replaced by each step, the last state decoded
+NOTE_MODEL = {"act_update": "replace", "decoder_reads": "last"}
 PRESETS = {
     # for tests: every code path, in milliseconds
     "tiny": Config(context=8, n_neurons=32, d_state=8, k_active=6, n_steps=2, n_heads=2),
     # 1200 steps of batch 64 train in about 8 minutes on 2 CPU cores (0.34-0.38 s a step)
-    "default": Config(),
-    # the design note's sizes
+    "default": Config(**NOTE_MODEL),
+    # the design note's model at the design note's sizes
     "seed": Config(context=128, n_neurons=4096, d_state=256, k_active=128, n_steps=5,
-                   n_heads=4),
+                   n_heads=4, **NOTE_MODEL),
+    # the default's sizes; the steps refine the encoder's activation and the decoder
+    # reads every state (issue 24's B + C)
+    "refine": Config(n_steps=5, act_update="residual", decoder_reads="all"),
 }
-BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32}
+BATCH_SIZES = {"tiny": 4, "default": 64, "seed": 32, "refine": 64}
+EXECUTION_OPTIONS = {"path": ("dense",), "recompute": (True,)}
+# gains and biases get no weight decay
+NO_DECAY = frozenset({"b_e", "g_t", "g_x", "g", "b_u", "b_a", "g_f", "b_dec"})
 
 
 def supervised_targets(cfg: Config) -> int:
@@ -127,9 +165,10 @@ def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     kept = 6 * context + 6 * state + cfg.n_steps * per_step + 4 * B * (N + cfg.vocab_size)
     if cfg.path == "dense":
         kept += 3 * B * T * N                              # the gathered E rows
+    if cfg.decoder_reads == "all":
+        kept += (cfg.n_steps + 1) * 3 * B * M              # each read's a, inverse norm
     scores = B * cfg.n_heads * M * max(M, T)               # one [B, h, M, M or T]
     return itemsize * (kept + 3 * scores + 10 * state)
-EXECUTION_OPTIONS = {"path": ("dense",), "recompute": (True,)}
 
 
 # ---------------------------------------------------------------------------------
@@ -154,8 +193,8 @@ def _init_std(name: str, shape: tuple, cfg: Config) -> float | str:
         return 1.0
     if name == "P":
         return (1.0 / cfg.context) ** 0.5
-    if name in ("Wo", "Wo_x"):
-        return "zeros"
+    if name in ("Wo", "Wo_x") or (name == "w_a" and cfg.act_update == "residual"):
+        return "zeros"     # residual: the steps start by keeping the encoder's activation
     if name == "W_dec":
         return 0.02
     if name.startswith("g"):
@@ -172,303 +211,129 @@ def init_params(cfg: Config, backend, seed: int = 0, dtype: str = "float32") -> 
                                seed, dtype)
 
 
-def _accumulate(grads: dict, name: str, g) -> None:
-    grads[name] = g if name not in grads else grads[name] + g
-
-
 # ---------------------------------------------------------------------------------
-# encoder: tokens -> active set
+# decoder: logits from the mean over the states it reads (the last one, or all)
 # ---------------------------------------------------------------------------------
-def encoder_sparse_forward(p, x, cfg, ops):
-    """-> a ``[B, k]``, U rows ``[B, k, D]``, idx ``[B, k]``, cache."""
-    xp = get_namespace(p["E"])
-    z = p["b_e"] + ops.gather_weighted_sum(p["E"], x, p["P"])        # [B, N]
-    idx = select(z, x, cfg, ops)                                     # [B, k]
-    a, ca = L.sigmoid_forward(xp.take_along_axis(z, idx, axis=1))    # [B, k]
-    U_rows, cu = L.embedding_forward(p["U"], idx, ops)               # [B, k, D]
-    return a, U_rows, idx, (x, idx, ca, cu)
-
-
-def encoder_sparse_backward(da, dU_rows, p, cache, grads, ops):
-    x, idx, ca, cu = cache
-    xp = get_namespace(da)
-    dz = L.sigmoid_backward(da, ca)                                  # [B, k]
-    dE, dP = ops.gather_weighted_sum_backward(dz, idx, p["E"], x, p["P"])  # [V, N], [T, N]
-    n = dz.shape[0] * dz.shape[1]
-    db_e = ops.scatter_add_rows(xp.reshape(idx, (n,)), xp.reshape(dz, (n, 1)),
-                                p["b_e"].shape[0])[:, 0]             # [N]
-    for name, g in (("E", dE), ("P", dP), ("b_e", db_e),
-                    ("U", L.embedding_backward(dU_rows, cu, ops))):
-        _accumulate(grads, name, g)
-
-
-def encoder_dense_forward(p, x, cfg, ops):
-    """-> a ``[B, N]`` (zero off the top-k), U ``[1, N, D]``, selection ``[B, N]``, cache."""
-    xp = get_namespace(p["E"])
-    T = x.shape[1]
-    N = cfg.n_neurons
-    E_rows, ce = L.embedding_forward(p["E"], x, ops)                 # [B, T, N]
-    P_used, n_positions = L.first_rows_forward(p["P"], T)           # [T, N]
-    z = p["b_e"] + xp.sum(E_rows * P_used, axis=1)                   # [B, N]
-    idx = select(z, x, cfg, ops)                                     # [B, k]
-    selected = _per_sample_scatter(xp.ones(idx.shape, dtype=z.dtype, device=device_of(z)),
-                                   idx, N, ops)                      # [B, N] 0/1
-    s, cs = L.sigmoid_forward(z)
-    a = s * selected                                                 # [B, N]
-    return a, p["U"][None, :, :], selected, (E_rows, ce, cs, selected, P_used, n_positions)
-
-
-def encoder_dense_backward(da, dU_rows, p, cache, grads, ops):
-    E_rows, ce, cs, selected, P_used, n_positions = cache
-    xp = get_namespace(da)
-    dz = L.sigmoid_backward(da * selected, cs)                       # [B, N]
-    dE = L.embedding_backward(dz[:, None, :] * P_used, ce, ops)      # [V, N]
-    dP = L.first_rows_backward(xp.sum(dz[:, None, :] * E_rows, axis=0), n_positions)
-    for name, g in (("E", dE), ("P", dP), ("b_e", xp.sum(dz, axis=0)),
-                    ("U", xp.sum(dU_rows, axis=0))):
-        _accumulate(grads, name, g)
-
-
-def select(z, x, cfg, ops):
-    """The active neurons idx ``[B, k]``: the top-k of z, or with ``selection="random"``
-    the top-k of ``random_scores(x)``. Either way no gradient flows through the choice
-    itself (top-k is piecewise constant); z's gradient comes through a = sigmoid(z[idx])."""
-    scores = z if cfg.selection == "learned" else random_scores(x, cfg.n_neurons)
-    return ops.topk(scores, cfg.k_active)
-
-
-# a prime below 2^31: products of two residues fit in int64
-_HASH_PRIME = 2 ** 31 - 1
-
-
-def random_scores(x, N):
-    """A fixed pseudo-random score per (window, neuron): x ``[B, T']`` -> ``[B, N]``
-    float64, distinct within a row. Its top-k is a set of k neurons that depends only on
-    the window's bytes (the same window always gets the same set, in training and in
-    evaluation, on every backend), looks uniformly random over the N neurons, and carries
-    no similarity between windows: two windows that differ in one byte get unrelated sets
-    (about k*k/N neurons shared, as for independent draws).
-
-    The hash is integer arithmetic on the device (no host read): a polynomial hash of the
-    window modulo a prime, combined with each neuron's id and mixed by three rounds of
-    squaring modulo the same prime; ``score = hash * N + n`` breaks ties by neuron id and
-    stays exact in float64 for N < 2^22."""
-    xp = get_namespace(x)
-    device = device_of(x)
-    q = _HASH_PRIME
-    T = x.shape[1]
-    powers = xp.asarray([pow(131, t + 1, q) for t in range(T)], dtype=xp.int64, device=device)
-    window = xp.sum(xp.astype(x, xp.int64) * powers, axis=1) % q                # [B]
-    n = xp.arange(N, dtype=xp.int64, device=device)                             # [N]
-    h = (window[:, None] * 48271 + (n[None, :] + 1) * 69621) % q                # [B, N]
-    for c in (11, 4099, 65537):
-        h = (h * h + c) % q
-    return xp.astype(h * N + n, xp.float64)
-
-
-def _per_sample_scatter(values, idx, N, ops):
-    """``out[b, idx[b, j]] = values[b, j]``, zero elsewhere: values, idx ``[B, k]`` ->
-    ``[B, N]`` (the ids of a row are distinct, as top-k's are)."""
-    xp = get_namespace(values)
-    B, k = idx.shape
-    flat = L.per_sample_flat_ids(idx, N)                      # [B, k]
-    out = ops.scatter_add_rows(xp.reshape(flat, (-1,)), xp.reshape(values, (B * k, 1)), B * N)
-    return xp.reshape(out, (B, N))
-
-
-# ---------------------------------------------------------------------------------
-# input read: the active neurons attend to the context once
-# ---------------------------------------------------------------------------------
-def input_read_forward(p, a, U_rows, x, cfg, ops):
-    """a ``[B, M]``, U rows ``[B or 1, M, D]``, x ``[B, T]`` -> H ``[B, M, D]``: the
-    initial state H0 = a * U rows, plus what it reads from the context unless
-    ``cfg.input_read`` is False."""
-    H0 = a[..., None] * U_rows                                       # [B, M, D]
-    if not cfg.input_read:
-        return H0, (a, U_rows, None)
-    Mx, cread = context_read_forward(p, H0, x, cfg, ops)             # [B, M, D]
-    return H0 + Mx, (a, U_rows, cread)
-
-
-def input_read_backward(dH, p, cache, grads, ops):
-    """-> (da ``[B, M]``, dU_rows ``[B, M, D]``)."""
-    xp = get_namespace(dH)
-    a, U_rows, cread = cache
-    dH0 = dH if cread is None else dH + context_read_backward(dH, p, cread, grads, ops)
-    da = xp.sum(dH0 * U_rows, axis=-1)                               # [B, M]
-    dU_rows = dH0 * a[..., None]                                     # [B, M, D]
-    return da, dU_rows
-
-
-def context_read_forward(p, H0, x, cfg, ops):
-    """MHA(rms(H0, g_x), C, C) with C = rms(Etok[x] + Epos, g_t): H0 ``[B, M, D]``,
-    x ``[B, T]`` -> ``[B, M, D]``."""
-    T = x.shape[1]
-    tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
-    pos, n_positions = L.first_rows_forward(p["Epos"], T)            # [T, D]
-    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
-    Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
-    Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
-                                 cfg.n_heads)                        # [B, M, D]
-    return Mx, (ct, cc, cq, cm, n_positions)
-
-
-def context_read_backward(dMx, p, cache, grads, ops):
-    """-> dH0 ``[B, M, D]`` through the read (H0's direct path is the caller's)."""
-    xp = get_namespace(dMx)
-    ct, cc, cq, cm, n_positions = cache
-    dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(dMx, cm, L.rmsnorm_output(cq),
-                                                       L.rmsnorm_output(cc))
-    dH0, dg_x = L.rmsnorm_backward(dXq, cq)                          # [B, M, D]
-    dC_in, dg_t = L.rmsnorm_backward(dC, cc)                         # [B, T, D]
-    dEpos = L.first_rows_backward(xp.sum(dC_in, axis=0), n_positions)
-    for name, g in (("Wq_x", dWq), ("Wk_x", dWk), ("Wv_x", dWv), ("Wo_x", dWo),
-                    ("g_x", dg_x), ("g_t", dg_t), ("Epos", dEpos),
-                    ("Etok", L.embedding_backward(dC_in, ct, ops))):
-        _accumulate(grads, name, g)
-    return dH0
-
-
-# ---------------------------------------------------------------------------------
-# one interaction step (shared weights across the S steps)
-# ---------------------------------------------------------------------------------
-def step_forward(p, H, a, cfg, selected=None):
-    """H ``[B, M, D]``, a ``[B, M]`` -> new H, new a, cache. ``selected`` ``[B, M]``
-    (dense path) holds non-selected activations at zero.
-
-    The update's weight W_u ``[2D, D]`` is applied as two products (X @ W_u[:D] +
-    message @ W_u[D:]), so the ``[B, M, 2D]`` concat is never built. The cache keeps
-    the state H, the message and the tanh output; the normalised X is rebuilt from H
-    in the backward."""
-    D = H.shape[-1]
-    X, cx = L.rmsnorm_forward(H, p["g"])                             # [B, M, D]
-    msg, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
-                                  key_mask=a > cfg.tau)              # [B, M, D]
-    Y = L.linear_forward(X, p["W_u"][:D, :], p["b_u"])[0] + L.linear_forward(
-        msg, p["W_u"][D:, :])[0]                                     # [B, M, D]
-    del X
-    dH_t, ct = L.tanh_forward(Y)
-    H_new = H + dH_t                                                 # [B, M, D]
-    a_new, ca = readout_forward(p, H_new)                            # [B, M]
-    if selected is not None:
-        a_new = a_new * selected
-    return H_new, a_new, (cx, cm, msg, ct, ca, selected)
-
-
-def step_backward(dH_new, da_new, p, cache, grads):
-    """-> dH (the step's input state). ``da_new`` is None when the step's activation
-    only feeds the next step's key mask, which is not differentiated."""
-    xp = get_namespace(dH_new)
-    cx, cm, msg, ct, ca, selected = cache
-    D = dH_new.shape[-1]
-    dH = dH_new
-    if da_new is not None:
-        if selected is not None:
-            da_new = da_new * selected
-        dH = dH + readout_backward(da_new, p, ca, grads)             # [B, M, D]
-    dY = L.tanh_backward(dH, ct)                                     # [B, M, D]
-    X = L.rmsnorm_output(cx)                                         # [B, M, D]
-    dX, dW_x, db_u = L.linear_backward(dY, (X, p["W_u"][:D, :], True))
-    dmsg, dW_m, _ = L.linear_backward(dY, (msg, p["W_u"][D:, :], False))
-    del dY
-    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dmsg, cm, X, X)
-    del X, dmsg
-    dX += dXq
-    dX += dXkv
-    del dXq, dXkv
-    dH_norm, dg = L.rmsnorm_backward(dX, cx)
-    for name, g in (("W_u", xp.concat([dW_x, dW_m], axis=0)), ("b_u", db_u), ("Wq", dWq),
-                    ("Wk", dWk), ("Wv", dWv), ("Wo", dWo), ("g", dg)):
-        _accumulate(grads, name, g)
-    return dH + dH_norm
-
-
-def readout_forward(p, H):
-    """a = sigmoid(H @ w_a + b_a): H ``[B, M, D]`` -> ``[B, M]``."""
-    a, ca = L.sigmoid_forward(H @ p["w_a"] + p["b_a"])
-    return a, (ca, H)
-
-
-def readout_backward(da, p, cache, grads):
-    """-> dH ``[B, M, D]``."""
-    xp = get_namespace(da)
-    ca, H = cache
-    dpre = L.sigmoid_backward(da, ca)                                # [B, M]
-    D = H.shape[-1]
-    _accumulate(grads, "w_a", xp.reshape(H, (-1, D)).T @ xp.reshape(dpre, (-1,)))  # [D]
-    _accumulate(grads, "b_a", xp.sum(dpre))
-    return dpre[..., None] * p["w_a"]
-
-
-# ---------------------------------------------------------------------------------
-# decoder
-# ---------------------------------------------------------------------------------
-def decoder_forward(p, H, a, idx, cfg, ops):
-    """H ``[B, M, D]``, a ``[B, M]`` -> logits ``[B, V]``. ``idx`` ``[B, k]`` on the
-    sparse path (the activations are scattered to ``[B, N]`` for one product with
-    W_dec, rather than gathering ``[B, k, V]`` rows of it), None on the dense path."""
+def pool_forward(p, H, a, cfg):
+    """pooled = sum_j a_j rms(H_j, g_f) / k: H ``[B, M, D]``, a ``[B, M]`` -> ``[B, D]``."""
     xp = get_namespace(H)
     F, cf = L.rmsnorm_forward(H, p["g_f"])                           # [B, M, D]
-    pooled = xp.sum(a[..., None] * F, axis=1) / cfg.k_active         # [B, D]
-    a_all = a if idx is None else _per_sample_scatter(a, idx, cfg.n_neurons, ops)  # [B, N]
-    logits = p["b_dec"] + a_all @ p["W_dec"] + pooled @ p["W_r"]      # [B, V]
-    return logits, (cf, pooled, a_all, a, idx)
+    return xp.sum(a[..., None] * F, axis=1) / cfg.k_active, (cf, a)
 
 
-def decoder_backward(dlogits, p, cache, cfg, grads):
-    """-> (dH ``[B, M, D]``, da ``[B, M]``)."""
-    xp = get_namespace(dlogits)
-    cf, pooled, a_all, a, idx = cache
+def pool_backward(dpooled, p, cache, cfg, grads):
+    """dpooled ``[B, D]`` -> (dH ``[B, M, D]``, da ``[B, M]``)."""
+    xp = get_namespace(dpooled)
+    cf, a = cache
     F = L.rmsnorm_output(cf)                                         # [B, M, D]
-    dpooled = dlogits @ p["W_r"].T                                   # [B, D]
     dF = a[..., None] * dpooled[:, None, :] / cfg.k_active           # [B, M, D]
     da = xp.sum(F * dpooled[:, None, :], axis=-1) / cfg.k_active     # [B, M]
-    da_all = dlogits @ p["W_dec"].T                                  # [B, N]
-    da = da + (da_all if idx is None else xp.take_along_axis(da_all, idx, axis=1))
     dH, dg_f = L.rmsnorm_backward(dF, cf)
-    for name, g in (("b_dec", xp.sum(dlogits, axis=0)), ("W_r", pooled.T @ dlogits),
-                    ("W_dec", a_all.T @ dlogits), ("g_f", dg_f)):
-        _accumulate(grads, name, g)
+    L.accumulate(grads, "g_f", dg_f)
     return dH, da
+
+
+class DecoderCache(NamedTuple):
+    pools: list            # pool_forward's cache of each state read, in order
+    pooled: object         # [B, D] the mean of the pooled states
+    a_all: object          # [B, N] the mean activation, scattered to all N neurons
+    idx: object            # [B, k] (sparse path) or None
+
+
+def decoder_forward(p, reads, idx, cfg, ops):
+    """reads: the states ``(H [B, M, D], a [B, M])`` decoded, -> logits ``[B, V]``:
+    b_dec + mean(a) @ W_dec[idx] + mean(pooled(H, a)) @ W_r. ``idx`` ``[B, k]`` on the
+    sparse path (the mean activation is scattered to ``[B, N]`` for one product with
+    W_dec, rather than gathering ``[B, k, V]`` rows of it), None on the dense path."""
+    pools, pooled, a = [], None, None
+    for H_r, a_r in reads:
+        pooled_r, cp = pool_forward(p, H_r, a_r, cfg)                # [B, D]
+        pools.append(cp)
+        pooled, a = (pooled_r, a_r) if a is None else (pooled + pooled_r, a + a_r)
+    if len(reads) > 1:
+        pooled, a = pooled / len(reads), a / len(reads)              # [B, D], [B, M]
+    a_all = a if idx is None else per_sample_scatter(a, idx, cfg.n_neurons, ops)  # [B, N]
+    logits = p["b_dec"] + a_all @ p["W_dec"] + pooled @ p["W_r"]      # [B, V]
+    return logits, DecoderCache(pools, pooled, a_all, idx)
+
+
+def decoder_backward(dlogits, p, cache, grads):
+    """-> (d of each read's pooled state ``[B, D]``, d of each read's activations
+    through the direct path ``[B, M]``): the same for every read, the mean's 1/reads
+    included. The reads' pools are the caller's (``pool_backward``), one at a time."""
+    xp = get_namespace(dlogits)
+    dpooled = dlogits @ p["W_r"].T                                   # [B, D]
+    da_all = dlogits @ p["W_dec"].T                                  # [B, N]
+    da = da_all if cache.idx is None else xp.take_along_axis(da_all, cache.idx, axis=1)
+    if len(cache.pools) > 1:
+        dpooled, da = dpooled / len(cache.pools), da / len(cache.pools)
+    for name, g in (("b_dec", xp.sum(dlogits, axis=0)), ("W_r", cache.pooled.T @ dlogits),
+                    ("W_dec", cache.a_all.T @ dlogits)):
+        L.accumulate(grads, name, g)
+    return dpooled, da
 
 
 # ---------------------------------------------------------------------------------
 # the whole model
 # ---------------------------------------------------------------------------------
+class ForwardCache(NamedTuple):
+    encoder: tuple         # the encoder's cache (sparse or dense)
+    read: tuple            # input_read_forward's cache
+    steps: list            # each step's StepCache, or with recompute its inputs (H, a)
+    decoder: DecoderCache
+    selected: object       # [B, N] 0/1 on the dense path, else None
+    z: object              # [B, M] the encoder's pre-activations (residual update) or None
+
+
 def forward(p, x, cfg: Config, ops):
     """tokens x ``[B, T']`` (T' <= T) -> (logits ``[B, V]``, cache for ``backward``)."""
-    if cfg.path == "sparse":
-        a, U_rows, idx, cenc = encoder_sparse_forward(p, x, cfg, ops)
-        selected = None
-    else:
-        a, U_rows, selected, cenc = encoder_dense_forward(p, x, cfg, ops)
-        idx = None
-    H, cread = input_read_forward(p, a, U_rows, x, cfg, ops)
+    encoder_forward = encoder_sparse_forward if cfg.path == "sparse" else encoder_dense_forward
+    enc, cenc = encoder_forward(p, x, cfg, ops)
+    z = enc.z if cfg.act_update == "residual" else None
+    H, cread = input_read_forward(p, enc.a, enc.U_rows, x, cfg, ops)
+    a = enc.a
+    reads_all = cfg.decoder_reads == "all"
+    reads = [(H, a)] if reads_all else []
     steps = []     # each step's cache, or with recompute only its inputs
     for _ in range(cfg.n_steps):
         inputs = (H, a)
-        H, a, cs = step_forward(p, H, a, cfg, selected)
+        H, a, cs = step_forward(p, H, a, cfg, enc.selected, z)
         steps.append(inputs if cfg.recompute else cs)
         del cs         # with recompute, nothing else holds the step's cache
-    logits, cdec = decoder_forward(p, H, a, idx, cfg, ops)
-    return logits, (cenc, cread, steps, cdec, selected)
+        if reads_all:
+            reads.append((H, a))
+    logits, cdec = decoder_forward(p, reads if reads_all else [(H, a)], enc.idx, cfg, ops)
+    return logits, ForwardCache(cenc, cread, steps, cdec, enc.selected, z)
 
 
 def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
     """-> grads, a dict with one entry per parameter."""
-    cenc, cread, steps, cdec, selected = cache
     grads = {}
-    dH, da = decoder_backward(dlogits, p, cdec, cfg, grads)
-    while steps:       # each step's cache is freed as soon as its gradient is done
+    dpooled, da_direct = decoder_backward(dlogits, p, cache.decoder, grads)
+    pools, steps = cache.decoder.pools, cache.steps
+
+    def read_backward():
+        """The last unconsumed read's gradient: -> (dH, da)."""
+        dH_r, da_r = pool_backward(dpooled, p, pools.pop(), cfg, grads)
+        return dH_r, da_r + da_direct
+
+    dH, da = read_backward()
+    dz = None      # z's gradient through the residual readouts
+    while steps:   # each step's cache is freed as soon as its gradient is done
         cs = steps.pop()
         if cfg.recompute:
-            cs = step_forward(p, *cs, cfg, selected)[2]
-        dH = step_backward(dH, da, p, cs, grads)
-        da = None      # earlier activations only set the next step's key mask
-    da_read, dU_rows = input_read_backward(dH, p, cread, grads, ops)
+            cs = step_forward(p, *cs, cfg, cache.selected, cache.z)[2]
+        dH, dpre = step_backward(dH, da, p, cs, grads)
+        if cache.z is not None and dpre is not None:
+            dz = dpre if dz is None else dz + dpre
+        da = None  # an earlier activation only sets the next step's key mask, unless read
+        if pools:
+            dH_r, da = read_backward()
+            dH = dH + dH_r
+    da_read, dU_rows = input_read_backward(dH, p, cache.read, grads, ops)
     da_enc = da_read if da is None else da + da_read
     encoder_backward = encoder_sparse_backward if cfg.path == "sparse" else encoder_dense_backward
-    encoder_backward(da_enc, dU_rows, p, cenc, grads, ops)
+    encoder_backward(da_enc, dz, dU_rows, p, cache.encoder, grads, ops)
     for name, value in p.items():      # parameters unused by this config (S = 0, no read)
         if name not in grads:
             grads[name] = get_namespace(value).zeros_like(value)
