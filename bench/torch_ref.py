@@ -3,8 +3,11 @@ autograd checks our hand-written gradients, and PyTorch eager is the speed and m
 baseline of the benchmark.
 
 Written the way a PyTorch user would write them, with the same math as
-``brainlike_np.model`` and ``brainlike_np.transformer``, from the same parameters
-(our parameter dicts, as NumPy arrays). Not a package: load it by path.
+``brainlike_np.models.brainlike`` (every config field that changes the result:
+``n_steps``, ``tau``, ``input_read``, ``act_update``, ``decoder_reads``; the learned
+selection) and ``brainlike_np.models.transformer`` (``targets`` "all" or "last"), from
+the same parameters (our parameter dicts, as NumPy arrays). Not a package: load it by
+path.
 
 Options a PyTorch user has for the brain-like model: ``checkpoint_steps=True`` recomputes
 each interaction step in the backward (``torch.utils.checkpoint``) instead of keeping
@@ -68,16 +71,18 @@ def causal_softmax(scores):
 
 
 # ---------------------------------------------------------------------------------
-# the brain-like model (brainlike_np.model, sparse path)
+# the brain-like model (brainlike_np.models.brainlike, sparse path)
 # ---------------------------------------------------------------------------------
-def interaction_step(p, H, keep, cfg):
+def interaction_step(p, H, keep, z_active, cfg):
     """One step: the active neurons ``H`` ``[B, k, D]`` attend to those with ``keep``
-    ``[B, k]``; -> the new states and activations ``[B, k]``."""
+    ``[B, k]``; -> the new states and activations ``[B, k]``. The activation replaces
+    the last one, or (``act_update="residual"``) adds to the encoder's ``z_active``."""
     X = rmsnorm(H, p["g"])
     M = attention(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
                   key_masked_softmax(keep))
     H = H + torch.tanh(torch.cat([X, M], -1) @ p["W_u"] + p["b_u"])
-    return H, torch.sigmoid(H @ p["w_a"] + p["b_a"])
+    base = z_active if cfg.act_update == "residual" else 0.0
+    return H, torch.sigmoid(base + H @ p["w_a"] + p["b_a"])
 
 
 def brainlike_logits(p, x, cfg, key_masks=None, *, checkpoint_steps=False):
@@ -86,20 +91,27 @@ def brainlike_logits(p, x, cfg, key_masks=None, *, checkpoint_steps=False):
     T = x.shape[1]
     z = p["b_e"] + (p["E"][x] * p["P"][:T]).sum(1)                  # [B, N]
     idx = torch.topk(z, cfg.k_active, dim=1).indices                # [B, k]
-    a = torch.sigmoid(z.gather(1, idx))                             # [B, k]
+    z_active = z.gather(1, idx)                                     # [B, k]
+    a = torch.sigmoid(z_active)                                     # [B, k]
     C = rmsnorm(p["Etok"][x] + p["Epos"][:T], p["g_t"])             # [B, T, D]
-    H0 = a[..., None] * p["U"][idx]                                 # [B, k, D]
-    H = H0 + attention(rmsnorm(H0, p["g_x"]), C, p["Wq_x"], p["Wk_x"], p["Wv_x"],
-                       p["Wo_x"], cfg.n_heads, lambda s: s.softmax(-1))
+    H = a[..., None] * p["U"][idx]                                  # [B, k, D]
+    if cfg.input_read:
+        H = H + attention(rmsnorm(H, p["g_x"]), C, p["Wq_x"], p["Wk_x"], p["Wv_x"],
+                          p["Wo_x"], cfg.n_heads, lambda s: s.softmax(-1))
     step = (partial(checkpoint, interaction_step, use_reentrant=False) if checkpoint_steps
             else interaction_step)
+    states = [(H, a)]
     for _ in range(cfg.n_steps):
         keep = a > cfg.tau                                          # [B, k]
         if key_masks is not None:
             key_masks.append(keep)
-        H, a = step(p, H, keep, cfg)
-    pooled = (a[..., None] * rmsnorm(H, p["g_f"])).sum(1) / cfg.k_active   # [B, D]
-    vote = (a[:, None, :] @ p["W_dec"][idx]).squeeze(1)             # [B, V]
+        H, a = step(p, H, keep, z_active, cfg)
+        states.append((H, a))
+    read = states if cfg.decoder_reads == "all" else states[-1:]
+    a_mean = torch.stack([a for _, a in read]).mean(0)              # [B, k]
+    pooled = torch.stack([(a[..., None] * rmsnorm(H, p["g_f"])).sum(1) / cfg.k_active
+                          for H, a in read]).mean(0)                # [B, D]
+    vote = (a_mean[:, None, :] @ p["W_dec"][idx]).squeeze(1)        # [B, V]
     return p["b_dec"] + vote + pooled @ p["W_r"]
 
 
@@ -108,7 +120,7 @@ def brainlike_loss(p, x, y, cfg, checkpoint_steps=False):
 
 
 # ---------------------------------------------------------------------------------
-# the causal Transformer (brainlike_np.transformer)
+# the causal Transformer (brainlike_np.models.transformer)
 # ---------------------------------------------------------------------------------
 def transformer_logits(p, x, cfg):
     """x ``[B, T]`` -> logits at every position ``[B, T, V]``."""
@@ -125,6 +137,8 @@ def transformer_logits(p, x, cfg):
 
 def transformer_loss(p, x, y, cfg):
     logits = transformer_logits(p, x, cfg)                          # [B, T, V]
+    if cfg.targets == "last":
+        return F.cross_entropy(logits[:, -1], y)
     targets = torch.cat([x[:, 1:], y[:, None]], 1)                  # [B, T]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 

@@ -15,11 +15,18 @@ from gradcheck import perturbed_params
 torch = pytest.importorskip("torch", reason="PyTorch is optional (the bench extra)")
 
 TORCH_REF = Path(__file__).resolve().parents[1] / "bench" / "torch_ref.py"
-# every registered model at its tiny preset, plus the brain-like key mask's edge cases:
-# tau = 0.5 masks some keys; tau = 0.9 leaves a sample with no key at all
+# every registered model at its tiny preset, plus the brain-like key mask's edge cases
+# (tau = 0.5 masks some keys; tau = 0.9 leaves a sample with no key at all), each
+# activation update and decoder read, and the Transformer trained on its last position
 CASES = {name: (name, get_preset(name, "tiny")) for name in MODELS}
-CASES["brainlike-masking"] = ("brainlike", get_preset("brainlike", "tiny").with_overrides(tau=0.5))
-CASES["brainlike-no-keys"] = ("brainlike", get_preset("brainlike", "tiny").with_overrides(tau=0.9))
+TINY_BRAIN = get_preset("brainlike", "tiny")
+CASES["brainlike-masking"] = ("brainlike", TINY_BRAIN.with_overrides(tau=0.5))
+CASES["brainlike-no-keys"] = ("brainlike", TINY_BRAIN.with_overrides(tau=0.9))
+for update, reads in (("residual", "last"), ("replace", "all"), ("residual", "all")):
+    CASES[f"brainlike-{update}-{reads}"] = ("brainlike", TINY_BRAIN.with_overrides(
+        tau=0.5, act_update=update, decoder_reads=reads))
+CASES["transformer-last"] = ("transformer", get_preset("transformer", "tiny").with_overrides(
+    targets="last"))
 
 
 @pytest.fixture(scope="module")
