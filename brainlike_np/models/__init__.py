@@ -2,7 +2,10 @@
 
 A model is a module (``brainlike.py``, ``transformer.py``) that provides what
 :class:`Model` lists; the trainer, the generator, the benches and the generic tests use
-nothing else. Adding a model variant is one new module here plus one line in ``MODELS``.
+nothing else. :class:`Model` is the one statement of that interface:
+``tests/test_model_interface.py`` holds every module in ``MODELS`` against it and names
+what is missing or wrong. Adding a model variant is one new module here plus one line
+in ``MODELS``.
 """
 
 from __future__ import annotations
@@ -14,27 +17,35 @@ from . import brainlike, transformer
 
 
 class Model(Protocol):
-    """What a model module provides (read ``brainlike.py`` for a full example).
+    """What a model module provides (read ``transformer.py`` for a short example).
 
     Shapes: x ``[B, T']`` int tokens (T' <= the config's context), y ``[B]`` the byte
     after each window, p a dict ``name -> array`` on a backend, ``ops`` the backend's
     hot-path operations (``backend.ops``).
+
+    The constants sit in one block right after the module's ``Config``; the functions
+    take exactly the parameters named here.
     """
 
     Config: type
     """Frozen config dataclass (a :class:`~brainlike_np.config.ConfigDict`), validated in
-    ``__post_init__``. Execution options (how to compute, not what) are fields too, so
-    they are saved, validated and resumed with the rest."""
+    ``__post_init__``. Every field is annotated ``int``, ``float``, ``str`` or ``bool``,
+    read as a name (the module starts with ``from __future__ import annotations``): the
+    trainer makes a flag of each by it, and ``check_types`` checks values against it.
+    Every field has a default (a checkpoint written before a field existed loads
+    with it, so a new field's default keeps the old behaviour). Execution options (how
+    to compute, not what) are fields too, so they are saved, validated and resumed with
+    the rest."""
     PRESETS: dict
     """name -> Config; every model has a ``"tiny"`` preset (the generic tests use it)
     and a ``"default"`` one (what the trainer runs without flags)."""
     BATCH_SIZES: dict
-    """preset name -> the trainer's default batch size for it."""
+    """preset name -> the trainer's default batch size for it (a positive int)."""
     EXECUTION_OPTIONS: dict
-    """config field -> its values that must give the same loss and gradients as the
-    default (the generic tests check each one)."""
+    """config field -> a tuple of its values that must give the same loss and gradients
+    as the default (the generic tests check each one)."""
     NO_DECAY: frozenset
-    """parameter names that get no weight decay (gains, biases)."""
+    """parameter names (of ``param_shapes``) that get no weight decay (gains, biases)."""
 
     def param_shapes(self, cfg) -> dict:
         """name -> shape tuple, in the order parameters are drawn."""
