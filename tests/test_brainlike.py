@@ -142,11 +142,13 @@ def test_invalid_configs_are_rejected(overrides, message):
         brainlike.Config(**{**TINY.to_dict(), **overrides})
 
 
-def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients():
+@pytest.mark.parametrize("preset", ["default", "refine"])
+def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients(preset):
     """With recompute only each step's input is kept: a lower traced peak at the default
-    preset, and, since the step is redone with the same operations, the same bits."""
+    preset (and with every state read), and, since the step is redone with the same
+    operations, the same bits."""
     backend = get_backend("numpy")
-    cfg = brainlike.PRESETS["default"]
+    cfg = brainlike.PRESETS[preset]
     lean = cfg.with_overrides(recompute=True)
     assert measured_activation_bytes(backend, brainlike, lean, 16) < \
         0.75 * measured_activation_bytes(backend, brainlike, cfg, 16)
@@ -265,3 +267,13 @@ def test_a_checkpoint_written_before_the_fields_existed_loads_as_the_note_model(
     x, y = state.sample_batch(tokens, 3)
     assert old.model.loss(old.params, x, y, old.cfg, backend.ops) == \
         brainlike.loss(state.params, x, y, cfg, backend.ops)
+
+
+@pytest.mark.parametrize("options", [{}, {"recompute": True}, {"path": "dense"}])
+def test_activation_estimate_bounds_the_model_that_reads_every_state(options):
+    """As test_models' check of the estimate, for residual updates and every state read."""
+    backend = get_backend("numpy")
+    cfg = TINY.with_overrides(act_update="residual", decoder_reads="all", **options)
+    measured = measured_activation_bytes(backend, brainlike, cfg, 256)
+    estimate = brainlike.activation_bytes(cfg, 256, itemsize=4)
+    assert measured <= estimate <= 3 * measured, (measured, estimate)
