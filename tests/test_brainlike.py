@@ -201,13 +201,18 @@ def test_updates_and_reads_give_the_same_result_on_every_execution_option(
 
 @pytest.mark.parametrize("path", brainlike.PATHS)
 def test_residual_steps_start_from_the_encoders_activation(backend, path):
-    """w_a starts at 0 with the residual update, so at init every step's activation is
-    sigmoid(z[idx] + b_a) = the encoder's (b_a = 0): the steps start by keeping it. The
-    replace update's w_a is drawn as before."""
+    """w_a starts at 0 with the residual update (every other weight as with "replace"
+    at the same seed), so at init every step's activation is sigmoid(z[idx] + b_a) =
+    the encoder's (b_a = 0): the steps start by keeping it."""
     cfg = TINY.with_overrides(act_update="residual", decoder_reads="all", path=path)
     params = brainlike.init_params(cfg, backend, seed=0, dtype="float64")
+    replace = brainlike.init_params(TINY, backend, seed=0, dtype="float64")
     np.testing.assert_array_equal(backend.to_numpy(params["w_a"]), 0.0)
-    assert np.all(backend.to_numpy(brainlike.init_params(TINY, backend, seed=0)["w_a"]) != 0)
+    assert np.all(backend.to_numpy(replace["w_a"]) != 0)
+    for name, value in replace.items():
+        if name != "w_a":
+            np.testing.assert_array_equal(backend.to_numpy(params[name]),
+                                          backend.to_numpy(value), err_msg=name)
     x, _ = device_batch(backend, cfg, batch_size=3)
     _, cache = brainlike.forward(params, x, cfg, backend.ops)
     first, *later = [backend.to_numpy(a) for _, a in cache.decoder.pools]
@@ -216,17 +221,18 @@ def test_residual_steps_start_from_the_encoders_activation(backend, path):
         np.testing.assert_allclose(a, first, rtol=1e-12, atol=0)
 
 
-def test_reading_all_states_differs_from_the_last_and_equals_it_without_steps(backend):
-    """With S = 0 there is one state, so both reads are the same model bit for bit; with
-    steps the decoder's input (and so the loss) changes."""
+def test_without_steps_the_update_and_the_reads_change_nothing(backend):
+    """With S = 0 there is no step to update and one state to read, so B + C is the same
+    model bit for bit (the benches run S = 0 once); with steps each changes the loss."""
     x, y = device_batch(backend, TINY, batch_size=4, seed=2)
     params = perturbed_params(backend, brainlike, TINY, seed=3)
 
     def loss(**fields):
         return brainlike.loss(params, x, y, TINY.with_overrides(**fields), backend.ops)
 
-    assert loss(n_steps=0, decoder_reads="all") == loss(n_steps=0)
-    assert loss(decoder_reads="all") != pytest.approx(loss(), rel=1e-6)
+    assert loss(n_steps=0, act_update="residual", decoder_reads="all") == loss(n_steps=0)
+    for fields in ({"decoder_reads": "all"}, {"act_update": "residual"}):
+        assert loss(**fields) != pytest.approx(loss(), rel=1e-6), fields
 
 
 def test_presets_keep_the_note_model_and_name_the_refinement():

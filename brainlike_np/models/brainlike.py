@@ -193,8 +193,8 @@ def _init_std(name: str, shape: tuple, cfg: Config) -> float | str:
         return 1.0
     if name == "P":
         return (1.0 / cfg.context) ** 0.5
-    if name in ("Wo", "Wo_x") or (name == "w_a" and cfg.act_update == "residual"):
-        return "zeros"     # residual: the steps start by keeping the encoder's activation
+    if name in ("Wo", "Wo_x"):
+        return "zeros"
     if name == "W_dec":
         return 0.02
     if name.startswith("g"):
@@ -206,9 +206,14 @@ def _init_std(name: str, shape: tuple, cfg: Config) -> float | str:
 
 def init_params(cfg: Config, backend, seed: int = 0, dtype: str = "float32") -> dict:
     """Initial parameters, drawn on the host: the same seed gives the same weights
-    on every backend."""
-    return backend.init_params(param_shapes(cfg), lambda n, s: _init_std(n, s, cfg),
-                               seed, dtype)
+    on every backend. With ``act_update="residual"`` w_a is drawn as for "replace" (so
+    every other weight is the same for a seed) and then zeroed: the steps start by
+    keeping the encoder's activation."""
+    params = backend.init_params(param_shapes(cfg), lambda n, s: _init_std(n, s, cfg),
+                                 seed, dtype)
+    if cfg.act_update == "residual":
+        params["w_a"] = get_namespace(params["w_a"]).zeros_like(params["w_a"])
+    return params
 
 
 # ---------------------------------------------------------------------------------
