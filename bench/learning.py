@@ -7,6 +7,8 @@ the method is in bench/README.md, "Learning").
     python bench/learning.py                     # the full run: about 13 min on 2 quiet cores
     python bench/learning.py --seconds 300 --targets 0 --runs brainlike transformer-all
     python bench/learning.py --runs brainlike "brainlike:default:k_active=32,n_steps=2"
+    python bench/learning.py --study reconnect   # issue 24: S = 0, 1, 5 with and without
+                                                 # B + C, at 10 min and 76,800 targets, 2 seeds
 
 Writes <out>/learning.json (every evaluation of every run, the machine, the command),
 learning.md (the table for bench/README.md) and learning.png (the curves).
@@ -31,15 +33,30 @@ from brainlike_np.optim import cosine_lr
 from brainlike_np.train_state import TrainSettings, TrainState, default_batch_size
 from measure import RESULTS
 
-# name -> (model, preset, config fields changed): the default list of runs
+# name -> (model, preset, config fields changed)
 RUNS = {
     "brainlike": ("brainlike", "default", {}),
     "brainlike-S0": ("brainlike", "default", {"n_steps": 0}),
+    "brainlike-S1": ("brainlike", "default", {"n_steps": 1}),
     "brainlike-no-read": ("brainlike", "default", {"input_read": False}),
     "brainlike-tau0": ("brainlike", "default", {"tau": 0.0}),
     "brainlike-random-topk": ("brainlike", "default", {"selection": "random"}),
+    # issue 24's B + C (residual activation update, the decoder reads every state); at
+    # S = 0 it is brainlike-S0 itself (no step to update, one state to read)
+    "refine": ("brainlike", "refine", {}),
+    "refine-S1": ("brainlike", "refine", {"n_steps": 1}),
     "transformer-last": ("transformer", "default", {"targets": "last"}),
     "transformer-all": ("transformer", "default", {}),
+}
+# a study: its runs, budgets and seeds (each one a flag's default when --study names it)
+STUDIES = {
+    "ablations": {"runs": ["brainlike", "brainlike-S0", "brainlike-no-read", "brainlike-tau0",
+                           "brainlike-random-topk", "transformer-last", "transformer-all"],
+                  "seconds": 60.0, "targets": 6400, "seeds": [0]},
+    # the trainer's budget: 76,800 targets = 1,200 steps of 64 windows, and 10 minutes
+    "reconnect": {"runs": ["brainlike-S0", "brainlike-S1", "refine-S1", "brainlike", "refine",
+                           "transformer-last", "transformer-all"],
+                  "seconds": 600.0, "targets": 76_800, "seeds": [0, 1]},
 }
 SCHEDULE_UNITS = 10_000     # the lr schedule's resolution over a budget
 
@@ -84,8 +101,9 @@ def train(spec: dict) -> dict:
     batch = spec["batch_size"] or default_batch_size(spec["model"], spec["preset"])
     settings = TrainSettings(batch_size=batch, lr=spec["lr"], seed=spec["seed"])
     state = TrainState.create(spec["model"], cfg, backend, settings)
-    # the same windows for every run: drawn at the longest context, each model reads its own
-    rng = np.random.default_rng(spec["seed"] + 10_000)
+    # the same windows for every run and seed: drawn at the longest context, each model
+    # reads its own
+    rng = np.random.default_rng(spec["eval_seed"] + 10_000)
     windows = [sample_windows(corpus.valid, spec["eval_batch_size"], spec["eval_context"], rng)
                for _ in range(spec["eval_batches"])]
     windows = [(x[:, x.shape[1] - cfg.context:], y) for x, y in windows]
@@ -204,12 +222,20 @@ def plot(result: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), metavar="RUN",
+    ap.add_argument("--study", choices=STUDIES, default="ablations",
+                    help="the runs, budgets and seeds to use unless given below: "
+                    + "; ".join(f"{name}: {len(st['runs'])} runs, {st['seconds']:g} s and "
+                                f"{st['targets']:,} targets, seeds {st['seeds']}"
+                                for name, st in STUDIES.items()) + " (default ablations)")
+    ap.add_argument("--runs", nargs="+", metavar="RUN",
                     help=f"names ({', '.join(RUNS)}) or MODEL[:PRESET[:FIELD=VALUE,...]]")
-    ap.add_argument("--seconds", type=float, default=60.0,
-                    help="training seconds per run (0: skip this budget; default 60)")
-    ap.add_argument("--targets", type=int, default=6400,
-                    help="supervised targets per run (0: skip this budget; default 6400)")
+    ap.add_argument("--seconds", type=float,
+                    help="training seconds per run (0: skip this budget; default: the study's)")
+    ap.add_argument("--targets", type=int,
+                    help="supervised targets per run (0: skip this budget; default: the study's)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="train each run at each seed "
+                    "(weights and data order; the validation windows are the first seed's; "
+                    "default: the study's)")
     ap.add_argument("--evals", type=int, default=6, help="evaluations per run after the "
                     "one at step 0 (default 6)")
     ap.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
@@ -219,22 +245,30 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=TrainSettings.lr, help="peak learning rate")
     ap.add_argument("--warmup", type=float, default=0.08, help="linear warmup, as a fraction "
                     "of each run's budget (default 0.08), then cosine to 0.1 x lr")
-    ap.add_argument("--seed", type=int, default=0, help="weights, data order, validation windows")
     ap.add_argument("--data", help="a text file (default: the Python standard library)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="output folder (default "
                     "bench/results)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (3 s, 320 targets, "
-                    "2 evaluations of 2 batches): checks that every run works")
+                    "2 evaluations of 2 batches), the first seed unless --seeds is given: "
+                    "checks that every run works")
     measure.add_worker_arguments(ap)
     args = ap.parse_args()
     if measure.start(args, train):
         return 0
+    study, seeds_given = STUDIES[args.study], args.seeds is not None
+    for name in ("runs", "seconds", "targets", "seeds"):
+        if getattr(args, name) is None:
+            setattr(args, name, study[name])
     if args.quick:
         args.seconds, args.targets, args.evals, args.eval_batches = 3.0, 320, 2, 2
+        args.seeds = args.seeds if seeds_given else args.seeds[:1]
     try:
-        specs = [parse_run(r) for r in args.runs]
+        specs = [{**parse_run(r), "seed": seed} for r in args.runs for seed in args.seeds]
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if len(args.seeds) > 1:
+        for spec in specs:
+            spec["name"] += f" (seed {spec['seed']})"
     started, load_at_start = time.perf_counter(), measure.machine_load()
     corpus = load_corpus(args.data)
     runs = []
@@ -242,7 +276,7 @@ def main() -> int:
         for spec in specs if budget else []:
             print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {budget:g} {kind}", flush=True)
             runs.append(run_in_fresh_process({
-                **spec, "budget": [kind, budget], "data": args.data, "seed": args.seed,
+                **spec, "budget": [kind, budget], "data": args.data, "eval_seed": args.seeds[0],
                 "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
                 "evals": args.evals, "eval_batches": args.eval_batches,
                 "eval_batch_size": args.eval_batch_size,
@@ -253,7 +287,7 @@ def main() -> int:
         "command": measure.command_line(), "machine": measure.environment(),
         "load": {"start": load_at_start, "end": measure.machine_load()},
         "budgets": {"seconds": args.seconds, "targets": args.targets},
-        "settings": {"lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+        "settings": {"lr": args.lr, "warmup": args.warmup, "seeds": args.seeds,
                      "eval_windows": args.eval_batches * args.eval_batch_size,
                      "schedule": "warmup + cosine over each run's own budget, by the share "
                                  "of it spent (seconds or targets)"},

@@ -145,7 +145,8 @@ def test_a_model_that_lacks_something_is_named():
         "lacks supervised_targets",
         "lacks forward_flops",
         "loss takes (params, x, y, cfg, ops), the Protocol says (p, x, y, cfg, ops)"]
-    fake.loss, fake.init_params = transformer.loss, lambda cfg, backend, seed=1, dtype="float32": {}
+    fake.loss = transformer.loss
+    fake.init_params = lambda cfg, backend, seed=1, dtype="float32": {}
     assert "init_params takes (cfg, backend, seed=1, dtype='float32'), the Protocol says " \
         "(cfg, backend, seed=0, dtype='float32')" in interface_problems(fake)
 
