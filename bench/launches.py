@@ -34,7 +34,8 @@ PARTS = {
                                  "encoder_dense_forward", "encoder_dense_backward"))],
         "input read": [(brainlike, ("input_read_forward", "input_read_backward"))],
         "interaction steps": [(brainlike, ("step_forward", "step_backward"))],
-        "decoder": [(brainlike, ("decoder_forward", "decoder_backward"))],
+        "decoder": [(brainlike, ("decoder_forward", "decoder_backward", "pool_forward",
+                                 "pool_backward"))],
     },
     "transformer": {
         "embedding": [(transformer, ("trunk_forward", "trunk_backward"))],
