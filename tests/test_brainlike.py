@@ -192,7 +192,8 @@ def test_updates_and_reads_give_the_same_result_on_every_execution_option(
     for option, exact in (({"path": "dense"}, False), ({"recompute": True}, True)):
         loss_o, grads_o = brainlike.loss_and_grads(params, x, y, cfg.with_overrides(**option),
                                                    backend.ops)
-        assert loss_o == (loss if exact else pytest.approx(loss, rel=1e-12)), option
+        assert float(loss_o) == (float(loss) if exact else pytest.approx(float(loss), rel=1e-12)), \
+            option
         for name, g in grads.items():
             np.testing.assert_allclose(backend.to_numpy(grads_o[name]), backend.to_numpy(g),
                                        rtol=0 if exact else 1e-9, atol=0 if exact else 1e-10,
