@@ -35,7 +35,7 @@ from brainlike_np import ConfigError, get_backend, get_preset
 from brainlike_np.data import load_corpus, sample_windows
 from brainlike_np.models import brainlike
 from brainlike_np.optim import cosine_lr
-from brainlike_np.train_state import TrainSettings, TrainState
+from brainlike_np.train_state import TrainSettings, TrainState, default_batch_size
 from learning import RUNS, parse_run
 from measure import RESULTS
 
@@ -91,7 +91,7 @@ def diagnose(state: TrainState, windows) -> dict:
 def run(spec: dict, args, corpus) -> dict:
     backend = get_backend()
     cfg = get_preset(spec["model"], spec["preset"]).with_overrides(**spec["fields"])
-    batch = args.batch_size or brainlike.BATCH_SIZES.get(spec["preset"], 32)
+    batch = args.batch_size or default_batch_size("brainlike", spec["preset"])
     settings = TrainSettings(batch_size=batch, lr=args.lr, seed=args.seed)
     state = TrainState.create("brainlike", cfg, backend, settings)
     rng = np.random.default_rng(args.seed + 10_000)
