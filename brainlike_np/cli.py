@@ -29,8 +29,12 @@ def exit_quietly_on_ctrl_c() -> None:
 
 
 def _interrupted_while_starting(signum, frame):
+    """Ends the process at once. An exception raised here would surface inside whatever
+    import was running, and a library may turn it into its own ImportError (NumPy's
+    C-extension loader does), printed as a traceback. Nothing has been written yet."""
     print("error: interrupted while starting; nothing was changed", file=sys.stderr)
-    raise SystemExit(EXIT_INTERRUPTED)
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def startup_over() -> None:
