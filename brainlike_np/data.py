@@ -10,8 +10,10 @@ the backend: batches go to the device with ``backend.asarray``."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import hashlib
+import json
 import math
 import os
 import stat
@@ -22,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .datafiles import DataError, DataFile, Tokens
+from .datafiles import MAX_FILE_BLOCKS, DataError, DataFile, Tokens
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
 VALID_FRACTION = 0.1      # a single file: its last 10% of bytes are the validation split
 VALID_ONE_IN = 10         # several files: those whose path's CRC-32 is 0 mod 10
 COUNT_CHUNK = 1 << 18     # bytes the baselines count at a time: their extra memory is O(this)
 BASELINE_SAMPLE_BYTES = 100 * 2**20   # the baselines read at most this much of each split
+MAX_HASH_BLOCKS = 512     # the record's content hashes read at most this many 64 KiB blocks
+# the names the trainer writes in its --out-dir (outdir.py, checkpoint.new_temp_file)
+OUT_DIR_NAMES = ("ckpt.npz", "metrics.jsonl", ".lock", ".tmp-x0y1z2.npz", ".tmp-x0y1z2.jsonl",
+                 ".tmp-write-test-x0y1z2")
 
 
 # ---- corpora ------------------------------------------------------------------------
@@ -40,7 +46,8 @@ class Corpus:
     files: list = field(default_factory=list)   # DataFiles, in order (none: in memory)
     split: dict = field(default_factory=dict)   # how validation was chosen, as recorded
     source: str | None = None                   # --data, resolved; None: the default
-    root: str | None = None                     # the folder a --data folder or glob lists
+    root: str | None = None                     # the folder a --data folder lists
+    pattern: str | None = None                  # --data GLOB, resolved (as ``source``)
     _record: dict | None = field(default=None, repr=False)
 
     def check_fits(self, context: int, vocab_size: int = 256) -> None:
@@ -64,23 +71,32 @@ class Corpus:
                         f"is {vocab_size}: a byte corpus needs --vocab-size 256")
 
     def check_outside(self, folder: str) -> None:
-        """DataError if ``folder`` (the run's --out-dir, whose files change as it trains)
-        lies in the folder that a --data folder or glob lists."""
-        out = os.path.join(os.path.realpath(folder), "")
-        if self.root and out.startswith(os.path.join(self.root, "")):
+        """DataError if the files the trainer writes in ``folder`` (the run's --out-dir)
+        would be data: ``folder`` lies in a --data folder, or one of the names it writes
+        there matches a --data glob."""
+        out = os.path.realpath(folder)
+        if self.root and os.path.join(out, "").startswith(os.path.join(self.root, "")):
             raise DataError(f"--out-dir '{folder}' is inside the --data folder '{self.root}', "
                             "so its checkpoint would become data that changes; keep "
                             "--out-dir out of it")
+        written = [name for name in OUT_DIR_NAMES
+                   if self.pattern and glob_matches(self.pattern, os.path.join(out, name))]
+        if written:
+            raise DataError(f"the --data glob '{self.pattern}' matches '{written[0]}', which "
+                            f"the trainer writes in --out-dir '{folder}', so it would become "
+                            "data that changes; narrow the glob or move --out-dir")
 
     def record(self) -> dict:
         """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
-        file's absolute path, size and fingerprint, the split and the split sizes (an
-        in-memory corpus: a hash of its bytes instead of files). Computed once."""
+        file's record (absolute path, size, modification time, content hash: see
+        ``hash_budget``), the split and the split sizes (an in-memory corpus: a hash of
+        its bytes instead of files). Computed once."""
         if self._record is None:
             rec = {"source": self.source, "split": self.split,
                    "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
             if self.files:
-                rec["files"] = [f.record() for f in self.files]
+                rec["files"] = [f.record(n) for f, n in zip(self.files,
+                                                           hash_budget(len(self.files)))]
             else:
                 h = hashlib.blake2b(digest_size=16)
                 for tokens in (self.train, self.valid):
@@ -89,6 +105,46 @@ class Corpus:
                 rec["fingerprint"] = h.hexdigest()
             self._record = rec
         return self._record
+
+    def digest(self) -> str:
+        """SHA-256 of the record without paths and times (which differ between nodes
+        that hold copies of the same files): what every rank must see the same of."""
+        rec = self.record()
+        content = {**rec, "source": None,
+                   "files": [[f["size"], f["hash"]] for f in rec.get("files", [])]}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def hash_budget(n_files: int) -> list:
+    """How many 64 KiB blocks each of ``n_files`` files' content hash reads (None: not
+    hashed), MAX_HASH_BLOCKS in all at most: up to 18 blocks a file for a few files, 2
+    (the first and last) for many, and beyond MAX_HASH_BLOCKS / 2 files only that many,
+    evenly spaced, are hashed (the others are checked by size and modification time)."""
+    per_file = min(MAX_FILE_BLOCKS, max(2, MAX_HASH_BLOCKS // max(n_files, 1)))
+    hashed = set(np.linspace(0, n_files - 1, min(n_files, MAX_HASH_BLOCKS // per_file))
+                 .round().astype(np.int64).tolist())
+    return [per_file if i in hashed else None for i in range(n_files)]
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """Whether ``glob.glob(pattern, recursive=True)`` would list ``path`` if it existed
+    (both absolute): ``*``, ``?`` and ``[...]`` within a name, ``**`` across folders,
+    and names starting with a dot only matched by a pattern part that starts with one."""
+    return _parts_match(Path(pattern).parts, Path(path).parts)
+
+
+def _parts_match(pattern: tuple, names: tuple) -> bool:
+    if not names:
+        return all(part == "**" for part in pattern)
+    if not pattern:
+        return False
+    first, name = pattern[0], names[0]
+    if first == "**":       # no names, or one more (not hidden) for the same "**"
+        return _parts_match(pattern[1:], names) or (
+            not name.startswith(".") and _parts_match(pattern, names[1:]))
+    if name.startswith(".") and not first.startswith(".") and glob.has_magic(first):
+        return False
+    return fnmatch.fnmatchcase(name, first) and _parts_match(pattern[1:], names[1:])
 
 
 def stdlib_files() -> list[Path]:
@@ -151,9 +207,10 @@ def _check_regular(path: str, st: os.stat_result) -> None:
         raise NotRegularFileError(f"'{path}' is {kind}, not a regular file")
 
 
-def open_corpus(spec: str | None = None) -> Corpus:
+def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
     """The default corpus (``spec`` None), or ``spec``'s files mapped: a file, a folder
-    (every regular file under it, sorted) or a glob pattern (``'texts/*.txt'``)."""
+    (every regular file under it, sorted) or a glob pattern (``'texts/*.txt'``).
+    ``missing``: what a missing file's DataError tells the user to do."""
     if spec is None:
         return load_stdlib_corpus()
     if not spec:
@@ -161,21 +218,22 @@ def open_corpus(spec: str | None = None) -> Corpus:
     if os.path.isdir(spec):
         root, paths = spec, sorted(p for p in Path(spec).rglob("*") if p.is_file())
         what, source, none = f"folder '{spec}'", _resolved_source(spec), "holds no files"
+        where = {"root": os.path.realpath(root)}
     elif glob.has_magic(spec) and not os.path.exists(spec):
         root = _literal_prefix(spec)
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         what, source, none = f"glob '{spec}'", _resolved_source(spec, root), "matches no files"
+        where = {"pattern": source}
     else:
-        return _open_one_file(spec)
+        return _open_one_file(spec, missing)
     if not paths:
         raise DataError(f"{what} {none}; point --data at text files")
-    files = [_open_data_file(str(p)) for p in paths]
+    files = [_open_data_file(str(p), missing) for p in paths]
     kept = [(f, str(os.path.relpath(p, root))) for f, p in zip(files, paths) if f.size]
     if not kept:
         raise DataError(f"{what} holds only empty files; point --data at text files")
     if len(kept) == 1:
-        return dataclasses.replace(_file_corpus(kept[0][0], what, source),
-                                   root=os.path.realpath(root))
+        return dataclasses.replace(_file_corpus(kept[0][0], what, source), **where)
     to_valid = in_validation([rel for _, rel in kept])
     if not any(to_valid) or all(to_valid):    # few files: the last one validates
         to_valid = [i == len(kept) - 1 for i in range(len(kept))]
@@ -183,7 +241,7 @@ def open_corpus(spec: str | None = None) -> Corpus:
     sides = {side: Tokens([(f, 0, f.size) for (f, _), v in zip(kept, to_valid) if v == side])
              for side in (False, True)}
     return Corpus(f"{what} ({len(kept)} files)", sides[False], sides[True],
-                  [f for f, _ in kept], split, source, os.path.realpath(root))
+                  [f for f, _ in kept], split, source, **where)
 
 
 def load_corpus(path: str | None = None) -> Corpus:
@@ -191,8 +249,8 @@ def load_corpus(path: str | None = None) -> Corpus:
     return open_corpus(path)
 
 
-def _open_one_file(path: str) -> Corpus:
-    data_file = _open_data_file(path)
+def _open_one_file(path: str, missing: str | None = None) -> Corpus:
+    data_file = _open_data_file(path, missing)
     if data_file.size == 0:
         raise DataError(f"data file '{path}' is empty; pass a text file with content")
     return _file_corpus(data_file, path, data_file.path)
@@ -205,16 +263,18 @@ def _file_corpus(data_file: DataFile, name: str, source: str) -> Corpus:
                   [data_file], {"valid": "tail", "valid_range": [cut, data_file.size]}, source)
 
 
-def _open_data_file(path: str) -> DataFile:
-    """A DataFile, after checking that ``path`` is a regular file this process can read."""
+def _open_data_file(path: str, missing: str | None = None) -> DataFile:
+    """A DataFile, after checking that ``path`` is a regular file this process can read;
+    ``missing``: the fix a missing file's message gives (default: pass another --data)."""
     try:
         with open_regular_file(path):
             return DataFile(path)
     except NotRegularFileError as exc:
         raise DataError(f"data file {exc}; pass a text file to --data") from None
     except FileNotFoundError:
-        raise DataError(f"data file '{path}' does not exist; pass an existing text file "
-                        "to --data, or leave --data out for the default corpus") from None
+        raise DataError(f"data file '{path}' does not exist; " + (
+            missing or "pass an existing text file to --data, or leave --data out for the "
+                       "default corpus")) from None
     except OSError as exc:
         raise DataError(f"data file '{path}' cannot be read ({exc.strerror or exc}); check "
                         "the path and its permissions") from None
@@ -237,18 +297,37 @@ def _resolved_source(spec: str, prefix: str | None = None) -> str:
 def check_same_data(saved: dict | None, current: dict) -> str | None:
     """DataError (one line) unless ``current`` (``Corpus.record()``) is the data the run
     was trained on (``saved``): the same files (absolute, symlinks resolved), sizes,
-    fingerprints and split. -> a note when there is no saved record to compare."""
+    modification times, content hashes and split. -> a note when there is no saved
+    record to compare, or one from before the content hashes (sizes compared only)."""
     if saved is None:
-        return ("note: the checkpoint has no data record (written by an older version), so "
-                "the data could not be checked against the run's")
-    try:
-        return _compare_records(saved, current)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"the checkpoint's data record is damaged ({type(exc).__name__}: "
-                        f"{exc}); start a new run in another --out-dir") from None
+        return ("note: the checkpoint has no data record (saved by an older version, or "
+                "through the library without one), so the data could not be checked "
+                "against the run's")
+    problem = _record_problem(saved)
+    if problem:
+        raise DataError(f"the checkpoint's data record is damaged ({problem}); start a new "
+                        "run in another --out-dir")
+    return _compare_records(saved, current)
 
 
-def _compare_records(saved: dict, current: dict) -> None:
+def _record_problem(saved) -> str | None:
+    """What is wrong with the types of a saved data record; None if nothing."""
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if not isinstance(saved, dict):
+        return f"not an object: {saved!r:.40}"
+    files = saved.get("files", [])
+    if not isinstance(files, list):
+        return f"files is {files!r:.40}"
+    for f in files:
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and is_int(f.get("size"))
+                and isinstance(f.get("hash", f.get("fingerprint")), (str, type(None)))
+                and (is_int(f["mtime_ns"]) if "mtime_ns" in f else True)):
+            return f"file entry {f!r:.60}"
+    return None
+
+
+def _compare_records(saved: dict, current: dict) -> str | None:
     fix = "pass the run's data to --data, or start a new run in another --out-dir"
     old, new = saved.get("files", []), current.get("files", [])
     if [f["path"] for f in old] != [f["path"] for f in new]:
@@ -257,13 +336,19 @@ def _compare_records(saved: dict, current: dict) -> None:
         if before["size"] != after["size"]:
             raise DataError(f"data file '{after['path']}' changed since the run started "
                             f"({before['size']:,} -> {after['size']:,} bytes); {fix}")
-        if before["fingerprint"] != after["fingerprint"]:
+        if "hash" in before and before["hash"] != after["hash"]:
             raise DataError(f"data file '{after['path']}' changed since the run started "
                             f"(its content differs); {fix}")
+        if before.get("mtime_ns", after["mtime_ns"]) != after["mtime_ns"]:
+            raise DataError(f"data file '{after['path']}' changed since the run started "
+                            f"(its modification time differs); {fix}")
     for key in ("split", "train_bytes", "valid_bytes", "fingerprint"):
         if saved.get(key) != current.get(key):
             raise DataError(f"the data changed since the run started ({key} "
                             f"{saved.get(key)} -> {current.get(key)}); {fix}")
+    if any("hash" not in f for f in old):
+        return ("note: the checkpoint's data record is from an older version: the files' "
+                "paths and sizes were checked, not their content")
     return None
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 READ_CHUNK = 1 << 18      # bytes ``Tokens.tobytes`` reads at a time
 SAMPLE_BLOCK = 2**20      # a sample of a long sequence: evenly spaced blocks of this size
-FINGERPRINT_BLOCK = 2**20             # a file's fingerprint: its first and last MiB ...
-FINGERPRINT_SAMPLES = 16              # ... and this many 64 KiB blocks evenly between
+HASH_BLOCK = 2**16        # a file's content hash reads blocks of this size: its first and
+MAX_FILE_BLOCKS = 18      # last, and evenly spaced ones between, up to this many in all
 
 
 class DataError(ValueError):
@@ -23,15 +23,15 @@ class DataError(ValueError):
 # ---- files: identity, checked reads --------------------------------------------------
 class DataFile:
     """One file of a corpus, as it was when the corpus was opened: its absolute path
-    (symlinks resolved), size and inode. ``map()`` maps it read-only for one read; a
-    file removed, replaced or resized since is a DataError (reading a truncated map
-    would kill the process with SIGBUS)."""
+    (symlinks resolved), size, inode and modification and change times. ``map()`` maps
+    it read-only for one read; a file removed, replaced, resized or written since is a
+    DataError (reading a truncated map would kill the process with SIGBUS)."""
 
     def __init__(self, path: str):
         self.path = os.path.realpath(path)
         st = os.stat(self.path)
-        self.size, self._inode = st.st_size, (st.st_dev, st.st_ino)
-        self._fingerprint = None
+        self.size, self.mtime_ns, self._stat = st.st_size, st.st_mtime_ns, _identity(st)
+        self._content_hash = {}
 
     def check_unchanged(self) -> None:
         try:
@@ -41,8 +41,11 @@ class DataFile:
         if st.st_size != self.size:
             raise DataError(self._changed(f"changed size ({self.size:,} -> {st.st_size:,} "
                                           "bytes)"))
-        if (st.st_dev, st.st_ino) != self._inode:
+        if (st.st_dev, st.st_ino) != self._stat[:2]:
             raise DataError(self._changed("was replaced by another file"))
+        if _identity(st) != self._stat:
+            raise DataError(self._changed("was written to (its modification or change time "
+                                          "moved)"))
 
     def _changed(self, what: str) -> str:
         return (f"data file '{self.path}' {what} during the run; restore it and --resume "
@@ -71,24 +74,33 @@ class DataFile:
             raise DataError(self._changed("was truncated"))
         return got
 
-    def fingerprint(self) -> str:
-        """BLAKE2b of the size, the first and last MiB and evenly spaced 64 KiB blocks
-        (a small file: all of it): a few MiB read whatever the size."""
-        if self._fingerprint is None:
-            block = FINGERPRINT_BLOCK // 16
-            starts = np.linspace(FINGERPRINT_BLOCK, self.size - FINGERPRINT_BLOCK - block,
-                                 FINGERPRINT_SAMPLES).astype(np.int64)
-            spans = ([(0, FINGERPRINT_BLOCK), *((int(s), int(s) + block) for s in starts),
-                      (self.size - FINGERPRINT_BLOCK, self.size)]
-                     if self.size > 4 * FINGERPRINT_BLOCK else [(0, self.size)])
-            h = hashlib.blake2b(str(self.size).encode(), digest_size=16)
+    def content_hash(self, n_blocks: int = MAX_FILE_BLOCKS) -> str:
+        """BLAKE2b (8 bytes, 16 hex digits) of the size and ``n_blocks`` (at least 2)
+        blocks of HASH_BLOCK bytes: the first, the last and evenly spaced ones between;
+        all of a file of at most ``n_blocks`` blocks. Reads ``n_blocks`` * 64 KiB at most."""
+        if n_blocks not in self._content_hash:
+            n_blocks = max(2, n_blocks)
+            if self.size <= n_blocks * HASH_BLOCK:
+                spans = [(0, self.size)]
+            else:
+                starts = np.linspace(0, self.size - HASH_BLOCK, n_blocks).astype(np.int64)
+                spans = [(int(s), int(s) + HASH_BLOCK) for s in starts]
+            h = hashlib.blake2b(str(self.size).encode(), digest_size=8)
             for piece in self._read_spans(spans):
                 h.update(piece)
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
+            self._content_hash[n_blocks] = h.hexdigest()
+        return self._content_hash[n_blocks]
 
-    def record(self) -> dict:
-        return {"path": self.path, "size": self.size, "fingerprint": self.fingerprint()}
+    def record(self, n_blocks: int | None) -> dict:
+        """Path, size, modification time (ns) and content hash (None: ``n_blocks`` None,
+        a file the corpus's hash budget left out); about 80 bytes of JSON plus the path."""
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns,
+                "hash": None if n_blocks is None else self.content_hash(n_blocks)}
+
+
+def _identity(st: os.stat_result) -> tuple:
+    """What changes when a file is replaced or written: device, inode, size, mtime, ctime."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 # ---- token sequences made of parts ---------------------------------------------------

@@ -139,9 +139,11 @@ def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
         check_memory(state.cfg, state.model_name, state.settings, backend)
         saved = state.data_record      # the files the run was trained on, resolved
         data = request.settings.get("data")
-        if data is None:
-            data = saved.get("source") if saved else state.settings.data
-        corpus = open_corpus(data)
+        if data is not None:
+            corpus = open_corpus(data)
+        else:       # the run's own files: a missing one is to be restored, not replaced
+            corpus = open_corpus(saved.get("source") if saved else state.settings.data,
+                                 missing="restore it, or start a new run in another --out-dir")
         corpus.check_outside(out.path)
         note = check_same_data(saved, corpus.record())
         if note:

@@ -4,6 +4,7 @@ bounded baselines, the identity record that --resume compares, and the trainer's
 errors (one line, nothing saved lost), down to resident memory on a huge sparse file."""
 
 import ctypes
+import glob
 import json
 import mmap
 import os
@@ -298,6 +299,87 @@ def test_a_changed_file_is_refused_on_resume(tmp_path, size, where):
         data.check_same_data(before, data.open_corpus(str(path)).record())
 
 
+def overwrite_in_place(path, offset, new_bytes, later_ns=10**9):
+    """Same size, same inode; the modification time moved ``later_ns`` on (a filesystem
+    whose clock ticks coarser than the edit still records a different time)."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(new_bytes)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + later_ns))
+
+
+def test_a_same_size_edit_in_place_during_the_run_is_caught(tmp_path):
+    """README guarantee (c): a file written during the run is refused at the next read,
+    even at the same size and inode."""
+    path = tmp_path / "f"
+    path.write_bytes(random_bytes(4000))
+    corpus = data.open_corpus(str(path))
+    data.sample_windows(corpus.train, 4, 8, np.random.default_rng(0))
+    overwrite_in_place(path, 100, b"edited")
+    with pytest.raises(data.DataError, match="was written to"):
+        data.sample_windows(corpus.train, 4, 8, np.random.default_rng(0))
+
+
+def test_a_file_touched_since_the_run_started_is_refused_on_resume(tmp_path):
+    """Content hashes are sampled; the modification time catches an edit they miss."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(random_bytes(3 * 2**20))
+    before = data.open_corpus(str(path)).record()
+    overwrite_in_place(path, 2**20 + 7, b"x")     # between the sampled blocks
+    after = data.open_corpus(str(path)).record()
+    assert after["files"][0]["hash"] == before["files"][0]["hash"]
+    with pytest.raises(data.DataError, match="modification time differs"):
+        data.check_same_data(before, after)
+
+
+def test_the_record_of_many_files_reads_a_bounded_sample(tmp_path, monkeypatch):
+    """600 sparse files of 1 MiB: the content hashes read at most MAX_HASH_BLOCKS blocks
+    of 64 KiB in all (not the 600 MiB), every file keeps its size and modification time,
+    and a file's entry in meta.json is its path plus under 100 bytes."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(600):
+        with open(folder / f"{i:04d}.bin", "wb") as f:
+            f.truncate(2**20)
+    read = []
+    real = DataFile._read_spans
+    monkeypatch.setattr(DataFile, "_read_spans",
+                        lambda self, spans: read.extend(spans) or real(self, spans))
+    record = data.open_corpus(str(folder)).record()
+    assert sum(stop - start for start, stop in read) <= data.MAX_HASH_BLOCKS * 2**16
+    hashed = [f for f in record["files"] if f["hash"] is not None]
+    assert len(record["files"]) == 600 and 200 <= len(hashed) <= data.MAX_HASH_BLOCKS // 2
+    assert all(f["size"] == 2**20 and isinstance(f["mtime_ns"], int) for f in record["files"])
+    for f in record["files"]:
+        assert len(json.dumps(f)) - len(f["path"]) < 100
+    unhashed = next(f for f in record["files"] if f["hash"] is None)
+    overwrite_in_place(unhashed["path"], 0, b"edited")
+    with pytest.raises(data.DataError, match=f"'{unhashed['path']}' changed .*modification"):
+        data.check_same_data(record, data.open_corpus(str(folder)).record())
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: r["files"][0].update(size="big"),
+    lambda r: r["files"][0].update(size=None),
+    lambda r: r["files"][0].update(path=7),
+    lambda r: r["files"][0].update(hash=12),
+    lambda r: r["files"][0].update(mtime_ns="now"),
+    lambda r: r.update(files={"a": 1}),
+    lambda r: r["files"].append("x"),
+], ids=["size-str", "size-none", "path-int", "hash-int", "mtime-str", "files-dict", "entry-str"])
+def test_a_damaged_data_record_is_one_data_error(tmp_path, damage):
+    path = tmp_path / "c.txt"
+    path.write_bytes(random_bytes(3000))
+    current = data.open_corpus(str(path)).record()
+    saved = json.loads(json.dumps(current))
+    damage(saved)
+    with pytest.raises(data.DataError, match="data record is damaged"):
+        data.check_same_data(saved, current)
+    with pytest.raises(data.DataError, match="data record is damaged"):
+        data.check_same_data(["not", "a", "dict"], current)
+
+
 def test_another_file_or_corpus_is_refused(tmp_path):
     (tmp_path / "a").write_bytes(random_bytes(3000))
     (tmp_path / "b").write_bytes(random_bytes(3000))
@@ -361,7 +443,7 @@ def test_resume_finds_the_recorded_file_from_anywhere_and_refuses_a_namesake(
 @pytest.mark.parametrize("change, expected", [
     (lambda p: p.write_bytes(p.read_bytes()[:-40] + b"#" * 40), "content differs"),
     (lambda p: os.truncate(p, 3000), "-> 3,000 bytes"),
-    (lambda p: os.remove(p), "does not exist"),
+    (lambda p: os.remove(p), "does not exist; restore it, or start a new run in another"),
 ])
 def test_a_data_file_changed_truncated_or_removed_before_resume_is_refused(
         tmp_path, capsys, corpus_text, change, expected):
@@ -373,6 +455,7 @@ def test_a_data_file_changed_truncated_or_removed_before_resume_is_refused(
     code, _, err = run_train(["--resume", "--out-dir", out, "--max-iters", "4"], capsys)
     assert code == 1
     assert_one_error_line(err, expected)
+    assert "default corpus" not in err      # the path came from the checkpoint, not --data
     assert (out / "ckpt.npz").read_bytes() == saved
 
 
@@ -412,8 +495,8 @@ def test_an_old_checkpoint_without_a_data_record_resumes_with_a_note(tmp_path, c
     code, _, err = run_train(["--resume", "--out-dir", out, "--max-iters", "4"], capsys)
     assert code == 0
     assert err.strip().splitlines() == [
-        "note: the checkpoint has no data record (written by an older version), so the data "
-        "could not be checked against the run's"]
+        "note: the checkpoint has no data record (saved by an older version, or through the "
+        "library without one), so the data could not be checked against the run's"]
     assert meta_of(out)["data"] == data.open_corpus(str(path)).record()   # recorded from now on
 
 
@@ -431,21 +514,61 @@ def test_a_folder_trains_and_its_files_are_recorded(tmp_path, capsys):
     assert_one_error_line(err, "and 10 more, not")
 
 
-@pytest.mark.parametrize("spec", [".", "*.txt"])
+@pytest.mark.parametrize("spec, expected", [
+    (".", "is inside the --data folder"),
+    ("**", "the --data glob '{root}/**' matches 'ckpt.npz'"),
+    ("*/*", "the --data glob '{root}/*/*' matches 'ckpt.npz'"),
+    ("o/[dm]*", "the --data glob '{root}/o/[dm]*' matches 'metrics.jsonl'"),
+    ("o/.*", "the --data glob '{root}/o/.*' matches '.lock'"),
+    ("o/.t*", "the --data glob '{root}/o/.t*' matches '.tmp-"),
+])
 def test_a_data_folder_or_glob_holding_the_out_dir_is_refused(
-        tmp_path, capsys, monkeypatch, corpus_text, spec):
-    """--data . --out-dir out: the checkpoint and metrics would become data that changes.
+        tmp_path, capsys, monkeypatch, corpus_text, spec, expected):
+    """--data . --out-dir out: the checkpoint and metrics would become data that changes;
+    a glob is refused when it matches a name the trainer writes in the out-dir.
     A single data file inside the out-dir is fine (the trainer never writes it)."""
     (tmp_path / "c.txt").write_bytes(corpus_text)
+    (tmp_path / "o").mkdir()
+    for name in ("d.txt", ".d.txt", ".t.txt"):
+        (tmp_path / "o" / name).write_bytes(corpus_text)
     monkeypatch.chdir(tmp_path)
     code, _, err = run_train(TINY + ["--max-iters", "2", "--data", spec, "--out-dir", "o"],
                              capsys)
     assert code == 1
-    assert_one_error_line(err, "is inside the --data folder")
+    assert_one_error_line(err, expected.format(root=os.path.realpath(tmp_path)))
     assert not (tmp_path / "o" / "ckpt.npz").exists()
     (tmp_path / "o" / "c.txt").write_bytes(corpus_text)
     assert run_train(TINY + ["--max-iters", "2", "--data", "o/c.txt", "--out-dir", "o"],
                      capsys)[0] == 0
+
+
+@pytest.mark.parametrize("names", [["c.txt"], ["a.txt", "b.txt", "c.txt"]])
+def test_a_glob_of_texts_trains_into_the_default_out_dir_beside_them(
+        tmp_path, capsys, monkeypatch, corpus_text, names):
+    """``--data '*.txt'`` in a folder of texts, --out-dir left at its default 'out'
+    (inside the glob's folder, but nothing the trainer writes there is a .txt): it trains
+    and resumes, with one matched file as with several."""
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(corpus_text[i:])
+    monkeypatch.chdir(tmp_path)
+    assert run_train(TINY + ["--max-iters", "2", "--data", "*.txt"], capsys)[0] == 0
+    assert run_train(["--resume", "--max-iters", "4"], capsys)[0] == 0
+    assert meta_of(tmp_path / "out")["step"] == 4
+
+
+@pytest.mark.parametrize("pattern", ["*", "**", "**/*", "*/*.npz", "o/.*", "**/.*", "o/*.*",
+                                     "o/[.c]*", "?/ckpt.np?", "**/.lock", "o/**", ".*/*"])
+def test_glob_matches_lists_what_glob_lists(tmp_path, pattern):
+    """``data.glob_matches`` against ``glob.glob`` itself, on files that exist."""
+    for name in ("o/ckpt.npz", "o/.lock", "o/sub/x.npz", ".h/ckpt.npz", "top.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    root = os.path.realpath(tmp_path)
+    listed = {os.path.relpath(p, root) for p in
+              glob.glob(os.path.join(root, pattern), recursive=True)}
+    for name in ("o/ckpt.npz", "o/.lock", "o/sub/x.npz", ".h/ckpt.npz", "top.txt"):
+        assert data.glob_matches(os.path.join(root, pattern), os.path.join(root, name)) == \
+            (name in listed), name
 
 
 def test_sample_every_prints_at_every_nth_evaluation(tmp_path, capsys, corpus_text):
