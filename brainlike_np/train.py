@@ -99,8 +99,18 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
                 f"({given}); drop {given} to resume it, or start a new run in another "
                 "--out-dir")
     flags = {name: value for name, value in request.settings.items() if name != "data"}
-    state.change_settings(replace(state.settings, **flags))     # data: by its record
+    settings = replace(state.settings, **flags)                 # data: by its record
+    if settings.batch_size is None:     # saved through the library (TrainState.save)
+        preset = request.preset or preset_of(state.model_name, state.cfg)
+        settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
+    state.change_settings(settings)
     return state
+
+
+def preset_of(model_name: str, cfg) -> str:
+    """The name of the model's preset whose config is ``cfg``; 'default' if none is."""
+    presets = get_model(model_name).PRESETS
+    return next((name for name, preset in presets.items() if preset == cfg), "default")
 
 
 def check_memory(cfg, model_name: str, settings: TrainSettings, backend) -> None:
@@ -324,8 +334,8 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
             lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
             t0 = time.perf_counter()
             x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+            # returns once the step is done on the device: it reads its loss to the host
             m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
-            backend.synchronize()
             dt = time.perf_counter() - t0
             peak = backend.memory.peak_bytes()
             reporter.log_step({"step": state.step, "loss": m["loss"], "lr": lr,

@@ -144,7 +144,7 @@ class TrainState:
         the loss and the gradient norm are read together, once."""
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
-        check_batch(x, y, self.cfg.vocab_size)
+        self.check_windows(x, y)
         xb, yb = self.backend.asarray(x), self.backend.asarray(y)
         loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
         loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank

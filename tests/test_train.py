@@ -251,3 +251,44 @@ def test_a_checkpoint_written_by_the_earlier_code_resumes_bit_for_bit(tmp_path, 
                                                   if k != "time_s"}}
     assert drop_time(resumed_meta) == drop_time(again_meta) and resumed_meta["step"] == 4
     assert train_losses("old") == train_losses("rewritten")
+
+
+def test_train_step_refuses_windows_shorter_than_the_context():
+    """A batch of windows shorter than the model's context would train on what the model
+    never sees at generation; refused before anything changes."""
+    from brainlike_np.models import get_preset
+    state = TrainState.create("brainlike", get_preset("brainlike", "tiny"), get_backend("numpy"))
+    x = np.zeros((2, state.cfg.context - 1), dtype=np.int64)
+    with pytest.raises(ValueError, match="windows must be the model's context"):
+        state.train_step(x, np.zeros(2, dtype=np.int64), lr=1e-3)
+    assert state.step == 0
+
+
+def test_a_checkpoint_saved_through_the_library_resumes_in_the_cli(tmp_path, corpus_file,
+                                                                   capsys):
+    """README "Library use": ``TrainState.create(...); state.save(p)`` has no batch size
+    and no data record. The CLI resumes it at the preset's default batch size, with no
+    claim that an older version wrote it, then resumes its own checkpoint again."""
+    from brainlike_np.models import get_preset
+    from brainlike_np.train_state import default_batch_size
+    from npz import load_npz
+    state = TrainState.create("brainlike", get_preset("brainlike", "tiny"), get_backend("numpy"))
+    x, y = state.sample_batch(np.frombuffer(TEXT, dtype=np.uint8), batch_size=3)
+    state.train_step(x, y, lr=1e-3)
+    out = tmp_path / "run"
+    out.mkdir()
+    state.save(str(out / "ckpt.npz"))
+    code, _, err = run_main(["--resume", "--out-dir", str(out), "--max-iters", "3",
+                             "--eval-batches", "2", "--data", corpus_file], capsys)
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        "note: the checkpoint has no data record (saved by an older version, or through the "
+        "library without one), so the data could not be checked against the run's"]
+    meta = load_npz(str(out / "ckpt.npz"))[1]
+    assert meta["step"] == 3
+    assert meta["train"]["batch_size"] == default_batch_size("brainlike", "tiny") == 4
+    assert meta["data"]["files"][0]["path"] == os.path.realpath(corpus_file)
+    code, _, err = run_main(["--resume", "--out-dir", str(out), "--max-iters", "5",
+                             "--eval-batches", "2"], capsys)
+    assert code == 0 and err == ""
+    assert load_npz(str(out / "ckpt.npz"))[1]["step"] == 5
