@@ -195,7 +195,7 @@ def run_identity(run: Run) -> dict:
     return {"model": state.model_name, "model config": state.cfg.to_dict(),
             "training settings": state.settings.to_dict(),
             "step and data order": [state.step, state.sampler.bit_generator.state],
-            "training data": run.corpus.train.shape[0], "parameters": checksum(state)}
+            "training data": run.corpus.digest(), "parameters": checksum(state)}
 
 
 def checksum(state: TrainState) -> str:

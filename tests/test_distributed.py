@@ -256,3 +256,27 @@ def test_ctrl_c_at_mpirun_saves_a_checkpoint_and_ends_the_job(launcher, tmp_path
     step = checkpoint(tmp_path)[1]["step"]
     assert 5 <= step < 100000
     assert f"interrupted at step {step}; resume with --resume" in result.stderr
+
+
+@pytest.mark.parametrize("same_content", [False, True], ids=["other-bytes", "copies"])
+def test_ranks_see_the_same_data_by_content_not_by_path(launcher, tmp_path, same_content):
+    """Each rank runs in its own folder and reads --data c.txt there: the same flags, the
+    same number of bytes. Files of other bytes are refused before the first step; copies
+    of the same bytes (as on nodes with their own copy, at another path and time) train."""
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+        (tmp_path / f"node{rank}" / "c.txt").write_bytes(TEXT if same_content or rank == 0
+                                                         else TEXT[::-1])
+    rank = [sys.executable, *trainer(*RUN, "--max-iters", "2", "--data", "c.txt",
+                                     "--out-dir", str(tmp_path / "out"))]
+    result = finish(start(launcher + ["-n", "1", "-wdir", str(tmp_path / "node0"), *rank, ":",
+                                      "-n", "1", "-wdir", str(tmp_path / "node1"), *rank]),
+                    timeout=60)
+    if same_content:
+        assert result.returncode == 0, result.stderr
+        assert os.path.exists(tmp_path / "out" / "ckpt.npz")
+    else:
+        assert result.returncode != 0
+        assert "rank(s) [1] differ from rank 0 in: training data;" in result.stderr, \
+            result.stderr
+        assert not os.path.exists(tmp_path / "out" / "ckpt.npz")
