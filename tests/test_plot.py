@@ -59,8 +59,8 @@ def test_two_runs_overlaid_draw_each_curve_and_the_shared_baselines(runs, tmp_pa
 
 def test_metrics_are_read_as_the_trainer_reads_them(runs, tmp_path):
     """The run's own records (6 steps, evaluations at 3 and 6, each with seconds); a torn
-    last line, a null loss and a record from an older trainer without seconds do not
-    break it: the last is drawn against steps only."""
+    last line, a line that is not UTF-8, a null loss and a record from an older trainer
+    without seconds do not break it: the last is drawn against steps only."""
     run = plot.read_run(str(runs[0]))
     assert [p[0] for p in run.train] == [1, 2, 3, 4, 5, 6]
     assert [p[0] for p in run.valid] == [3, 6]
@@ -68,9 +68,10 @@ def test_metrics_are_read_as_the_trainer_reads_them(runs, tmp_path):
     assert set(run.baselines) == {"unigram", "bigram"}
     old = tmp_path / "old"
     old.mkdir()
-    (old / "metrics.jsonl").write_text(
+    (old / "metrics.jsonl").write_bytes((
         json.dumps({"step": 1, "loss": 5.0}) + "\n" + json.dumps({"step": 2, "loss": None})
-        + "\n" + json.dumps({"step": 2, "val_loss": 4.5}) + '\n{"step": 3, "lo')
+        + "\n" + json.dumps({"step": 2, "val_loss": 4.5}) + "\n").encode()
+        + b'{"step": 2, "loss": 1.0, "x": "\xff\xfe"}\n{"step": 3, "lo')
     curves = plot.read_run(str(old))
     assert curves.train == [(1, None, 5.0)] and curves.valid == [(2, None, 4.5)]
     by_step, by_time = plot.figure([curves]).axes
