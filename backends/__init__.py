@@ -15,7 +15,10 @@ This file only hands names on. The modules, each with one job (none imports this
 - ``memory``: current and peak array memory; ``host_memory``: free host memory and the
   numpy backend's allocator policy;
 - ``reference``, ``numba_cpu``, ``numba_cuda`` (with ``cuda_target``): the sparse hot
-  path; ``distributed``: data-parallel training over MPI / NCCL.
+  path; ``distributed``: data-parallel training over MPI / NCCL;
+- ``aliasing``: which namespaces make a reshaped slice a view that writes through (the
+  optimizer's flat buffers); ``counting``: a backend that counts the array operations a
+  computation issues (the launch budget, ``bench/launches.py``).
 """
 
 from .backend import (ArrayApiStrictBackend, Backend, CupyBackend, NumpyBackend,
