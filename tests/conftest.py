@@ -1,9 +1,23 @@
 """The cross-backend test matrix: every test that takes ``backend`` runs on numpy,
 array-api-strict and (where a GPU is usable) cupy."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from brainlike_np.backends import BACKEND_NAMES, backend_is_available, get_backend
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench_module(name: str):
+    """``bench/<name>.py`` loaded as a module (``bench/`` holds scripts, not a package):
+    ``from conftest import load_bench_module``."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(params=BACKEND_NAMES)

@@ -6,9 +6,6 @@ call, computing array operator and ``backend.ops`` call, on the path numpy and c
 and these tests hold each model's default step to a recorded budget; and a step reads
 nothing from the device until its update is issued, then reads once."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,8 +13,7 @@ from brainlike_np.backends import get_backend, host_reads
 from brainlike_np.models import MODELS, get_preset
 from brainlike_np.optim import AdamW
 from brainlike_np.train_state import TrainState
-
-LAUNCHES = Path(__file__).resolve().parent.parent / "bench" / "launches.py"
+from conftest import load_bench_module
 
 # Operations per training step at each model's default preset, recorded on purpose (see
 # bench/README.md, "Launches per step"). A change that adds operations fails here and must
@@ -28,10 +24,7 @@ BUDGET = {"brainlike": 731, "transformer": 424}
 
 @pytest.fixture(scope="module")
 def launches():
-    spec = importlib.util.spec_from_file_location("launches", LAUNCHES)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("launches")
 
 
 def test_every_model_has_a_budget():
