@@ -1,20 +1,17 @@
 """Our loss and every gradient agree with PyTorch autograd on the same architecture and
 weights (float64). Skipped where PyTorch is not installed: the package never needs it."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from brainlike_np.backends import get_backend
 from brainlike_np.data import random_batch
 from brainlike_np.models import MODELS, get_model, get_preset
+from conftest import load_bench_module
 from gradcheck import perturbed_params
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional (the bench extra)")
 
-TORCH_REF = Path(__file__).resolve().parents[1] / "bench" / "torch_ref.py"
 # every registered model at its tiny preset, plus the brain-like key mask's edge cases
 # (tau = 0.5 masks some keys; tau = 0.9 leaves a sample with no key at all), each
 # activation update and decoder read, and the Transformer trained on its last position
@@ -31,10 +28,7 @@ CASES["transformer-last"] = ("transformer", get_preset("transformer", "tiny").wi
 
 @pytest.fixture(scope="module")
 def torch_ref():
-    spec = importlib.util.spec_from_file_location("torch_ref", TORCH_REF)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("torch_ref")
 
 
 def perturbed_host_params(model, cfg):
