@@ -91,14 +91,15 @@ def _scratch(Lq, Lk, d, dtype, int_like):
 @njit(cache=True, fastmath={"reassoc", "contract"})   # reassoc: a vector sum
 def _softmax_rows(S, keep, lse, n_scaled, consts):
     """Scores S ``[Lq, Lk]`` -> their softmax over kept keys, in place, and lse ``[Lq]``;
-    a row with no kept key gets 0 and lse = +inf. keep ``[Lk]`` bool. Every scalar is
-    in S's dtype (from consts), so the loops run in it."""
+    a row with no kept key gets 0 and lse = +inf; a NaN score makes its row NaN.
+    keep ``[Lk]`` bool. Every scalar is in S's dtype (from consts), so the loops run in
+    it."""
     neg_inf = consts[NEG_INF]
     for i in range(S.shape[0]):
         row = S[i]
         top = neg_inf
         for j in range(row.shape[0]):
-            if keep[j] and row[j] > top:
+            if keep[j] and (row[j] > top or row[j] != row[j]):   # a NaN stays on top
                 top = row[j]
         if top == neg_inf:
             row[:] = 0

@@ -39,7 +39,7 @@ class ReferenceAttention:
         if key_keep is not None:
             scores = xp.where(key_keep[:, None, None, :], scores, -xp.inf)
         top = xp.max(scores, axis=-1, keepdims=True)                      # [B, h, Lq, 1]
-        some = top > -xp.inf                                              # a key is kept
+        some = top != -xp.inf                                   # a key is kept (or NaN)
         e = xp.exp(scores - xp.where(some, top, 0.0))                     # masked: 0
         total = xp.where(some, xp.sum(e, axis=-1, keepdims=True), 1.0)    # [B, h, Lq, 1]
         out = (e / total) @ v                                             # [B, h, Lq, d]

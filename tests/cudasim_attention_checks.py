@@ -1,0 +1,81 @@
+"""The attention CUDA kernels checked in the CUDA simulator against the array-API
+definition, on tiny NumPy arrays.
+
+Run as a script (``tests/test_attention_op.py`` does, in a subprocess): the simulator is
+chosen when ``numba.cuda`` is first imported. Exits non-zero on the first failed check.
+"""
+
+import math
+import os
+
+os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before anything imports numba.cuda
+
+import numpy as np  # noqa: E402
+
+from brainlike_np.backends import attention_numba_cuda as kernels  # noqa: E402
+from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
+from test_attention_op import REF, TOL, attention_inputs  # noqa: E402
+
+# (B, h, Lq, Lk, d), small: the simulator runs every thread in Python
+SHAPES = [(2, 2, 3, 3, 2), (2, 1, 3, 5, 3)]
+
+
+class SimulatedOps(kernels.NumbaCudaAttention):
+    _cp = np                          # NumPy allocates under the simulator
+
+
+def check_against_definition(shape, dtype_name, mask):
+    """Forward and backward through the ops object against the definition."""
+    ops = SimulatedOps()
+    q, k, v, keep = attention_inputs(shape, dtype_name, mask)
+    out, lse = ops.attention_forward(q, k, v, keep)
+    want_out, want_lse = REF.attention_forward(q, k, v, keep)
+    what = f"{shape} {dtype_name} mask={mask}"
+    for got, want, name in ((out, want_out, "out"), (lse, want_lse, "lse")):
+        assert got.dtype == want.dtype, f"{name} dtype, {what}"
+        np.testing.assert_allclose(got, want, **TOL[dtype_name], err_msg=f"{name}, {what}")
+    dout = np.random.default_rng(3).standard_normal(q.shape).astype(dtype_name)
+    got = ops.attention_backward(dout, q, k, v, out, lse, keep)
+    want = REF.attention_backward(dout, q, k, v, want_out, want_lse, keep)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        np.testing.assert_allclose(g, w, **TOL[dtype_name], err_msg=f"{name}, {what}")
+    if mask == "random":                      # sample 1: no kept key anywhere
+        assert np.all(out[1] == 0) and np.all(lse[1] == math.inf), what
+        assert all(np.all(g[1] == 0) for g in got), what
+
+
+def check_launch_helpers_with_strided_rows():
+    """The launch helpers on a grid of one block with fewer threads than rows (each
+    thread takes several rows), float64."""
+    q, k, v, keep = attention_inputs((1, 1, 40, 36, 2), "float64", "some")
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    out, lse = np.empty(q.shape), np.empty(q.shape[:3])
+    real = kernels.MAX_THREADS_PER_BLOCK
+    kernels.MAX_THREADS_PER_BLOCK = 32
+    try:
+        kernels.launch_attention_forward(q, k, v, keep, out, lse, current_stream())
+        want_out, want_lse = REF.attention_forward(q, k, v, keep)
+        np.testing.assert_allclose(out, want_out, **TOL["float64"])
+        np.testing.assert_allclose(lse, want_lse, **TOL["float64"])
+        dout = np.ones(q.shape)
+        grads = [np.empty(q.shape), np.empty(k.shape), np.empty(v.shape)]
+        kernels.launch_attention_backward(dout, q, k, v, out, lse, keep,
+                                          np.empty(q.shape[:3]), *grads, current_stream())
+        for g, w in zip(grads, REF.attention_backward(dout, q, k, v, out, lse, keep)):
+            np.testing.assert_allclose(g, w, **TOL["float64"])
+    finally:
+        kernels.MAX_THREADS_PER_BLOCK = real
+
+
+def main():
+    assert SIMULATOR, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM was set"
+    for shape in SHAPES:
+        for dtype_name in ("float32", "float64"):
+            for mask in (None, "random"):
+                check_against_definition(shape, dtype_name, mask)
+    check_launch_helpers_with_strided_rows()
+    print("attention cudasim checks passed")
+
+
+if __name__ == "__main__":
+    main()
