@@ -11,9 +11,9 @@ reaches the BLAS through SciPy):
 - backward: ``P = exp(q k^T - lse)`` (masked, +inf rows 0), ``dS = P * (dout v^T - D)``
   with ``D_i = dout_i . out_i``; ``dq = dS k``, ``dk = dS^T q``, ``dv = P^T dout``.
 
-On these small blocks, plain Numba loops were about 3x slower than the BLAS calls, and
-Numba's ``math.exp`` (a scalar libm call per element) about 10x slower than NumPy's
-vector exp; ``_exp_row`` is an exp that LLVM vectorises (:func:`_constants`).
+On these small blocks, plain Numba loops were about 3x slower than the BLAS calls
+(measured on a loaded 2-core VM: indicative only); the exps are
+:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises.
 
 The programs are independent, so the parallel driver (a ``prange`` over them, off by
 default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the same result.
@@ -21,59 +21,13 @@ default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the sam
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import njit, prange
 
 from .attention_reference import check_attention_shapes
-
-
-# ---------------------------------------------------------------------------------
-# a vectorisable exp: 2^n * poly(r), x = n ln2 + r, |r| <= ln2 / 2
-# ---------------------------------------------------------------------------------
-LN2_HI = 0.693145751953125            # ln 2 in 16 bits: n * LN2_HI is exact
-LN2_LO = math.log(2.0) - LN2_HI
-EXP_TERMS = 14                        # Taylor terms r^0/0! .. r^13/13!: < 1 ulp in float64
-# positions in the constants tuple (module constants: Numba folds them)
-LOG2E, LN2_HI_AT, LN2_LO_AT, SMALLEST, HALF, ZERO, NEG_INF, TAYLOR = range(8)
-
-
-@functools.cache
-def _constants(dtype) -> tuple:
-    """The kernels' constants as a tuple of ``dtype`` scalars (a tuple, not an array:
-    passed by value, so LLVM keeps them in registers and the loops stay in ``dtype``):
-    log2(e), ln2 in two parts, the smallest argument whose exp is normal (below it the
-    exp is 0), 1/2, 0, -inf, then the Taylor coefficients from the highest power down."""
-    taylor = [1.0 / math.factorial(n) for n in range(EXP_TERMS - 1, -1, -1)]
-    smallest = math.log(np.finfo(dtype).tiny)
-    values = [1.0 / math.log(2.0), LN2_HI, LN2_LO, smallest, 0.5, 0.0, -math.inf] + taylor
-    return tuple(dtype.type(c) for c in values)
-
-
-@njit(cache=True, fastmath={"contract"})
-def _exp_row(x, n_scaled, consts):
-    """``x = exp(x)`` in place, for x ``[n]`` up to about 80; arguments whose exp is
-    subnormal give 0, NaN stays NaN. n_scaled ``[n]``: scratch of the integer type as
-    wide as x's floats; consts: :func:`_constants` of x's dtype."""
-    smallest, zero, half = consts[SMALLEST], consts[ZERO], consts[HALF]
-    log2e, ln2_hi, ln2_lo = consts[LOG2E], consts[LN2_HI_AT], consts[LN2_LO_AT]
-    taylor = consts[TAYLOR:]
-    mantissa_bits = 23 if n_scaled.itemsize == 4 else 52
-    for j in range(x.shape[0]):
-        normal = not x[j] < smallest                  # NaN too
-        xj = x[j] if normal else smallest
-        n = np.floor(xj * log2e + half)
-        r = (xj - n * ln2_hi) - n * ln2_lo
-        p = zero
-        for c in taylor:                              # Horner (a tuple: unrolled)
-            p = p * r + c
-        x[j] = p if normal else zero
-        n_scaled[j] = np.int64(n) << mantissa_bits if normal else 0
-    bits = x.view(n_scaled.dtype)
-    for j in range(x.shape[0]):                       # times 2^n: add n to the exponent
-        bits[j] += n_scaled[j]
+from .numba_cpu_exp import NEG_INF, ZERO, exp_constants, exp_row, integer_like
 
 
 # ---------------------------------------------------------------------------------
@@ -107,7 +61,7 @@ def _softmax_rows(S, keep, lse, n_scaled, consts):
             continue
         for j in range(row.shape[0]):
             row[j] = row[j] - top if keep[j] else neg_inf
-        _exp_row(row, n_scaled, consts)
+        exp_row(row, n_scaled, consts)
         total = consts[ZERO]
         for j in range(row.shape[0]):
             total += row[j]
@@ -145,7 +99,7 @@ def _backward_program(dout, q, k, v, out, lse, keep, dq, dk, dv, scratch, dout_c
         p, ds = P[i], dS[i]
         for j in range(p.shape[0]):                      # +inf lse (no kept key): 0
             p[j] = p[j] - lse[i] if keep[j] else consts[NEG_INF]
-        _exp_row(p, n_scaled, consts)
+        exp_row(p, n_scaled, consts)
         row_dot = consts[ZERO]                            # D_i = dout_i . out_i
         for c in range(out.shape[1]):
             row_dot += dout_c[i, c] * out[i, c]
@@ -249,8 +203,7 @@ def _float_dtype(*arrays):
 
 def _kernel_constants(dtype):
     """(exp constants, a one-element integer array as wide as dtype) for the drivers."""
-    int_like = np.zeros(1, np.int32 if dtype == np.float32 else np.int64)
-    return _constants(np.dtype(dtype)), int_like
+    return exp_constants(dtype), integer_like(dtype)
 
 
 def _keep_or_all(key_keep, k):

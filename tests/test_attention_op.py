@@ -1,6 +1,6 @@
 """The attention op pair: the array-API definition against a per-row loop and central
 finite differences; the Numba CPU kernel against the definition here, the Numba CUDA
-kernel in the CUDA simulator (tests/cudasim_attention_checks.py, in a subprocess).
+kernel in the CUDA simulator (tests/cudasim_fused_checks.py, in a subprocess).
 
 Tolerances: float64 rtol = atol = 1e-12, float32 rtol = atol = 1e-5.
 """
@@ -205,9 +205,9 @@ def test_shape_mismatch_says_which(ops):
 
 # ---- the CUDA kernels in the simulator ----------------------------------------------------
 def test_cuda_kernels_in_simulator():
-    """tests/cudasim_attention_checks.py in a fresh interpreter with NUMBA_ENABLE_CUDASIM=1."""
-    script = Path(__file__).with_name("cudasim_attention_checks.py")
+    """tests/cudasim_fused_checks.py attention, with NUMBA_ENABLE_CUDASIM=1."""
+    script = Path(__file__).with_name("cudasim_fused_checks.py")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(script), "attention"], env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

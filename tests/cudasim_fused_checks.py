@@ -1,12 +1,14 @@
-"""The attention CUDA kernels checked in the CUDA simulator against the array-API
-definition, on tiny NumPy arrays.
+"""The fused ops' CUDA kernels checked in the CUDA simulator against their array-API
+definitions, on tiny NumPy arrays: ``cudasim_fused_checks.py attention|step_tail``.
 
-Run as a script (``tests/test_attention_op.py`` does, in a subprocess): the simulator is
-chosen when ``numba.cuda`` is first imported. Exits non-zero on the first failed check.
+Run as a script (``tests/test_attention_op.py`` and ``tests/test_step_tail_op.py`` do,
+in a subprocess): the simulator is chosen when ``numba.cuda`` is first imported. Exits
+non-zero on the first failed check.
 """
 
 import math
 import os
+import sys
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before anything imports numba.cuda
 
@@ -14,13 +16,15 @@ import numpy as np  # noqa: E402
 
 from brainlike_np.backends import attention_numba_cuda as kernels  # noqa: E402
 from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
+from brainlike_np.backends.step_tail_numba_cuda import NumbaCudaStepTail  # noqa: E402
 from test_attention_op import REF, TOL, attention_inputs  # noqa: E402
+from test_step_tail_op import REF as STEP_TAIL_REF, step_tail_inputs  # noqa: E402
 
 # (B, h, Lq, Lk, d), small: the simulator runs every thread in Python
 SHAPES = [(2, 2, 3, 3, 2), (2, 1, 3, 5, 3)]
 
 
-class SimulatedOps(kernels.NumbaCudaAttention):
+class SimulatedOps(kernels.NumbaCudaAttention, NumbaCudaStepTail):
     _cp = np                          # NumPy allocates under the simulator
 
 
@@ -67,15 +71,51 @@ def check_launch_helpers_with_strided_rows():
         kernels.MAX_THREADS_PER_BLOCK = real
 
 
-def main():
-    assert SIMULATOR, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM was set"
+def check_step_tail(dtype_name, with_z, with_da):
+    """The step tail's forward and backward through the ops object against the definition."""
+    ops = SimulatedOps()
+    Y, H, w_a, b_a, z, dH_new, da = step_tail_inputs(dtype_name, B=2, M=3, D=4,
+                                                     with_z=with_z)
+    da = da if with_da else None
+    what = f"{dtype_name} z={with_z} da={with_da}"
+    want = STEP_TAIL_REF.step_tail_forward(Y, H, w_a, b_a, z)
+    for g, w, name in zip(ops.step_tail_forward(Y, H, w_a, b_a, z), want, ("H_new", "U", "a")):
+        assert g.dtype == w.dtype, f"{name} dtype, {what}"
+        np.testing.assert_allclose(g, w, **TOL[dtype_name], err_msg=f"{name}, {what}")
+    H_new, U, a = want
+    got = ops.step_tail_backward(dH_new, da, U, H_new, a, w_a)
+    want = STEP_TAIL_REF.step_tail_backward(dH_new, da, U, H_new, a, w_a)
+    for g, w, name in zip(got, want, ("dY", "dH", "dw_a", "db_a", "dpre")):
+        if w is None:
+            assert g is None, f"{name}, {what}"
+        else:
+            assert g.shape == w.shape, f"{name} shape, {what}"
+            np.testing.assert_allclose(g, w, **TOL[dtype_name], err_msg=f"{name}, {what}")
+
+
+def check_attention():
     for shape in SHAPES:
         for dtype_name in ("float32", "float64"):
             for mask in (None, "random"):
                 check_against_definition(shape, dtype_name, mask)
     check_launch_helpers_with_strided_rows()
-    print("attention cudasim checks passed")
+
+
+def check_step_tails():
+    for dtype_name in ("float32", "float64"):
+        for with_z in (True, False):
+            for with_da in (True, False):
+                check_step_tail(dtype_name, with_z, with_da)
+
+
+CHECKS = {"attention": check_attention, "step_tail": check_step_tails}
+
+
+def main(argv):
+    assert SIMULATOR, "numba.cuda was imported before NUMBA_ENABLE_CUDASIM was set"
+    CHECKS[argv[1]]()
+    print(f"{argv[1]}: cudasim checks passed")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)
