@@ -35,9 +35,11 @@ import math
 
 from array_api_compat import array_namespace
 
+from .attention_numba_cuda import NumbaCudaAttention
 from .cuda_target import cuda, current_stream
 from .errors import KernelsUnavailable
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+from .step_tail_numba_cuda import NumbaCudaStepTail
 
 THREADS_PER_BLOCK = 256
 
@@ -207,7 +209,7 @@ def segment_bounds(xp, ids, n_rows):
 # ---------------------------------------------------------------------------------
 # the ops object
 # ---------------------------------------------------------------------------------
-class NumbaCudaOps:
+class NumbaCudaOps(NumbaCudaAttention, NumbaCudaStepTail):
     """The sparse hot path as Numba CUDA kernels on CuPy arrays (see the module docstring).
 
     ``deterministic``: sort-based scatter-adds instead of atomics (bitwise reproducible).

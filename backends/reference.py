@@ -10,7 +10,12 @@ Every implementation (reference, Numba CPU, Numba CUDA) offers the same operatio
 named by what they do to arrays: ``gather_rows``, ``scatter_add_rows``, ``topk``, and
 ``gather_weighted_sum`` (``out[b] = sum_t table[ids[b, t]] * weights[t]``, rows of a
 table gathered and summed with per-position weights) with its sparse backward
-``gather_weighted_sum_backward``. Conventions they share:
+``gather_weighted_sum_backward``; and the fused ops of the training step, each defined
+in its own module by its array-API version (mixed in here) with its kernels beside it:
+attention within a set (``attention_forward``/``attention_backward``,
+:mod:`.attention_reference`) and the interaction step's tail
+(``step_tail_forward``/``step_tail_backward``, :mod:`.step_tail_reference`).
+Conventions they share:
 - ids are integer arrays (int32 or int64), in range; results do not depend on their width;
 - ``topk`` returns, per row, the indices of the k largest values ordered by descending
   value, ties broken by the lower index (a stable descending sort).
@@ -20,8 +25,11 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
+from .attention_reference import ReferenceAttention
+from .step_tail_reference import ReferenceStepTail
 
-class ReferenceOps:
+
+class ReferenceOps(ReferenceAttention, ReferenceStepTail):
     name = "reference"
 
     def __init__(self, xp):

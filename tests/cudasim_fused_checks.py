@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from brainlike_np.backends import attention_numba_cuda as kernels  # noqa: E402
 from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
-from brainlike_np.backends.step_tail_numba_cuda import NumbaCudaStepTail  # noqa: E402
+from brainlike_np.backends.numba_cuda import NumbaCudaOps  # noqa: E402
 from test_attention_op import REF, TOL, attention_inputs  # noqa: E402
 from test_step_tail_op import REF as STEP_TAIL_REF, step_tail_inputs  # noqa: E402
 
@@ -24,13 +24,9 @@ from test_step_tail_op import REF as STEP_TAIL_REF, step_tail_inputs  # noqa: E4
 SHAPES = [(2, 2, 3, 3, 2), (2, 1, 3, 5, 3)]
 
 
-class SimulatedOps(kernels.NumbaCudaAttention, NumbaCudaStepTail):
-    _cp = np                          # NumPy allocates under the simulator
-
-
 def check_against_definition(shape, dtype_name, mask):
     """Forward and backward through the ops object against the definition."""
-    ops = SimulatedOps()
+    ops = NumbaCudaOps(array_module=np)        # NumPy allocates under the simulator
     q, k, v, keep = attention_inputs(shape, dtype_name, mask)
     out, lse = ops.attention_forward(q, k, v, keep)
     want_out, want_lse = REF.attention_forward(q, k, v, keep)
@@ -73,7 +69,7 @@ def check_launch_helpers_with_strided_rows():
 
 def check_step_tail(dtype_name, with_z, with_da):
     """The step tail's forward and backward through the ops object against the definition."""
-    ops = SimulatedOps()
+    ops = NumbaCudaOps(array_module=np)        # NumPy allocates under the simulator
     Y, H, w_a, b_a, z, dH_new, da = step_tail_inputs(dtype_name, B=2, M=3, D=4,
                                                      with_z=with_z)
     da = da if with_da else None

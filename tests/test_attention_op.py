@@ -15,8 +15,8 @@ import array_api_compat.numpy as xp
 import numpy as np
 import pytest
 
-from brainlike_np.backends.attention_numba_cpu import NumbaCpuAttention
-from brainlike_np.backends.attention_reference import ReferenceAttention
+from brainlike_np.backends.numba_cpu import NumbaCpuOps
+from brainlike_np.backends.reference import ReferenceOps
 from gradcheck import numeric_grad
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
@@ -24,22 +24,12 @@ TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1
 SHAPES = {"self": (3, 2, 6, 6, 4), "read": (2, 3, 5, 9, 4)}
 
 
-class Reference(ReferenceAttention):
-    def __init__(self, namespace=xp):
-        self.xp = namespace
+REF = ReferenceOps(xp)
 
 
-class NumbaCpu(NumbaCpuAttention):
-    """The CPU kernels, serial or with every call parallel (the choice NumbaCpuOps makes)."""
-
-    def __init__(self, parallel=False):
-        self.parallel = parallel
-
-    def _parts(self, work):
-        return 2 if self.parallel else 1
-
-
-REF = Reference()
+def NumbaCpu(parallel=False):
+    """The CPU kernels, serial or with every call parallel."""
+    return NumbaCpuOps(parallel_min_work=0 if parallel else math.inf)
 
 
 def attention_inputs(shape, dtype_name="float64", mask="random", seed=0):
@@ -98,7 +88,7 @@ def test_definition_runs_on_every_backend(backend):
     """The definition on the backend's namespace (array-api-strict included) agrees with
     the per-row loop; every query of sample 1 has no kept key."""
     q, k, v, keep = attention_inputs(SHAPES["read"], mask="random")
-    ref = Reference(backend.xp)
+    ref = ReferenceOps(backend.xp)
     f64 = backend.dtype("float64")
     dev = [backend.asarray(a, f64) for a in (q, k, v)] + [backend.asarray(keep)]
     out, lse = ref.attention_forward(*dev)

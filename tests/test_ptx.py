@@ -9,13 +9,14 @@ a failure, never a skip.
 Each architecture compiles in a fresh interpreter (this file run as a script): the
 kernels must see the real ``numba.cuda``, not the simulator a test may have chosen.
 
-Signatures: every kernel, for float32 and float64 and for int32 and int64 ids. The
-models pass int64 ids (host batches, CuPy's argsort); int32 ids are what the tests
+Signatures: every kernel, for float32 and float64 and, if it takes ids, for int32 and
+int64 ids. The models pass int64 ids (host batches, CuPy's argsort); int32 ids are what the tests
 pass. Sort orders, segment bounds and flat keys are int64 whatever the ids
 (``argsort``/``searchsorted`` results; ``NumbaCudaOps`` allocates the keys). Arrays are
-C-contiguous: ``NumbaCudaOps`` makes them so before a launch.
+C-contiguous: ``NumbaCudaOps`` makes them so before a launch. Key masks are bool.
 """
 
+import importlib
 import importlib.metadata
 import os
 import subprocess
@@ -28,7 +29,10 @@ ARCHITECTURES = [(8, 0), (9, 0)]
 FLOATS, IDS = ("float32", "float64"), ("int32", "int64")
 NO_TOOLKIT = 3          # the script's exit code when NVVM / NVRTC cannot be found
 
-# kernel -> its arguments: F float array, I id array, K int64 array; 1 or 2 dimensions
+# the modules whose kernels (not device functions) are compiled
+KERNEL_MODULES = ("numba_cuda", "attention_numba_cuda", "step_tail_numba_cuda")
+# kernel -> its arguments: F float array, I id array, K int64 array, B bool array; 1 to 4
+# dimensions
 KERNEL_ARGS = {
     "_gather_rows_kernel": ("F2", "I1", "F2"),
     "_scatter_add_rows_kernel": ("I1", "F2", "F2"),
@@ -37,13 +41,25 @@ KERNEL_ARGS = {
     "_gather_weighted_sum_backward_kernel": ("F2", "I2", "F2", "F2", "I2", "F2", "F2"),
     "_gather_weighted_sum_backward_terms_kernel": ("F2", "I2", "F2", "F2", "I2",
                                                    "K1", "F1", "K1", "F1"),
+    "_attention_forward_kernel": ("F4", "F4", "F4", "B2", "F4", "F3"),
+    "_attention_backward_kernel": ("F4", "F4", "F4", "F4", "F4", "F3", "B2", "F3",
+                                   "F4", "F4", "F4"),
+    "_step_tail_forward_kernel": ("F2", "F2", "F1", "F1", "F1", "F2", "F2", "F1"),
+    "_step_tail_backward_rows_kernel": ("F2", "F1", "F2", "F1", "F1", "F2", "F2", "F1"),
+    "_readout_grads_kernel": ("F1", "F2", "F1", "F1"),
+    "_tanh_backward_kernel": ("F2", "F2", "F2"),
 }
+
+
+def id_types(args) -> tuple:
+    """The id widths to compile a kernel for: both if it takes ids, else one."""
+    return IDS if any(a[0] == "I" for a in args) else IDS[:1]
 
 
 def signature(args, float_type: str, id_type: str) -> str:
     """("F2", "I1") -> "void(float32[:, ::1], int64[::1])": C-contiguous arrays."""
-    dims = {"1": "[::1]", "2": "[:, ::1]"}
-    element = {"F": float_type, "I": id_type, "K": "int64"}
+    dims = {"1": "[::1]", "2": "[:, ::1]", "3": "[:, :, ::1]", "4": "[:, :, :, ::1]"}
+    element = {"F": float_type, "I": id_type, "K": "int64", "B": "boolean"}
     return f"void({', '.join(element[a[0]] + dims[a[1]] for a in args)})"
 
 
@@ -75,14 +91,17 @@ def compile_all(cc: tuple[int, int]) -> None:
     assert hasattr(dispatcher, "get_current_device"), "numba-cuda moved get_current_device"
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
 
-    from brainlike_np.backends import numba_cuda
-    kernels = {name: obj for name, obj in vars(numba_cuda).items()
-               if isinstance(obj, dispatcher.CUDADispatcher) and not obj.targetoptions["device"]}
+    kernels = {}
+    for module in KERNEL_MODULES:
+        module = importlib.import_module(f"brainlike_np.backends.{module}")
+        kernels.update({name: obj for name, obj in vars(module).items()
+                        if isinstance(obj, dispatcher.CUDADispatcher)
+                        and not obj.targetoptions["device"]})
     unlisted = kernels.keys() ^ KERNEL_ARGS.keys()
-    assert not unlisted, f"kernels in numba_cuda.py and KERNEL_ARGS differ: {unlisted}"
+    assert not unlisted, f"kernels in {KERNEL_MODULES} and KERNEL_ARGS differ: {unlisted}"
     for name, kernel in kernels.items():
         for float_type in FLOATS:
-            for id_type in IDS:
+            for id_type in id_types(KERNEL_ARGS[name]):
                 sig = signature(KERNEL_ARGS[name], float_type, id_type)
                 ptx, _ = compile_ptx(kernel.py_func, sig, cc=cc)
                 assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, (name, sig)
@@ -120,7 +139,8 @@ def test_every_cuda_kernel_compiles_to_ptx(cc):
                     "pip install -e '.[ptx]'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     compiled = result.stdout.strip().splitlines()
-    assert len(compiled) == len(KERNEL_ARGS) * len(FLOATS) * len(IDS), result.stdout
+    expected = sum(len(FLOATS) * len(id_types(args)) for args in KERNEL_ARGS.values())
+    assert len(compiled) == expected, result.stdout
 
 
 if __name__ == "__main__":

@@ -14,18 +14,14 @@ import array_api_compat.numpy as xp
 import numpy as np
 import pytest
 
-from brainlike_np.backends.step_tail_numba_cpu import NumbaCpuStepTail
-from brainlike_np.backends.step_tail_reference import ReferenceStepTail
+from brainlike_np.backends.numba_cpu import NumbaCpuOps
+from brainlike_np.backends.reference import ReferenceOps
 from gradcheck import numeric_grad
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
 
 
-class Reference(ReferenceStepTail):
-    xp = xp
-
-
-REF, CPU = Reference(), NumbaCpuStepTail()
+REF, CPU = ReferenceOps(xp), NumbaCpuOps()
 
 
 def step_tail_inputs(dtype_name="float64", B=3, M=5, D=7, with_z=True, seed=0):
