@@ -48,7 +48,7 @@ def _zero(row):
         row[c] = 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _attention_forward_kernel(q, k, v, keep, out, lse):
     """Block (b, h) of a grid of B*h: q ``[B, h, Lq, d]``, k, v ``[B, h, Lk, d]``, keep
     ``[B, Lk]`` bool -> out ``[B, h, Lq, d]``, lse ``[B, h, Lq]``."""
@@ -86,7 +86,7 @@ def _probability_and_dscore(q_i, k_j, v_j, dout_i, lse_i, row_dot_i):
     return p, p * (_dot(dout_i, v_j) - row_dot_i)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _attention_backward_kernel(dout, q, k, v, out, lse, keep, row_dot, dq, dk, dv):
     """Block (b, h) of a grid of B*h: the forward's arrays and dout ``[B, h, Lq, d]`` ->
     dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``; row_dot ``[B, h, Lq]`` is scratch."""

@@ -20,7 +20,7 @@ from .step_tail_reference import check_step_tail_shapes
 THREADS_PER_BLOCK = 256
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _step_tail_forward_kernel(Y, H, w_a, b_a, z, H_new, U, a):
     """Row r: ``U = tanh(Y)``, ``H_new = H + U``, ``a = sigmoid(H_new . w_a + b_a + z)``;
     Y, H, H_new, U ``[R, D]``, w_a ``[D]``, b_a ``[1]``, z, a ``[R]``."""
@@ -37,7 +37,7 @@ def _step_tail_forward_kernel(Y, H, w_a, b_a, z, H_new, U, a):
         a[r] = 1.0 / (1.0 + e) if pre >= 0 else e / (1.0 + e)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _step_tail_backward_rows_kernel(dH_new, da, U, a, w_a, dY, dH, dpre):
     """Row r: ``dpre = da a (1 - a)``, ``dH = dH_new + dpre w_a``, ``dY = dH (1 - U^2)``."""
     r = cuda.grid(1)
@@ -50,7 +50,7 @@ def _step_tail_backward_rows_kernel(dH_new, da, U, a, w_a, dY, dH, dpre):
             dY[r, c] = dh * (1.0 - U[r, c] * U[r, c])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _readout_grads_kernel(dpre, H_new, dw_a, db_a):
     """Thread c < D: ``dw_a[c] = sum_r dpre[r] H_new[r, c]``; thread D: ``db_a[0] =
     sum_r dpre[r]``; rows in order."""
@@ -68,7 +68,7 @@ def _readout_grads_kernel(dpre, H_new, dw_a, db_a):
         db_a[0] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _tanh_backward_kernel(dH_new, U, dY):
     """``dY = dH_new (1 - U^2)``, a thread per element of ``[R, D]``."""
     i = cuda.grid(1)
