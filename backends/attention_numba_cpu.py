@@ -13,7 +13,10 @@ reaches the BLAS through SciPy):
 
 On these small blocks, plain Numba loops were about 3x slower than the BLAS calls
 (measured on a loaded 2-core VM: indicative only); the exps are
-:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises.
+:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises. SciPy's wheels bring their own
+OpenBLAS, used only by these calls here: it runs one thread (:func:`_serial_scipy_blas`),
+since splitting each head's small products between threads made them up to ~3x slower
+on that VM; the kernels' parallelism is across heads.
 
 The programs are independent, so the parallel driver (a ``prange`` over them, off by
 default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the same result.
@@ -21,10 +24,13 @@ default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the sam
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import ThreadpoolController
 
 from .attention_reference import check_attention_shapes
 from .numba_cpu_exp import NEG_INF, ZERO, exp_constants, exp_row, integer_like
@@ -161,6 +167,20 @@ def _backward_parallel(dout, q, k, v, out, lse, keep, dq, dk, dv, consts, int_li
 # ---------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------
+@functools.cache
+def _serial_scipy_blas() -> None:
+    """Limit the BLAS that SciPy's wheel ships (in ``scipy.libs``, next to the package)
+    to one thread. A BLAS SciPy shares with NumPy (other builds) is left alone: NumPy's
+    large products use its threads."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot calls)
+    vendored = Path(scipy.linalg.cython_blas.__file__).parents[2] / "scipy.libs"
+    controller = ThreadpoolController()
+    own = [lib.filepath for lib in controller.lib_controllers
+           if Path(lib.filepath).parent == vendored]
+    if own:
+        controller.select(filepath=own).limit(limits=1)
+
+
 class NumbaCpuAttention:
     """The attention op pair as Numba CPU kernels; a mixin of
     :class:`~.numba_cpu.NumbaCpuOps`, whose ``_parts(work)`` chooses serial or parallel
@@ -170,6 +190,7 @@ class NumbaCpuAttention:
         """q ``[B, h, Lq, d]`` (scaled), k, v ``[B, h, Lk, d]``, key_keep ``[B, Lk]`` or None
         -> (out ``[B, h, Lq, d]``, lse ``[B, h, Lq]``)."""
         check_attention_shapes(q, k, v, key_keep)
+        _serial_scipy_blas()
         dtype = _float_dtype(q, k, v)
         q, k, v = (np.asarray(a, dtype) for a in (q, k, v))
         B, h, Lq, d = q.shape
@@ -182,6 +203,7 @@ class NumbaCpuAttention:
     def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
         """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``)."""
         check_attention_shapes(q, k, v, key_keep)
+        _serial_scipy_blas()
         dtype = _float_dtype(dout, q, k, v, out, lse)
         dout, q, k, v, out, lse = (np.asarray(a, dtype) for a in (dout, q, k, v, out, lse))
         dq, dk, dv = np.empty(q.shape, dtype), np.empty(k.shape, dtype), np.empty(v.shape, dtype)

@@ -201,3 +201,22 @@ def test_cuda_kernels_in_simulator():
     result = subprocess.run([sys.executable, str(script), "attention"], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpu_kernels_run_scipys_own_blas_on_one_thread_and_leave_numpys():
+    """Numba's np.dot calls the OpenBLAS of SciPy's wheel; after an attention call that
+    library runs one thread, and NumPy's BLAS keeps its thread count."""
+    from threadpoolctl import ThreadpoolController
+    numpy_blas_threads = {lib.filepath: lib.num_threads
+                          for lib in ThreadpoolController().lib_controllers
+                          if "numpy" in lib.filepath}
+    q, k, v, keep = attention_inputs(SHAPES["self"], mask="some")
+    NumbaCpu().attention_forward(q, k, v, keep)
+    libs = ThreadpoolController().lib_controllers
+    scipys = [lib for lib in libs if "scipy.libs" in lib.filepath]
+    if not scipys:
+        pytest.skip("SciPy shares its BLAS with NumPy here: nothing is limited")
+    assert all(lib.num_threads == 1 for lib in scipys)
+    for lib in libs:
+        if lib.filepath in numpy_blas_threads:
+            assert lib.num_threads == numpy_blas_threads[lib.filepath], lib.filepath
