@@ -13,10 +13,9 @@ reaches the BLAS through SciPy):
 
 On these small blocks, plain Numba loops were about 3x slower than the BLAS calls
 (measured on a loaded 2-core VM: indicative only); the exps are
-:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises. SciPy's wheels bring their own
-OpenBLAS, used only by these calls here: it runs one thread (:func:`_serial_scipy_blas`),
-since splitting each head's small products between threads made them up to ~3x slower
-on that VM; the kernels' parallelism is across heads.
+:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises. SciPy is optional (the ``cpu``
+extra, see :func:`_scipy_blas`): without it the ops run the array-API definition on
+NumPy, as before the kernels.
 
 The programs are independent, so the parallel driver (a ``prange`` over them, off by
 default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the same result.
@@ -28,11 +27,12 @@ import functools
 import math
 from pathlib import Path
 
+import array_api_compat.numpy
 import numpy as np
 from numba import njit, prange
-from threadpoolctl import ThreadpoolController
 
-from .attention_reference import check_attention_shapes
+from .attention_reference import ReferenceAttention, check_attention_shapes
+from .errors import warn_once
 from .numba_cpu_exp import NEG_INF, ZERO, exp_constants, exp_row, integer_like
 
 
@@ -168,17 +168,37 @@ def _backward_parallel(dout, q, k, v, out, lse, keep, dq, dk, dv, consts, int_li
 # host side
 # ---------------------------------------------------------------------------------
 @functools.cache
-def _serial_scipy_blas() -> None:
-    """Limit the BLAS that SciPy's wheel ships (in ``scipy.libs``, next to the package)
-    to one thread. A BLAS SciPy shares with NumPy (other builds) is left alone: NumPy's
-    large products use its threads."""
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library np.dot calls)
+def _scipy_blas() -> bool:
+    """Whether Numba's ``np.dot`` can reach a BLAS, which it does through SciPy (the
+    ``cpu`` extra); without SciPy, False and one line on stderr.
+
+    SciPy's wheels bring their own OpenBLAS, which only these calls use here; it is held
+    to one thread (with threadpoolctl, also in the extra): splitting each head's small
+    products between threads made them up to ~3x slower on the loaded 2-core VM, and the
+    kernels' parallelism is across heads. A BLAS that SciPy shares with NumPy (other
+    builds) is left alone, as NumPy's large products use its threads."""
+    try:
+        import scipy.linalg.cython_blas  # loads the library np.dot calls
+    except ImportError:
+        warn_once("the CPU attention kernel needs SciPy for its BLAS calls (pip install "
+                  "-e '.[cpu]'): attention runs as array-API code on NumPy instead")
+        return False
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return True
     vendored = Path(scipy.linalg.cython_blas.__file__).parents[2] / "scipy.libs"
     controller = ThreadpoolController()
     own = [lib.filepath for lib in controller.lib_controllers
            if Path(lib.filepath).parent == vendored]
     if own:
         controller.select(filepath=own).limit(limits=1)
+    return True
+
+
+class _NumpyAttention(ReferenceAttention):
+    """The array-API definition on NumPy: the ops without SciPy."""
+    xp = array_api_compat.numpy
 
 
 class NumbaCpuAttention:
@@ -189,8 +209,9 @@ class NumbaCpuAttention:
     def attention_forward(self, q, k, v, key_keep=None):
         """q ``[B, h, Lq, d]`` (scaled), k, v ``[B, h, Lk, d]``, key_keep ``[B, Lk]`` or None
         -> (out ``[B, h, Lq, d]``, lse ``[B, h, Lq]``)."""
+        if not _scipy_blas():
+            return _NumpyAttention().attention_forward(q, k, v, key_keep)
         check_attention_shapes(q, k, v, key_keep)
-        _serial_scipy_blas()
         dtype = _float_dtype(q, k, v)
         q, k, v = (np.asarray(a, dtype) for a in (q, k, v))
         B, h, Lq, d = q.shape
@@ -202,8 +223,9 @@ class NumbaCpuAttention:
 
     def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
         """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``)."""
+        if not _scipy_blas():
+            return _NumpyAttention().attention_backward(dout, q, k, v, out, lse, key_keep)
         check_attention_shapes(q, k, v, key_keep)
-        _serial_scipy_blas()
         dtype = _float_dtype(dout, q, k, v, out, lse)
         dout, q, k, v, out, lse = (np.asarray(a, dtype) for a in (dout, q, k, v, out, lse))
         dq, dk, dv = np.empty(q.shape, dtype), np.empty(k.shape, dtype), np.empty(v.shape, dtype)

@@ -220,3 +220,33 @@ def test_cpu_kernels_run_scipys_own_blas_on_one_thread_and_leave_numpys():
     for lib in libs:
         if lib.filepath in numpy_blas_threads:
             assert lib.num_threads == numpy_blas_threads[lib.filepath], lib.filepath
+
+
+WITHOUT_SCIPY = """
+import sys
+sys.modules["scipy"] = None                    # import scipy raises ImportError
+sys.path.insert(0, {tests!r})
+import numpy as np
+from test_attention_op import NumbaCpu, REF, SHAPES, attention_inputs
+q, k, v, keep = attention_inputs(SHAPES["read"], mask="random")
+cpu = NumbaCpu()
+for _ in range(2):
+    out, lse = cpu.attention_forward(q, k, v, keep)
+    grads = cpu.attention_backward(np.ones(q.shape), q, k, v, out, lse, keep)
+want_out, want_lse = REF.attention_forward(q, k, v, keep)
+want_grads = REF.attention_backward(np.ones(q.shape), q, k, v, want_out, want_lse, keep)
+assert np.array_equal(out, want_out) and np.array_equal(lse, want_lse)
+assert all(np.array_equal(g, w) for g, w in zip(grads, want_grads))
+print("same as the definition")
+"""
+
+
+def test_without_scipy_the_cpu_ops_run_the_definition_and_say_so_once():
+    script = WITHOUT_SCIPY.format(tests=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "same as the definition"
+    lines = [line for line in result.stderr.splitlines() if "SciPy" in line]
+    assert lines == ["the CPU attention kernel needs SciPy for its BLAS calls (pip install "
+                     "-e '.[cpu]'): attention runs as array-API code on NumPy instead"]
