@@ -33,6 +33,7 @@ from numba import njit, prange
 from .attention_numba_cpu import NumbaCpuAttention
 from .errors import BackendError
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+from .rmsnorm_numba_cpu import NumbaCpuRmsnorm
 from .step_tail_numba_cpu import NumbaCpuStepTail
 
 ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
@@ -281,7 +282,7 @@ def _parallel_min_work_from_env() -> float:
             "to always run serially") from None
 
 
-class NumbaCpuOps(NumbaCpuAttention, NumbaCpuStepTail):
+class NumbaCpuOps(NumbaCpuAttention, NumbaCpuRmsnorm, NumbaCpuStepTail):
     """The sparse hot path as Numba CPU kernels (see the module docstring).
 
     ``parallel_min_work``: elements of work (rows x features, or B*T*k terms) from

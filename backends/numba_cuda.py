@@ -39,6 +39,7 @@ from .attention_numba_cuda import NumbaCudaAttention
 from .cuda_target import cuda, current_stream
 from .errors import KernelsUnavailable
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+from .rmsnorm_numba_cuda import NumbaCudaRmsnorm
 from .step_tail_numba_cuda import NumbaCudaStepTail
 
 THREADS_PER_BLOCK = 256
@@ -209,7 +210,7 @@ def segment_bounds(xp, ids, n_rows):
 # ---------------------------------------------------------------------------------
 # the ops object
 # ---------------------------------------------------------------------------------
-class NumbaCudaOps(NumbaCudaAttention, NumbaCudaStepTail):
+class NumbaCudaOps(NumbaCudaAttention, NumbaCudaRmsnorm, NumbaCudaStepTail):
     """The sparse hot path as Numba CUDA kernels on CuPy arrays (see the module docstring).
 
     ``deterministic``: sort-based scatter-adds instead of atomics (bitwise reproducible).

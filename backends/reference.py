@@ -13,7 +13,8 @@ table gathered and summed with per-position weights) with its sparse backward
 ``gather_weighted_sum_backward``; and the fused ops of the training step, each defined
 in its own module by its array-API version (mixed in here) with its kernels beside it:
 attention within a set (``attention_forward``/``attention_backward``,
-:mod:`.attention_reference`) and the interaction step's tail
+:mod:`.attention_reference`), RMSNorm (``rmsnorm_forward``/``rmsnorm_backward``,
+:mod:`.rmsnorm_reference`) and the interaction step's tail
 (``step_tail_forward``/``step_tail_backward``, :mod:`.step_tail_reference`).
 Conventions they share:
 - ids are integer arrays (int32 or int64), in range; results do not depend on their width;
@@ -26,10 +27,11 @@ from __future__ import annotations
 from array_api_compat import device as device_of
 
 from .attention_reference import ReferenceAttention
+from .rmsnorm_reference import ReferenceRmsnorm
 from .step_tail_reference import ReferenceStepTail
 
 
-class ReferenceOps(ReferenceAttention, ReferenceStepTail):
+class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):
     name = "reference"
 
     def __init__(self, xp):

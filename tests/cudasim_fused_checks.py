@@ -1,8 +1,8 @@
 """The fused ops' CUDA kernels checked in the CUDA simulator against their array-API
-definitions, on tiny NumPy arrays: ``cudasim_fused_checks.py attention|step_tail``.
+definitions, on tiny NumPy arrays: ``cudasim_fused_checks.py attention|rmsnorm|step_tail``.
 
-Run as a script (``tests/test_attention_op.py`` and ``tests/test_step_tail_op.py`` do,
-in a subprocess): the simulator is chosen when ``numba.cuda`` is first imported. Exits
+Run as a script (``tests/test_attention_op.py``, ``test_rmsnorm_op.py`` and
+``test_step_tail_op.py`` do, in a subprocess): the simulator is chosen when ``numba.cuda`` is first imported. Exits
 non-zero on the first failed check.
 """
 
@@ -18,6 +18,7 @@ from brainlike_np.backends import attention_numba_cuda as kernels  # noqa: E402
 from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
 from brainlike_np.backends.numba_cuda import NumbaCudaOps  # noqa: E402
 from test_attention_op import REF, TOL, attention_inputs  # noqa: E402
+from test_rmsnorm_op import EPS, rmsnorm_inputs  # noqa: E402
 from test_step_tail_op import REF as STEP_TAIL_REF, step_tail_inputs  # noqa: E402
 
 # (B, h, Lq, Lk, d), small: the simulator runs every thread in Python
@@ -104,7 +105,22 @@ def check_step_tails():
                 check_step_tail(dtype_name, with_z, with_da)
 
 
-CHECKS = {"attention": check_attention, "step_tail": check_step_tails}
+def check_rmsnorm():
+    """Forward and backward through the ops object against the definition."""
+    ops = NumbaCudaOps(array_module=np)
+    for dtype_name in ("float32", "float64"):
+        x, g, dy = rmsnorm_inputs(dtype_name, shape=(2, 3, 4))
+        want_y, want_r = REF.rmsnorm_forward(x, g, EPS)
+        for got, want, name in zip(ops.rmsnorm_forward(x, g, EPS), (want_y, want_r), "yr"):
+            assert got.dtype == want.dtype and got.shape == want.shape, (name, dtype_name)
+            np.testing.assert_allclose(got, want, **TOL[dtype_name], err_msg=name)
+        for got, want, name in zip(ops.rmsnorm_backward(dy, x, want_r, g),
+                                   REF.rmsnorm_backward(dy, x, want_r, g), ("dx", "dg")):
+            assert got.dtype == want.dtype and got.shape == want.shape, (name, dtype_name)
+            np.testing.assert_allclose(got, want, **TOL[dtype_name], err_msg=name)
+
+
+CHECKS = {"attention": check_attention, "rmsnorm": check_rmsnorm, "step_tail": check_step_tails}
 
 
 def main(argv):

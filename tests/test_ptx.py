@@ -30,9 +30,10 @@ FLOATS, IDS = ("float32", "float64"), ("int32", "int64")
 NO_TOOLKIT = 3          # the script's exit code when NVVM / NVRTC cannot be found
 
 # the modules whose kernels (not device functions) are compiled
-KERNEL_MODULES = ("numba_cuda", "attention_numba_cuda", "step_tail_numba_cuda")
+KERNEL_MODULES = ("numba_cuda", "attention_numba_cuda", "rmsnorm_numba_cuda",
+                  "step_tail_numba_cuda")
 # kernel -> its arguments: F float array, I id array, K int64 array, B bool array; 1 to 4
-# dimensions
+# dimensions; S0 a float64 scalar
 KERNEL_ARGS = {
     "_gather_rows_kernel": ("F2", "I1", "F2"),
     "_scatter_add_rows_kernel": ("I1", "F2", "F2"),
@@ -44,6 +45,9 @@ KERNEL_ARGS = {
     "_attention_forward_kernel": ("F4", "F4", "F4", "B2", "F4", "F3"),
     "_attention_backward_kernel": ("F4", "F4", "F4", "F4", "F4", "F3", "B2", "F3",
                                    "F4", "F4", "F4"),
+    "_rmsnorm_forward_kernel": ("F2", "F1", "S0", "F2", "F1"),
+    "_rmsnorm_backward_rows_kernel": ("F2", "F2", "F1", "F1", "F2"),
+    "_rmsnorm_gain_grad_kernel": ("F2", "F2", "F1", "F1"),
     "_step_tail_forward_kernel": ("F2", "F2", "F1", "F1", "F1", "F2", "F2", "F1"),
     "_step_tail_backward_rows_kernel": ("F2", "F1", "F2", "F1", "F1", "F2", "F2", "F1"),
     "_readout_grads_kernel": ("F1", "F2", "F1", "F1"),
@@ -58,8 +62,8 @@ def id_types(args) -> tuple:
 
 def signature(args, float_type: str, id_type: str) -> str:
     """("F2", "I1") -> "void(float32[:, ::1], int64[::1])": C-contiguous arrays."""
-    dims = {"1": "[::1]", "2": "[:, ::1]", "3": "[:, :, ::1]", "4": "[:, :, :, ::1]"}
-    element = {"F": float_type, "I": id_type, "K": "int64", "B": "boolean"}
+    dims = {"0": "", "1": "[::1]", "2": "[:, ::1]", "3": "[:, :, ::1]", "4": "[:, :, :, ::1]"}
+    element = {"F": float_type, "I": id_type, "K": "int64", "B": "boolean", "S": "float64"}
     return f"void({', '.join(element[a[0]] + dims[a[1]] for a in args)})"
 
 
