@@ -222,7 +222,8 @@ class NumbaCpuAttention:
         return out, lse
 
     def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
-        """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``)."""
+        """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv
+        ``[B, h, Lk, d]``)."""
         if not _scipy_blas():
             return _NumpyAttention().attention_backward(dout, q, k, v, out, lse, key_keep)
         check_attention_shapes(q, k, v, key_keep)

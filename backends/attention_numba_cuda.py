@@ -166,11 +166,12 @@ class NumbaCudaAttention:
         return out, lse
 
     def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
-        """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``)."""
+        """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv
+        ``[B, h, Lk, d]``)."""
         check_attention_shapes(q, k, v, key_keep)
         dout, q, k, v, out, lse = self._same_dtype_contiguous(dout, q, k, v, out, lse)
         cp = self._cp
-        dq, dk, dv = cp.empty(q.shape, q.dtype), cp.empty(k.shape, k.dtype), cp.empty(v.shape, v.dtype)
+        dq, dk, dv = (cp.empty(a.shape, a.dtype) for a in (q, k, v))
         row_dot = cp.empty(q.shape[:3], q.dtype)
         launch_attention_backward(dout, q, k, v, out, lse, self._keep(key_keep, k), row_dot,
                                   dq, dk, dv, current_stream())

@@ -84,7 +84,8 @@ def _launch(kernel, n_threads, stream, *args):
 
 
 def launch_step_tail_forward(Y, H, w_a, b_a, z, H_new, U, a, stream=0):
-    """H_new, U ``[R, D]`` and a ``[R]`` from Y, H ``[R, D]``, w_a ``[D]``, b_a ``[1]``, z ``[R]``."""
+    """H_new, U ``[R, D]`` and a ``[R]`` from Y, H ``[R, D]``, w_a ``[D]``, b_a ``[1]`` and
+    z ``[R]``."""
     _launch(_step_tail_forward_kernel, Y.shape[0], stream, Y, H, w_a, b_a, z, H_new, U, a)
 
 

@@ -1,9 +1,10 @@
 """The fused ops' CUDA kernels checked in the CUDA simulator against their array-API
-definitions, on tiny NumPy arrays: ``cudasim_fused_checks.py attention|rmsnorm|step_tail``.
+definitions, on tiny NumPy arrays: ``cudasim_fused_checks.py OP``, OP one of attention,
+rmsnorm, step_tail.
 
 Run as a script (``tests/test_attention_op.py``, ``test_rmsnorm_op.py`` and
-``test_step_tail_op.py`` do, in a subprocess): the simulator is chosen when ``numba.cuda`` is first imported. Exits
-non-zero on the first failed check.
+``test_step_tail_op.py`` do, in a subprocess): the simulator is chosen when
+``numba.cuda`` is first imported. Exits non-zero on the first failed check.
 """
 
 import math
