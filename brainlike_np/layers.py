@@ -28,7 +28,6 @@ from typing import NamedTuple
 from .backends import device_of, get_namespace
 
 RMS_EPS = 1e-6
-MASK_BIAS = 1e30      # added (negated) to masked attention scores; finite in float32
 
 
 def accumulate(grads: dict, name: str, g) -> None:
@@ -111,15 +110,6 @@ def sigmoid_backward(dout, y):
     return dout * y * (1.0 - y)
 
 
-def tanh_forward(x):
-    y = get_namespace(x).tanh(x)
-    return y, y
-
-
-def tanh_backward(dout, y):
-    return dout * (1.0 - y * y)
-
-
 # ---------------------------------------------------------------------------------
 # embedding lookup (a shared table indexed by ids)
 # ---------------------------------------------------------------------------------
@@ -164,66 +154,51 @@ def per_sample_flat_ids(idx, N):
 # ---------------------------------------------------------------------------------
 class AttentionCache(NamedTuple):
     """What ``attention_backward`` needs from ``attention_forward`` (not the inputs,
-    which the caller keeps or rebuilds)."""
+    which the caller keeps or rebuilds, nor the heads' outputs, which it rebuilds)."""
     q: object          # [B, h, Lq, d] queries, already scaled by 1/sqrt(d)
     k: object          # [B, h, Lk, d]
     v: object          # [B, h, Lk, d]
-    lse: object        # [B, h, Lq, 1] each query's log-sum-exp of its scores
-    keep: object       # [B, 1, 1, Lk] 0/1 key mask, or None
+    lse: object        # [B, h, Lq] each query's log-sum-exp of its kept scores
+    key_mask: object   # [B, Lk] bool, True where the key may be attended to, or None
     weights: tuple     # (Wq, Wk, Wv, Wo), each [D, D]
 
 
-def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, key_mask=None):
+def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, ops, key_mask=None):
     """Multi-head scaled dot-product attention.
 
     xq ``[B, Lq, D]`` (queries), xkv ``[B, Lk, D]`` (keys and values), W* ``[D, D]``,
-    key_mask ``[B, Lk]`` bool (True = the key may be attended to) or None.
+    key_mask ``[B, Lk]`` bool (True = the key may be attended to) or None. ``ops`` is the
+    backend's hot path: its ``attention_forward`` runs every head of every sample (one
+    program per (sample, head) in the kernels; the ``[Lq, Lk]`` scores never leave it).
     A query whose keys are all masked gets a zero output and passes zero gradient.
     -> out ``[B, Lq, D]``, cache.
 
-    The cache keeps q, k, v and each query's log-sum-exp of its scores, not the
-    ``[B, h, Lq, Lk]`` probabilities, the heads or the inputs: the backward rebuilds the
-    probabilities from q, k and the log-sum-exp (as flash attention does) and takes the
-    inputs from the caller, who keeps or rebuilds them.
+    The cache keeps q, k, v and each query's log-sum-exp, not the heads' outputs or the
+    inputs: the backward rebuilds the outputs (one more ``ops.attention_forward``) and
+    takes the inputs from the caller, who keeps or rebuilds them.
     """
-    xp = get_namespace(xq, xkv)
     q, k, v = (split_heads(linear_forward(x, W)[0], n_heads)
                for x, W in ((xq, Wq), (xkv, Wk), (xkv, Wv)))          # [B, h, L, d]
-    q = q * (1.0 / math.sqrt(q.shape[-1]))   # scaling q, not the scores, saves a big pass
-    keep = None if key_mask is None else xp.astype(key_mask[:, None, None, :], q.dtype)
-    probs, lse = masked_softmax_forward(q @ xp.matrix_transpose(k), keep)
-    out, _ = linear_forward(merge_heads(probs @ v), Wo)            # [B, Lq, D]
-    return out, AttentionCache(q, k, v, lse, keep, (Wq, Wk, Wv, Wo))
+    q = q * (1.0 / math.sqrt(q.shape[-1]))          # the op takes q scaled
+    heads, lse = ops.attention_forward(q, k, v, key_mask)          # [B, h, Lq, d], [B, h, Lq]
+    out, _ = linear_forward(merge_heads(heads), Wo)                # [B, Lq, D]
+    return out, AttentionCache(q, k, v, lse, key_mask, (Wq, Wk, Wv, Wo))
 
 
-def attention_backward(dout, cache, xq, xkv):
+def attention_backward(dout, cache, xq, xkv, ops):
     """dout ``[B, Lq, D]``; xq, xkv: the forward's inputs ->
-    (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv.
-
-    The ``[B, h, Lq, Lk]`` arrays are the largest of the model: the softmax backward
-    updates its own temporary in place (array-API in-place operators), so at most two of
-    them are alive at once."""
-    xp = get_namespace(dout)
+    (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv."""
     q, k, v = cache.q, cache.k, cache.v                            # q is scaled
     Wq, Wk, Wv, Wo = cache.weights
-    probs = softmax_from_lse(q @ xp.matrix_transpose(k), cache.lse, cache.keep)  # [B, h, Lq, Lk]
-    heads = probs @ v                                              # [B, h, Lq, d]
+    heads, _ = ops.attention_forward(q, k, v, cache.key_mask)      # rebuilt: [B, h, Lq, d]
     dmerged, dWo, _ = linear_backward(dout, (merge_heads(heads), Wo, False))
-    dheads = split_heads(dmerged, q.shape[1])                      # [B, h, Lq, d]
-    dxv, dWv, _ = linear_backward(merge_heads(xp.matrix_transpose(probs) @ dheads),
-                                  (xkv, Wv, False))                # dv: [B, h, Lk, d]
-    # softmax backward: d scores = probs * (d probs - sum_j d probs * probs), where the
-    # sum is dheads . heads row by row (flash attention's trick: no [Lq, Lk] product)
-    dscores = dheads @ xp.matrix_transpose(v)                      # d probs
-    dscores -= xp.sum(dheads * heads, axis=-1, keepdims=True)
-    dscores *= probs                                               # masked: probs 0, so 0
-    del probs, heads, dheads, dmerged
-    dq = (dscores @ k) * (1.0 / math.sqrt(q.shape[-1]))            # [B, h, Lq, d]
+    dq, dk, dv = ops.attention_backward(split_heads(dmerged, q.shape[1]), q, k, v, heads,
+                                        cache.lse, cache.key_mask)  # [B, h, L, d]
+    del heads, dmerged
+    dq = dq * (1.0 / math.sqrt(q.shape[-1]))                       # of the unscaled q
     dxq, dWq, _ = linear_backward(merge_heads(dq), (xq, Wq, False))
-    del dq
-    dxkv, dWk, _ = linear_backward(merge_heads(xp.matrix_transpose(dscores) @ q),
-                                   (xkv, Wk, False))               # dk: [B, h, Lk, d]
-    del dscores
+    dxkv, dWk, _ = linear_backward(merge_heads(dk), (xkv, Wk, False))
+    dxv, dWv, _ = linear_backward(merge_heads(dv), (xkv, Wv, False))
     dxkv += dxv
     return dxq, dxkv, dWq, dWk, dWv, dWo
 
@@ -247,38 +222,6 @@ def softmax_backward(probs, dprobs):
     entries have probs 0 and so get zero gradient."""
     xp = get_namespace(probs)
     return probs * (dprobs - xp.sum(dprobs * probs, axis=-1, keepdims=True))
-
-
-def masked_softmax_forward(scores, keep):
-    """Softmax over the last axis, over kept keys only -> (probs, log-sum-exp
-    ``[..., 1]``). ``keep`` ``[B, 1, 1, Lk]`` 0/1 or None, broadcast: masked scores get a
-    -1e30 bias (cheaper than ``where`` over the whole ``[B, h, Lq, Lk]`` tensor), so a
-    masked score minus the row maximum is about -1e30, whose exp is exactly 0. A row
-    with no kept key has probs 0 and log-sum-exp +inf. ``scores`` is overwritten."""
-    xp = get_namespace(scores)
-    if keep is not None:
-        scores += (keep - 1.0) * MASK_BIAS
-    top = xp.max(scores, axis=-1, keepdims=True)                        # [..., 1]
-    scores -= top
-    e = xp.exp(scores)
-    del scores
-    if keep is not None:
-        e *= keep                                                       # all-masked rows: 0
-    total = xp.sum(e, axis=-1, keepdims=True)                           # [..., 1]
-    some = total > 0
-    safe_total = xp.where(some, total, 1.0)
-    e /= safe_total
-    return e, xp.where(some, top + xp.log(safe_total), math.inf)
-
-
-def softmax_from_lse(scores, lse, keep):
-    """The probabilities of ``masked_softmax_forward`` again, from the scores and the
-    saved log-sum-exp: one exp pass, no reduction (+inf rows give 0). ``scores`` is
-    overwritten."""
-    if keep is not None:
-        scores += (keep - 1.0) * MASK_BIAS
-    scores -= lse
-    return get_namespace(scores).exp(scores)
 
 
 # ---------------------------------------------------------------------------------

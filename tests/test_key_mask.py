@@ -63,7 +63,7 @@ def test_a_key_at_tau_does_not_reach_the_other_neurons(backend, path):
         a_in[:, 0] = a0
         f64 = backend.dtype("float64")
         H_new, _, _ = model.step_forward(p, backend.asarray(H_in, f64),
-                                         backend.asarray(a_in, f64), CFG, selected)
+                                         backend.asarray(a_in, f64), CFG, backend.ops, selected)
         return backend.to_numpy(H_new)[:, 1:, :]
 
     np.testing.assert_array_equal(others_after_step(H, TAU), others_after_step(H_moved, TAU))

@@ -302,7 +302,7 @@ def forward(p, x, cfg: Config, ops):
     steps = []     # each step's cache, or with recompute only its inputs
     for _ in range(cfg.n_steps):
         inputs = (H, a)
-        H, a, cs = step_forward(p, H, a, cfg, enc.selected, z)
+        H, a, cs = step_forward(p, H, a, cfg, ops, enc.selected, z)
         steps.append(inputs if cfg.recompute else cs)
         del cs         # with recompute, nothing else holds the step's cache
         if reads_all:
@@ -327,8 +327,8 @@ def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
     while steps:   # each step's cache is freed as soon as its gradient is done
         cs = steps.pop()
         if cfg.recompute:
-            cs = step_forward(p, *cs, cfg, cache.selected, cache.z)[2]
-        dH, dpre = step_backward(dH, da, p, cs, grads)
+            cs = step_forward(p, *cs, cfg, ops, cache.selected, cache.z)[2]
+        dH, dpre = step_backward(dH, da, p, cs, grads, ops)
         if cache.z is not None and dpre is not None:
             dz = dpre if dz is None else dz + dpre
         da = None  # an earlier activation only sets the next step's key mask, unless read

@@ -55,7 +55,7 @@ def context_read_forward(p, H0, x, cfg, ops):
     C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
     Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
     Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
-                                 cfg.n_heads)                        # [B, M, D]
+                                 cfg.n_heads, ops)                   # [B, M, D]
     return Mx, ContextReadCache(ct, cc, cq, cm, n_positions)
 
 
@@ -63,7 +63,8 @@ def context_read_backward(dMx, p, cache, grads, ops):
     """-> dH0 ``[B, M, D]`` through the read (H0's direct path is the caller's)."""
     xp = get_namespace(dMx)
     dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(
-        dMx, cache.attn, L.rmsnorm_output(cache.query_norm), L.rmsnorm_output(cache.context_norm))
+        dMx, cache.attn, L.rmsnorm_output(cache.query_norm),
+        L.rmsnorm_output(cache.context_norm), ops)
     dH0, dg_x = L.rmsnorm_backward(dXq, cache.query_norm)           # [B, M, D]
     dC_in, dg_t = L.rmsnorm_backward(dC, cache.context_norm)        # [B, T, D]
     dEpos = L.first_rows_backward(xp.sum(dC_in, axis=0), cache.n_positions)
@@ -82,53 +83,53 @@ class StepCache(NamedTuple):
     attn: L.AttentionCache
     msg: object            # [B, M, D] the message
     update: object         # [B, M, D] tanh of the update (its backward reads the output)
-    readout: tuple         # readout_forward's cache
+    state: object          # [B, M, D] the new state H (the next step's input: no copy)
+    act: object            # [B, M] the readout's sigmoid, before the selection
     selected: object       # [B, N] 0/1 on the dense path, else None
 
 
-def step_forward(p, H, a, cfg, selected=None, z=None):
+def step_forward(p, H, a, cfg, ops, selected=None, z=None):
     """H ``[B, M, D]``, a ``[B, M]`` -> new H, new a, cache. ``selected`` ``[B, M]``
     (dense path) holds non-selected activations at zero. ``z`` ``[B, M]``: the encoder's
     pre-activations, which the new a adds to (``act_update="residual"``), or None.
+    ``ops``: the backend's hot path (the attention runs there).
 
     The update's weight W_u ``[2D, D]`` is applied as two products (X @ W_u[:D] +
-    message @ W_u[D:]), so the ``[B, M, 2D]`` concat is never built. The cache keeps
-    the state H, the message and the tanh output; the normalised X is rebuilt from H
-    in the backward."""
+    message @ W_u[D:]), so the ``[B, M, 2D]`` concat is never built. The tail (tanh,
+    residual add, the readout's sigmoid) is one op, ``ops.step_tail_forward``. The cache
+    keeps the state H, the message and the tanh output; the normalised X is rebuilt
+    from H in the backward."""
     D = H.shape[-1]
     X, cx = L.rmsnorm_forward(H, p["g"])                             # [B, M, D]
     msg, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
-                                  key_mask=a > cfg.tau)              # [B, M, D]
+                                  ops, key_mask=a > cfg.tau)         # [B, M, D]
     Y = L.linear_forward(X, p["W_u"][:D, :], p["b_u"])[0] + L.linear_forward(
         msg, p["W_u"][D:, :])[0]                                     # [B, M, D]
     del X
-    dH_t, ct = L.tanh_forward(Y)
-    H_new = H + dH_t                                                 # [B, M, D]
-    a_new, ca = readout_forward(p, H_new, z)                         # [B, M]
-    if selected is not None:
-        a_new = a_new * selected
-    return H_new, a_new, StepCache(cx, cm, msg, ct, ca, selected)
+    H_new, U, act = ops.step_tail_forward(Y, H, p["w_a"], p["b_a"], z)   # [B, M, D], [B, M]
+    a_new = act if selected is None else act * selected
+    return H_new, a_new, StepCache(cx, cm, msg, U, H_new, act, selected)
 
 
-def step_backward(dH_new, da_new, p, cache, grads):
+def step_backward(dH_new, da_new, p, cache, grads, ops):
     """-> (dH of the step's input state, d of the readout's pre-activation ``[B, M]``,
     which is z's gradient through this step when the update is residual). ``da_new`` is
     None when the step's activation only feeds the next step's key mask, which is not
     differentiated; the second result is then None."""
     xp = get_namespace(dH_new)
     D = dH_new.shape[-1]
-    dH, dpre = dH_new, None
+    if da_new is not None and cache.selected is not None:
+        da_new = da_new * cache.selected
+    dY, dH, dw_a, db_a, dpre = ops.step_tail_backward(dH_new, da_new, cache.update,
+                                                      cache.state, cache.act, p["w_a"])
     if da_new is not None:
-        if cache.selected is not None:
-            da_new = da_new * cache.selected
-        dH_read, dpre = readout_backward(da_new, p, cache.readout, grads)
-        dH = dH + dH_read                                            # [B, M, D]
-    dY = L.tanh_backward(dH, cache.update)                           # [B, M, D]
+        L.accumulate(grads, "w_a", dw_a)
+        L.accumulate(grads, "b_a", db_a)
     X = L.rmsnorm_output(cache.norm)                                 # [B, M, D]
     dX, dW_x, db_u = L.linear_backward(dY, (X, p["W_u"][:D, :], True))
     dmsg, dW_m, _ = L.linear_backward(dY, (cache.msg, p["W_u"][D:, :], False))
     del dY
-    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dmsg, cache.attn, X, X)
+    dXq, dXkv, dWq, dWk, dWv, dWo = L.attention_backward(dmsg, cache.attn, X, X, ops)
     del X, dmsg
     dX += dXq
     dX += dXkv
@@ -138,22 +139,3 @@ def step_backward(dH_new, da_new, p, cache, grads):
                     ("Wk", dWk), ("Wv", dWv), ("Wo", dWo), ("g", dg)):
         L.accumulate(grads, name, g)
     return dH + dH_norm, dpre
-
-
-def readout_forward(p, H, z=None):
-    """a = sigmoid(H @ w_a + b_a), plus z ``[B, M]`` when given: H ``[B, M, D]`` ->
-    ``[B, M]``."""
-    pre = H @ p["w_a"] + p["b_a"]                                    # [B, M]
-    a, ca = L.sigmoid_forward(pre if z is None else pre + z)
-    return a, (ca, H)
-
-
-def readout_backward(da, p, cache, grads):
-    """-> (dH ``[B, M, D]``, d of the pre-activation ``[B, M]``)."""
-    xp = get_namespace(da)
-    ca, H = cache
-    dpre = L.sigmoid_backward(da, ca)                                # [B, M]
-    D = H.shape[-1]
-    L.accumulate(grads, "w_a", xp.reshape(H, (-1, D)).T @ xp.reshape(dpre, (-1,)))  # [D]
-    L.accumulate(grads, "b_a", xp.sum(dpre))
-    return dpre[..., None] * p["w_a"], dpre
