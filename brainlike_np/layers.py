@@ -67,13 +67,13 @@ def linear_backward(dout, cache):
 # ---------------------------------------------------------------------------------
 # RMSNorm: y = x / sqrt(mean(x^2) + eps) * g
 # ---------------------------------------------------------------------------------
-def rmsnorm_forward(x, g):
-    """x ``[..., D]``, g ``[D]`` -> ``[..., D]``. The cache keeps the input (which its
-    producer keeps anyway) and the inverse norm ``[..., 1]``, not the normalised
-    output: ``rmsnorm_output`` rebuilds that in one pass."""
-    xp = get_namespace(x)
-    r = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + RMS_EPS)  # [..., 1]
-    return (x * r) * g, (x, r, g)
+def rmsnorm_forward(x, g, ops):
+    """x ``[..., D]``, g ``[D]`` -> ``[..., D]``, one op of the backend's hot path
+    (``ops.rmsnorm_forward``). The cache keeps the input (which its producer keeps
+    anyway) and the inverse norm ``[..., 1]``, not the normalised output:
+    ``rmsnorm_output`` rebuilds that in one pass."""
+    y, r = ops.rmsnorm_forward(x, g, RMS_EPS)                              # r: [..., 1]
+    return y, (x, r, g)
 
 
 def rmsnorm_output(cache):
@@ -82,17 +82,10 @@ def rmsnorm_output(cache):
     return (x * r) * g
 
 
-def rmsnorm_backward(dout, cache):
-    """-> (dx ``[..., D]``, dg ``[D]``)."""
-    xp = get_namespace(dout)
+def rmsnorm_backward(dout, cache, ops):
+    """-> (dx ``[..., D]``, dg ``[D]``), one op (``ops.rmsnorm_backward``)."""
     x, r, g = cache
-    D = g.shape[0]
-    xhat = x * r                                                           # [..., D]
-    dg = xp.sum(xp.reshape(dout * xhat, (-1, D)), axis=0)                 # [D]
-    dxhat = dout * g                                                       # [..., D]
-    # d/dx of x*r with r = (mean(x^2)+eps)^-1/2: r * (dxhat - xhat * mean(dxhat * xhat))
-    dx = r * (dxhat - xhat * xp.mean(dxhat * xhat, axis=-1, keepdims=True))
-    return dx, dg
+    return ops.rmsnorm_backward(dout, x, r, g)
 
 
 # ---------------------------------------------------------------------------------

@@ -219,21 +219,21 @@ def init_params(cfg: Config, backend, seed: int = 0, dtype: str = "float32") -> 
 # ---------------------------------------------------------------------------------
 # decoder: logits from the mean over the states it reads (the last one, or all)
 # ---------------------------------------------------------------------------------
-def pool_forward(p, H, a, cfg):
+def pool_forward(p, H, a, cfg, ops):
     """pooled = sum_j a_j rms(H_j, g_f) / k: H ``[B, M, D]``, a ``[B, M]`` -> ``[B, D]``."""
     xp = get_namespace(H)
-    F, cf = L.rmsnorm_forward(H, p["g_f"])                           # [B, M, D]
+    F, cf = L.rmsnorm_forward(H, p["g_f"], ops)                      # [B, M, D]
     return xp.sum(a[..., None] * F, axis=1) / cfg.k_active, (cf, a)
 
 
-def pool_backward(dpooled, p, cache, cfg, grads):
+def pool_backward(dpooled, p, cache, cfg, grads, ops):
     """dpooled ``[B, D]`` -> (dH ``[B, M, D]``, da ``[B, M]``)."""
     xp = get_namespace(dpooled)
     cf, a = cache
     F = L.rmsnorm_output(cf)                                         # [B, M, D]
     dF = a[..., None] * dpooled[:, None, :] / cfg.k_active           # [B, M, D]
     da = xp.sum(F * dpooled[:, None, :], axis=-1) / cfg.k_active     # [B, M]
-    dH, dg_f = L.rmsnorm_backward(dF, cf)
+    dH, dg_f = L.rmsnorm_backward(dF, cf, ops)
     L.accumulate(grads, "g_f", dg_f)
     return dH, da
 
@@ -252,7 +252,7 @@ def decoder_forward(p, reads, idx, cfg, ops):
     W_dec, rather than gathering ``[B, k, V]`` rows of it), None on the dense path."""
     pools, pooled, a = [], None, None
     for H_r, a_r in reads:
-        pooled_r, cp = pool_forward(p, H_r, a_r, cfg)                # [B, D]
+        pooled_r, cp = pool_forward(p, H_r, a_r, cfg, ops)           # [B, D]
         pools.append(cp)
         pooled, a = (pooled_r, a_r) if a is None else (pooled + pooled_r, a + a_r)
     if len(reads) > 1:
@@ -319,7 +319,7 @@ def backward(dlogits, p, cache, cfg: Config, ops) -> dict:
 
     def read_backward():
         """The last unconsumed read's gradient: -> (dH, da)."""
-        dH_r, da_r = pool_backward(dpooled, p, pools.pop(), cfg, grads)
+        dH_r, da_r = pool_backward(dpooled, p, pools.pop(), cfg, grads, ops)
         return dH_r, da_r + da_direct
 
     dH, da = read_backward()

@@ -52,8 +52,8 @@ def context_read_forward(p, H0, x, cfg, ops):
     T = x.shape[1]
     tok, ct = L.embedding_forward(p["Etok"], x, ops)                 # [B, T, D]
     pos, n_positions = L.first_rows_forward(p["Epos"], T)           # [T, D]
-    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"])                   # [B, T, D]
-    Xq, cq = L.rmsnorm_forward(H0, p["g_x"])                         # [B, M, D]
+    C, cc = L.rmsnorm_forward(tok + pos, p["g_t"], ops)              # [B, T, D]
+    Xq, cq = L.rmsnorm_forward(H0, p["g_x"], ops)                    # [B, M, D]
     Mx, cm = L.attention_forward(Xq, C, p["Wq_x"], p["Wk_x"], p["Wv_x"], p["Wo_x"],
                                  cfg.n_heads, ops)                   # [B, M, D]
     return Mx, ContextReadCache(ct, cc, cq, cm, n_positions)
@@ -65,8 +65,8 @@ def context_read_backward(dMx, p, cache, grads, ops):
     dXq, dC, dWq, dWk, dWv, dWo = L.attention_backward(
         dMx, cache.attn, L.rmsnorm_output(cache.query_norm),
         L.rmsnorm_output(cache.context_norm), ops)
-    dH0, dg_x = L.rmsnorm_backward(dXq, cache.query_norm)           # [B, M, D]
-    dC_in, dg_t = L.rmsnorm_backward(dC, cache.context_norm)        # [B, T, D]
+    dH0, dg_x = L.rmsnorm_backward(dXq, cache.query_norm, ops)      # [B, M, D]
+    dC_in, dg_t = L.rmsnorm_backward(dC, cache.context_norm, ops)   # [B, T, D]
     dEpos = L.first_rows_backward(xp.sum(dC_in, axis=0), cache.n_positions)
     for name, g in (("Wq_x", dWq), ("Wk_x", dWk), ("Wv_x", dWv), ("Wo_x", dWo),
                     ("g_x", dg_x), ("g_t", dg_t), ("Epos", dEpos),
@@ -100,7 +100,7 @@ def step_forward(p, H, a, cfg, ops, selected=None, z=None):
     keeps the state H, the message and the tanh output; the normalised X is rebuilt
     from H in the backward."""
     D = H.shape[-1]
-    X, cx = L.rmsnorm_forward(H, p["g"])                             # [B, M, D]
+    X, cx = L.rmsnorm_forward(H, p["g"], ops)                        # [B, M, D]
     msg, cm = L.attention_forward(X, X, p["Wq"], p["Wk"], p["Wv"], p["Wo"], cfg.n_heads,
                                   ops, key_mask=a > cfg.tau)         # [B, M, D]
     Y = L.linear_forward(X, p["W_u"][:D, :], p["b_u"])[0] + L.linear_forward(
@@ -134,7 +134,7 @@ def step_backward(dH_new, da_new, p, cache, grads, ops):
     dX += dXq
     dX += dXkv
     del dXq, dXkv
-    dH_norm, dg = L.rmsnorm_backward(dX, cache.norm)
+    dH_norm, dg = L.rmsnorm_backward(dX, cache.norm, ops)
     for name, g in (("W_u", xp.concat([dW_x, dW_m], axis=0)), ("b_u", db_u), ("Wq", dWq),
                     ("Wk", dWk), ("Wv", dWv), ("Wo", dWo), ("g", dg)):
         L.accumulate(grads, name, g)

@@ -243,24 +243,24 @@ class BlockCache(NamedTuple):
     mlp: MLPCache
 
 
-def block_forward(p, l, X, B, cfg):
+def block_forward(p, l, X, B, cfg, ops):
     """X ``[B*T, D]`` -> ``[B*T, D]``."""
-    A, ca = L.rmsnorm_forward(X, p["g_attn"][l, :])
+    A, ca = L.rmsnorm_forward(X, p["g_attn"][l, :], ops)
     M, cm = causal_attention_forward(A, B, p["Wq"][l, :, :], p["Wk"][l, :, :],
                                      p["Wv"][l, :, :], p["Wo"][l, :, :], cfg.n_heads)
     X = X + M                                                       # [B*T, D]
-    Z, cz = L.rmsnorm_forward(X, p["g_mlp"][l, :])
+    Z, cz = L.rmsnorm_forward(X, p["g_mlp"][l, :], ops)
     Y, cy = mlp_forward(Z, p["W1"][l, :, :], p["W2"][l, :, :])
     return X + Y, BlockCache(ca, cm, cz, cy)
 
 
-def block_backward(dX, cache):
+def block_backward(dX, cache, ops):
     """-> (dX of the block's input, {name: this layer's gradient})."""
     dZ, dW1, dW2 = mlp_backward(dX, cache.mlp)
-    dX_mlp, dg_mlp = L.rmsnorm_backward(dZ, cache.mlp_norm)
+    dX_mlp, dg_mlp = L.rmsnorm_backward(dZ, cache.mlp_norm, ops)
     dX = dX + dX_mlp                                                # [B*T, D]
     dA, dWq, dWk, dWv, dWo = causal_attention_backward(dX, cache.attn)
-    dX_attn, dg_attn = L.rmsnorm_backward(dA, cache.attn_norm)
+    dX_attn, dg_attn = L.rmsnorm_backward(dA, cache.attn_norm, ops)
     return dX + dX_attn, {"g_attn": dg_attn, "Wq": dWq, "Wk": dWk, "Wv": dWv, "Wo": dWo,
                           "g_mlp": dg_mlp, "W1": dW1, "W2": dW2}
 
@@ -276,7 +276,7 @@ def trunk_forward(p, x, cfg, ops):
     X = xp.reshape(tok + p["Epos"][:T, :], (B * T, cfg.d_model))    # [B*T, D]
     blocks = []
     for l in range(cfg.n_layers):
-        X, cb = block_forward(p, l, X, B, cfg)
+        X, cb = block_forward(p, l, X, B, cfg, ops)
         blocks.append(cb)
     return X, (ct, B, blocks)
 
@@ -289,7 +289,7 @@ def trunk_backward(dX, p, cache, cfg, grads, ops):
     per_layer = [None] * cfg.n_layers
     while blocks:
         l = len(blocks) - 1
-        dX, per_layer[l] = block_backward(dX, blocks.pop())
+        dX, per_layer[l] = block_backward(dX, blocks.pop(), ops)
     for name in per_layer[0]:
         grads[name] = xp.stack([g[name] for g in per_layer], axis=0)   # [Ly, ...]
     dX = xp.reshape(dX, (B, -1, cfg.d_model))                        # [B, T, D]
@@ -297,18 +297,18 @@ def trunk_backward(dX, p, cache, cfg, grads, ops):
     grads["Epos"] = L.first_rows_backward(xp.sum(dX, axis=0), p["Epos"].shape[0])   # [T, D]
 
 
-def head_forward(p, X):
+def head_forward(p, X, ops):
     """X ``[n, D]`` -> logits ``[n, V]``."""
-    Fn, cf = L.rmsnorm_forward(X, p["g_f"])
+    Fn, cf = L.rmsnorm_forward(X, p["g_f"], ops)
     logits, co = L.linear_forward(Fn, p["W_out"])
     return logits, (cf, co)
 
 
-def head_backward(dlogits, cache, grads):
+def head_backward(dlogits, cache, grads, ops):
     """-> dX ``[n, D]``."""
     cf, co = cache
     dFn, grads["W_out"], _ = L.linear_backward(dlogits, co)
-    dX, grads["g_f"] = L.rmsnorm_backward(dFn, cf)
+    dX, grads["g_f"] = L.rmsnorm_backward(dFn, cf, ops)
     return dX
 
 
@@ -320,7 +320,7 @@ def forward(p, x, cfg: TransformerConfig, ops):
     xp = get_namespace(p["W_out"])
     B, T = x.shape
     X, ctrunk = trunk_forward(p, x, cfg, ops)                       # [B*T, D]
-    logits, chead = head_forward(p, X)                              # [B*T, V]
+    logits, chead = head_forward(p, X, ops)                         # [B*T, V]
     return xp.reshape(logits, (B, T, cfg.vocab_size)), (ctrunk, chead)
 
 
@@ -355,10 +355,10 @@ def loss_and_grads(p, x, y, cfg: TransformerConfig, ops):
         rows, targets = X, xp.reshape(next_byte_targets(x, y), (B * T,))
     else:
         rows, targets = xp.reshape(X, (B, T, D))[:, -1, :], y         # [B, D], [B]
-    logits, chead = head_forward(p, rows)                            # [B*T or B, V]
+    logits, chead = head_forward(p, rows, ops)                       # [B*T or B, V]
     loss, closs = L.cross_entropy_forward(logits, targets)
     grads = {}
-    drows = head_backward(L.cross_entropy_backward(1.0, closs), chead, grads)
+    drows = head_backward(L.cross_entropy_backward(1.0, closs), chead, grads, ops)
     if cfg.targets == "all":
         dX = drows                                                   # [B*T, D]
     else:
