@@ -15,7 +15,7 @@ from brainlike_np.data import random_batch
 from brainlike_np.models import brainlike
 backend, cfg = get_backend("numpy"), brainlike.PRESETS["default"]
 params = brainlike.init_params(cfg, backend)
-x, y = (backend.asarray(a) for a in random_batch(16, cfg.context))
+x, y = (backend.asarray(a) for a in random_batch(64, cfg.context))
 brainlike.loss_and_grads(params, x, y, cfg, backend.ops)          # warm-up
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
@@ -34,10 +34,12 @@ def run_probe(policy):
 @pytest.mark.skipif(not sys.platform.startswith("linux") or
                     not os.confstr("CS_GNU_LIBC_VERSION"), reason="the policy is glibc's")
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    """Three forward+backward passes (default preset, batch 16) after a warm-up: with
-    the policy their temporaries reuse the warm-up's pages; with the C library's
-    defaults they fault thousands of pages in again."""
+    """Three forward+backward passes (default preset and batch, 64) after a warm-up:
+    with the policy their temporaries reuse the warm-up's pages; with the C library's
+    defaults they fault thousands of pages in again (about 9x as many here; at batch 16
+    no array of the step is large enough any more, since attention forms no
+    [B, h, k, k] scores on numpy, and both fault the same)."""
     applied, faults = run_probe("reuse")
     system_applied, system_faults = run_probe("system")
     assert applied and not system_applied
-    assert faults * 10 < system_faults, (faults, system_faults)
+    assert faults * 5 < system_faults, (faults, system_faults)
