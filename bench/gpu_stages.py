@@ -143,6 +143,34 @@ def kernel_cases(s: dict, dtype: str, rng) -> list:
         ("gathered weighted sum", "gather_weighted_sum", (E, tokens, P)),
         ("gathered weighted sum backward", "gather_weighted_sum_backward",
          (normal(B, k), idx, E, tokens, P)),
+    ] + fused_cases(s, normal, rng)
+
+
+def fused_cases(s: dict, normal, rng) -> list:
+    """(case, op, host args) for the fused ops of a training step: attention within the
+    active set (masked) and over the context, RMSNorm, the interaction step's tail."""
+    B, D, k, T = (s[key] for key in ("B", "D", "k", "T"))
+    h = 4                                                                # heads
+    ref = ReferenceOps(numpy_namespace)
+    q, kk, v = normal(B, h, k, D // h) / 4, normal(B, h, k, D // h), normal(B, h, k, D // h)
+    keep = rng.random((B, k)) > 0.3                                      # [B, k] key mask
+    keep[:, 0] = True                                                    # no empty row
+    out, lse = ref.attention_forward(q, kk, v, keep)
+    x, g = normal(B, k, D), normal(D)
+    _, r = ref.rmsnorm_forward(x, g, 1e-6)
+    Y, H, w_a, b_a, z = normal(B, k, D), normal(B, k, D), normal(D), normal(), normal(B, k)
+    H_new, U, a = ref.step_tail_forward(Y, H, w_a, b_a, z)
+    return [
+        ("attention in the set", "attention_forward", (q, kk, v, keep)),
+        ("attention over the context", "attention_forward",
+         (q, normal(B, h, T, D // h), normal(B, h, T, D // h), None)),
+        ("attention backward", "attention_backward", (normal(*q.shape), q, kk, v, out, lse,
+                                                      keep)),
+        ("RMSNorm", "rmsnorm_forward", (x, g, 1e-6)),
+        ("RMSNorm backward", "rmsnorm_backward", (normal(B, k, D), x, r, g)),
+        ("step tail", "step_tail_forward", (Y, H, w_a, b_a, z)),
+        ("step tail backward", "step_tail_backward",
+         (normal(B, k, D), normal(B, k), U, H_new, a, w_a)),
     ]
 
 
