@@ -100,7 +100,7 @@ def skip_reasons(quick: bool) -> dict:
 
 def measure_all(args, skipped: dict) -> dict:
     """preset -> batch -> implementation -> measurements (or why it was skipped)."""
-    batches = QUICK_BATCHES if args.quick else BATCHES
+    batches = args.points or (QUICK_BATCHES if args.quick else BATCHES)
     impls = [impl for impl in IMPLEMENTATIONS if impl not in skipped]
 
     def run(impl, preset_name, B, what):
@@ -191,6 +191,22 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_points(text: str) -> dict:
+    """"default:64,seed:32" -> {"default": (64,), "seed": (32,)}."""
+    points = {}
+    for item in text.split(","):
+        preset, _, batch = item.partition(":")
+        if preset not in BATCHES or not batch.isdigit() or int(batch) < 1:
+            raise argparse.ArgumentTypeError(
+                f"'{item}' is not PRESET:BATCH with PRESET one of {', '.join(BATCHES)}")
+        points[preset] = points.get(preset, ()) + (int(batch),)
+    return points
+
+
+def format_points(points: dict) -> str:
+    return ",".join(f"{p}:{B}" for p, Bs in points.items() for B in Bs)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -198,6 +214,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed processes per point")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--out", type=Path, default=measure.RESULTS, help="output folder")
+    parser.add_argument("--points", type=parse_points, metavar="PRESET:B,...",
+                        help="only these preset and batch points, e.g. default:64,seed:32 "
+                             f"(default: {format_points(BATCHES)})")
     measure.add_worker_arguments(parser)
     args = parser.parse_args(argv)
     if measure.start(args, worker):
