@@ -7,8 +7,9 @@ Entries:
   kind), ``config`` (the model config fields), ``step``, ``optimizer`` (AdamW
   hyper-parameters and step), ``rng`` (the data sampler's NumPy bit-generator state),
   ``train`` (the training settings, ``TrainSettings``), ``metrics`` (the last
-  evaluation) and ``data`` (the corpus's identity, ``data.Corpus.record()``; absent in
-  older checkpoints).
+  evaluation), ``data`` (the corpus's identity, ``data.Corpus.record()``) and ``run_id``
+  (made when the run started, also in its every metrics record); the last two are
+  absent in older checkpoints.
 
     import json, numpy as np
     ck = np.load("out/ckpt.npz")

@@ -11,7 +11,7 @@
   never ends).
 - One run per folder: a new run refuses a folder that holds a checkpoint, or the
   evaluations of a run whose checkpoint is gone; a resume refuses a folder that holds
-  another run's checkpoint or metrics.
+  another run's checkpoint or metrics (records without the checkpoint's run id).
 - The metrics file agrees with the checkpoint: opening it keeps only the records up to
   the checkpoint's step (a run killed after its last checkpoint logged steps that the
   resumed run repeats; a run that died before its first checkpoint left records that a
@@ -121,10 +121,13 @@ class OutDir:
                 f"checkpoint is not in --out-dir '{self.path}'; move it away or choose "
                 "another --out-dir (nothing was overwritten)")
 
-    def check_resume(self, source: str, step: int, last_eval: dict) -> None:
+    def check_resume(self, source: str, step: int, last_eval: dict,
+                     run_id: str | None = None) -> None:
         """CheckpointError unless the checkpoint ``source`` (at ``step``, its last
-        evaluation ``last_eval``) may continue in this folder: the folder's own
-        checkpoint, or no other checkpoint here and a metrics file of the same run."""
+        evaluation ``last_eval``, its ``run_id``) may continue in this folder: the
+        folder's own checkpoint, or no other checkpoint here and a metrics file of the
+        same run (every record carries its run id; a run older than run ids: its last
+        evaluation is logged, or nothing after its step is)."""
         if not self.writer:
             return
         if os.path.lexists(self.checkpoint) and not _same_file(source, self.checkpoint):
@@ -134,7 +137,9 @@ class OutDir:
                 "was changed)")
         records = self.read_metrics()
         evals_here = [r for r in records if "val_loss" in r and r["step"] == step]
-        if last_eval and evals_here:
+        if run_id is not None:
+            same_run = all(r.get("run") == run_id for r in records)
+        elif last_eval and evals_here:
             same_run = _as_logged(last_eval) in evals_here
         else:     # killed between saving and logging: nothing logged after the checkpoint
             same_run = all(r["step"] <= step for r in records)

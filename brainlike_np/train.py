@@ -145,7 +145,7 @@ def _gib(n_bytes: int) -> str:
 def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
     if request.resume is not None:
         state = resumed_state(request, backend)
-        out.check_resume(request.resume, state.step, state.metrics)
+        out.check_resume(request.resume, state.step, state.metrics, state.run_id)
         check_memory(state.cfg, state.model_name, state.settings, backend)
         saved = state.data_record      # the files the run was trained on, resolved
         data = request.settings.get("data")
@@ -226,6 +226,7 @@ class Reporter:
                                             last_eval=state.metrics) if root else None
         # seconds of training, continued from the checkpoint's last evaluation
         self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
+        self.run_tag = {"run": state.run_id} if state.run_id else {}   # in every record
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -242,7 +243,8 @@ class Reporter:
 
     def log_step(self, record: dict) -> None:
         if self.root:
-            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock})
+            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock,
+                                **self.run_tag})
 
     def evaluate_and_save(self, reason: str):
         """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
@@ -257,7 +259,7 @@ class Reporter:
                 "the last checkpoint: lower --lr or raise --warmup, and resume from it")
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()},
-                         "time_s": time.perf_counter() - self.clock}
+                         "time_s": time.perf_counter() - self.clock, **self.run_tag}
         state.save(self.run.out.checkpoint)
         self.metrics.write(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"

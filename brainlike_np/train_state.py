@@ -13,6 +13,7 @@ The command line around it is ``train.py``.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 
 from .backends.distributed import SingleProcess
@@ -98,6 +99,8 @@ class TrainState:
     metrics: dict = field(default_factory=dict)   # the last evaluation's record
     comm: object = field(default_factory=SingleProcess, repr=False)   # data-parallel ranks
     data_record: dict | None = None  # the corpus's identity (data.Corpus.record()); None: unknown
+    run_id: str | None = None        # made when the run starts, in every metrics record;
+                                     # None: a run started before run ids existed
 
     @property
     def model(self):
@@ -112,7 +115,7 @@ class TrainState:
         params = model.init_params(cfg, backend, seed=settings.seed, dtype=settings.dtype)
         optimizer = AdamW(weight_decay=settings.weight_decay, no_decay=model.NO_DECAY)
         return cls(model_name, cfg, settings, backend, optimizer.adopt(params, backend.xp),
-                   optimizer, backend.rng(settings.seed + 1))
+                   optimizer, backend.rng(settings.seed + 1), run_id=secrets.token_hex(8))
 
     def change_settings(self, settings: TrainSettings) -> None:
         """Continue under new settings, in place: those in ``TrainSettings.FIXED`` must
@@ -190,7 +193,7 @@ class TrainState:
         save_checkpoint(path, self.params, self.optimizer, {
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
-            "metrics": self.metrics, "data": self.data_record,
+            "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
         }, self.backend)
 
     @classmethod
@@ -211,10 +214,16 @@ class TrainState:
                 step = meta["step"]
                 optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
                 _check_optimizer(optimizer)
+                run_id = meta.get("run_id")
+                if not isinstance(run_id, (str, type(None))):
+                    raise ValueError(f"run_id {run_id!r}")
                 metrics = dict(meta.get("metrics") or {})
+                _check_metrics(metrics, run_id)
                 data_record = meta.get("data")
                 if not isinstance(data_record, (dict, type(None))):
                     raise ValueError(f"data record {data_record!r}")
+                if data_record and not isinstance(data_record.get("source"), (str, type(None))):
+                    raise ValueError(f"data source {data_record['source']!r}")
                 if not isinstance(step, int) or step < 0 or optimizer.step != step:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -232,7 +241,21 @@ class TrainState:
         optimizer.m, optimizer.v = on_backend["adam_m"], on_backend["adam_v"]
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
-                   step=step, metrics=metrics, data_record=data_record)
+                   step=step, metrics=metrics, data_record=data_record, run_id=run_id)
+
+
+def _check_metrics(record: dict, run_id: str | None) -> None:
+    """ValueError unless ``record`` (the last evaluation's) is empty or a step (an int
+    of 0 or more) with numbers or nulls, and the run's id."""
+    def is_number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    for key, value in record.items():
+        if key == "run" and value == run_id or value is None or is_number(value):
+            continue
+        raise ValueError(f"metrics {key} {value!r}")
+    step = record.get("step", 0)
+    if not (is_number(step) and isinstance(step, int) and step >= 0):
+        raise ValueError(f"metrics step {step!r}")
 
 
 def _check_optimizer(optimizer: AdamW) -> None:

@@ -469,6 +469,12 @@ DAMAGE = {
     "train-null": (_set(["train"], None), "must be a mapping"),
     "config-path-bogus": (_set(["config", "path"], "bogus"), "unknown path 'bogus'"),
     "step-negative": (_set(["step"], -100), "step -100"),
+    "metrics-time-text": (_set(["metrics", "time_s"], "x"), "metrics time_s 'x'"),
+    "metrics-step-float": (_set(["metrics", "step"], 2.5), "metrics step 2.5"),
+    "metrics-list": (_set(["metrics"], [1, 2]), "invalid metadata"),
+    "metrics-other-run": (_set(["metrics", "run"], "another"), "metrics run 'another'"),
+    "data-source-int": (_set(["data", "source"], 5), "data source 5"),
+    "run-id-int": (_set(["run_id"], 5), "run_id 5"),
     "rng-garbage": (_set(["rng"], {"bit_generator": "PCG64", "state": {}}), "invalid metadata"),
     "adam_m-shape": (_entry("adam_m/", lambda a, n: a.__setitem__(n, a[n].reshape(-1)[:3])),
                      "AdamW first moment"),
@@ -653,6 +659,35 @@ def test_resuming_another_runs_checkpoint_into_a_used_out_dir_is_refused(
     main_error(train.main, TINY + ["--data", corpus_file, "--out-dir", ours], capsys,
                "holds the evaluations of an earlier run")
     assert _files(ours) == before
+
+
+def test_a_resume_refuses_the_metrics_of_another_run_that_stopped_earlier(
+        tmp_path, corpus_file, capsys):
+    """The other run's records all lie at or before the checkpoint's step and it logged
+    no evaluation at that step, but its records carry another run id: refused."""
+    ref = _finished_run(tmp_path, corpus_file, capsys, "ref", 3)
+    other = _finished_run(tmp_path, corpus_file, capsys, "other", 2, "--seed", 7)
+    os.remove(other / "ckpt.npz")
+    before = _files(other)
+    main_error(train.main, ["--resume", ref / "ckpt.npz", "--max-iters", 4, "--out-dir", other],
+               capsys, "holds the metrics of another run")
+    assert _files(other) == before
+
+
+def test_every_record_carries_the_run_id_through_a_resume_of_a_resume(
+        tmp_path, corpus_file, capsys):
+    out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
+    run_id = TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).run_id
+    assert isinstance(run_id, str) and run_id
+    assert train_here(["--resume", "--max-iters", 4, "--out-dir", out], capsys) == 0
+    backup = tmp_path / "backup.npz"           # resumed from outside, its own metrics here
+    os.rename(out / "ckpt.npz", backup)
+    assert train_here(["--resume", backup, "--max-iters", 6, "--out-dir", out], capsys) == 0
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4, 5, 6]
+    assert {r["run"] for r in strict_records(out)} == {run_id}
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).run_id == run_id
+    other = _finished_run(tmp_path, corpus_file, capsys, "other", 2)
+    assert TrainState.load(str(other / "ckpt.npz"), get_backend("numpy")).run_id != run_id
 
 
 def test_an_earlier_checkpoint_of_the_same_run_resumes_into_its_out_dir(
