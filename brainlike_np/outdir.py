@@ -186,18 +186,18 @@ def read_metrics(path: str) -> list[dict]:
     process killed mid-write) or any other damaged line (not UTF-8, not JSON, not an
     object with a step) is skipped; no file is no records."""
     try:
-        with open_regular_file(path) as f:
-            lines = f.read().splitlines()
+        f = open_regular_file(path)
     except FileNotFoundError:
         return []
     records = []
-    for line in lines:
-        try:
-            record = json.loads(line.decode())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            continue
-        if isinstance(record, dict) and _is_step(record.get("step")):
-            records.append(record)
+    with f:
+        for line in f:           # a line at a time: the file is never held whole
+            try:                 # ValueError: not UTF-8, not JSON, an int too long
+                record = json.loads(line.decode())
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(record, dict) and _is_step(record.get("step")):
+                records.append(record)
     return records
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import brainlike_np.generate as gen
-from brainlike_np import data, train
+from brainlike_np import data, outdir, train
 from brainlike_np.backends import get_backend
 from brainlike_np.checkpoint import CheckpointError, save_npz_atomic
 from brainlike_np.train_state import TrainState
@@ -856,10 +856,25 @@ def test_damaged_metrics_records_are_skipped_on_resume(tmp_path, corpus_file, ca
     out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
     good = (out / "metrics.jsonl").read_bytes()
     bad = [b'{"step": "x"}', b"null", b"[1, 2]", b"\xff\xfe not utf-8", b'{"step": null}',
-           b'{"step": true}', b'{"loss": 1.0}', b"[" * 100000, b'{"step": -3}']
+           b'{"step": true}', b'{"loss": 1.0}', b"[" * 100000, b'{"step": -3}',
+           b'{"step": ' + b"1" * 5000 + b"}"]
     (out / "metrics.jsonl").write_bytes(b"\n".join(bad) + b"\n" + good)
     assert train_here(["--resume", "--max-iters", 3, "--out-dir", out], capsys) == 0
     assert [s for s, _ in losses(out)] == [1, 2, 3]
+
+
+def test_metrics_are_read_a_line_at_a_time(tmp_path):
+    """20 MB of damaged lines: reading them back never holds the file whole."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes((b"x" * 1023 + b"\n") * 20_000 + b'{"step": 1}\n')
+    tracemalloc.start()
+    try:
+        records = outdir.read_metrics(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert records == [{"step": 1}]
+    assert peak < 2 * 2**20, peak
 
 
 @pytest.mark.parametrize("plant", [
