@@ -156,7 +156,7 @@ def stdlib_files() -> list[Path]:
 
 def in_validation(relative_paths: list[str]) -> list[bool]:
     """Whole files to validation: those whose relative path's CRC-32 is 0 mod 10."""
-    return [zlib.crc32(rel.encode()) % VALID_ONE_IN == 0 for rel in relative_paths]
+    return [zlib.crc32(os.fsencode(rel)) % VALID_ONE_IN == 0 for rel in relative_paths]
 
 
 def load_stdlib_corpus() -> Corpus:

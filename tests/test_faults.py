@@ -708,6 +708,23 @@ def test_an_earlier_checkpoint_of_the_same_run_resumes_into_its_out_dir(
     assert [s for s, _ in losses(empty)] == [3]
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file names must be UTF-8")
+def test_a_data_file_named_in_bytes_that_are_not_utf8_trains_and_resumes(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    names = [b"a.txt", b"b\xff\xfe.txt", b"c.txt"]
+    for name in names:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as f:
+            f.write(TEXT)
+    out = tmp_path / "out"
+    assert train_here(TINY + ["--max-iters", 2, "--eval-every", 2, "--data", folder,
+                              "--out-dir", out], capsys) == 0
+    record = TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).data_record
+    assert [os.path.basename(os.fsencode(f["path"])) for f in record["files"]] == names
+    assert train_here(["--resume", "--max-iters", 4, "--out-dir", out], capsys) == 0
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4]
+
+
 # ---- nothing outside the out-dir is created, truncated or written ------------------------
 PLANTED = ["metrics.jsonl", "metrics.jsonl.tmp", ".lock", f".write-test-{os.getpid()}",
            "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl"]
