@@ -24,8 +24,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 def exit_quietly_on_ctrl_c() -> None:
     """Until ``main`` starts: a Ctrl-C while the libraries load ends the process with
-    one line and exit code 130, not a traceback of the import that was running."""
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    one line and exit code 130, not a traceback of the import that was running. A
+    SIGINT ignored by whoever started the process (``cmd &`` in a script) stays ignored,
+    as Python itself leaves it."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
 def _interrupted_while_starting(signum, frame):

@@ -293,7 +293,8 @@ class StopFlag:
 
     ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
     every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
-    kills the ranks itself after its grace period."""
+    kills the ranks itself after its grace period. A signal the process inherited as
+    ignored (``nohup``, ``cmd &`` in a script) stays ignored."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -310,7 +311,8 @@ class StopFlag:
         return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                          if signal.getsignal(s) is not signal.SIG_IGN}   # inherited: kept
         return self
 
     def _handle(self, signum, frame):

@@ -92,12 +92,13 @@ def main_error(main, argv, capsys, expected="", exit_code=None, before_training=
 class Trainer:
     """A trainer running in the background, its output in files (never a full pipe)."""
 
-    def __init__(self, args, log_dir):
+    def __init__(self, args, log_dir, preexec_fn=None):
         log_dir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(TRAIN + [str(a) for a in args], stdout=out,
-                                         stderr=err, env=cli_env(), stdin=subprocess.DEVNULL)
+                                         stderr=err, env=cli_env(), stdin=subprocess.DEVNULL,
+                                         preexec_fn=preexec_fn)
 
     @property
     def stderr(self) -> str:
@@ -264,6 +265,26 @@ def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
     resumed = cli(["--resume", "--max-iters", reached + 3, "--out-dir", out])
     assert resumed.returncode == 0, resumed.stderr
     assert [s for s, _ in losses(out)] == list(range(1, reached + 4))
+
+
+def test_an_inherited_ignored_sigint_stays_ignored(tmp_path, corpus_file):
+    """Started with SIGINT ignored (``trainer &`` in a script): Ctrl-C in the terminal,
+    while starting or training, does not stop it; SIGTERM still does."""
+    out = tmp_path / "run"
+    with Trainer(TINY + ["--eval-every", "1000", "--max-iters", "1000", "--data",
+                         corpus_file, "--out-dir", out], tmp_path / "log",
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) as trainer:
+        for _ in range(20):          # while the libraries load
+            time.sleep(0.05)
+            trainer.signal(signal.SIGINT)
+        trainer.wait_for_training()
+        time.sleep(0.3)
+        trainer.signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert trainer.proc.poll() is None, trainer.stderr
+        trainer.signal(signal.SIGTERM)
+        assert trainer.wait(timeout=60) == train.EXIT_TERMINATED, trainer.stderr
+    assert losses(out)[-1][0] > 0
 
 
 # ---- a full disk during a save over an existing checkpoint (guarantee (c)) -----------
