@@ -294,7 +294,7 @@ class StopFlag:
     ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
     every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
     kills the ranks itself after its grace period. A signal the process inherited as
-    ignored (``nohup``, ``cmd &`` in a script) stays ignored."""
+    ignored (``cmd &`` in a script ignores SIGINT) stays ignored."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
