@@ -3,7 +3,8 @@
 The prompt is bytes: on the command line, its text as the shell passed it (a prompt
 that is not valid UTF-8, such as ``$'\\xff'`` in bash, is taken byte for byte, as
 ``os.fsencode`` gives it back). The output is the prompt plus the new bytes, written
-to stdout as UTF-8 text with any byte sequence that is not UTF-8 shown as U+FFFD.
+to stdout as each byte is sampled, as UTF-8 text with any byte sequence that is not
+UTF-8 shown as U+FFFD.
 
 Bad input (a temperature that is not a finite number >= 0, a negative --max-new-bytes,
 --top-k or --seed, a missing or damaged checkpoint, an unusable backend) ends with one
@@ -18,9 +19,11 @@ from .cli import exit_quietly_on_ctrl_c
 if __name__ == "__main__":    # a Ctrl-C while the libraries below load: one line, exit 130
     exit_quietly_on_ctrl_c()
 
-import math  # noqa: E402  (the imports below take a while; the guard comes first)
+import codecs  # noqa: E402  (the imports below take a while; the guard comes first)
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -85,6 +88,13 @@ def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float 
     ValueError for a prompt that is not bytes or holds a byte the model has no token
     for, a negative ``n_bytes``, ``top_k`` or ``seed``, a temperature that is not a
     finite number >= 0, and a model whose logits are not finite."""
+    return bytes(generate_stream(state, prompt, n_bytes, temperature, top_k, seed))
+
+
+def generate_stream(state: TrainState, prompt: bytes, n_bytes: int, temperature: float = 0.8,
+                    top_k: int = 0, seed: int = 0) -> Iterator[int]:
+    """``generate``'s bytes one at a time, as each is sampled (in memory: the last
+    ``context`` bytes only); its arguments are checked at the call, not the first byte."""
     if not isinstance(prompt, (bytes, bytearray, memoryview)):
         raise GenerationError(f"the prompt must be bytes, got {type(prompt).__name__} "
                          "(encode text first, e.g. os.fsencode(text))")
@@ -96,13 +106,18 @@ def generate(state: TrainState, prompt: bytes, n_bytes: int, temperature: float 
     if prompt and max(prompt) >= V:
         raise GenerationError(f"the prompt holds byte {max(prompt)}, but the model's vocabulary "
                          f"has {V} tokens")
-    rng = state.backend.rng(seed)
-    out = bytearray(b"\n" * max(0, T - len(prompt)) + prompt)
+    window = (b"\n" * max(0, T - len(prompt)) + prompt)[-T:]
+    return _sampled(state, window, n_bytes, state.backend.rng(seed), temperature, top_k)
+
+
+def _sampled(state, window: bytes, n_bytes: int, rng, temperature, top_k) -> Iterator[int]:
+    """Each new byte, the model reading the ``context`` bytes before it (``window``)."""
     for _ in range(n_bytes):
-        window = np.frombuffer(bytes(out[-T:]), dtype=np.uint8)[None, :].astype(np.int64)
-        logits = state.next_logits(window)[0]                                # [V]
-        out.append(sample_from_logits(logits, rng, temperature, top_k))
-    return bytes(out[-n_bytes:]) if n_bytes else b""
+        x = np.frombuffer(window, dtype=np.uint8)[None, :].astype(np.int64)   # [1, T]
+        logits = state.next_logits(x)[0]                                      # [V]
+        byte = sample_from_logits(logits, rng, temperature, top_k)
+        window = window[1:] + bytes([byte])
+        yield byte
 
 
 def build_parser() -> OneLineParser:
@@ -134,9 +149,13 @@ def main(argv=None) -> int:
         if stdout_closed:
             raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())
-        text = generate(state, prompt, args.max_new_bytes, args.temperature, args.top_k,
-                        args.seed)
-        write_sample((prompt + text).decode("utf-8", errors="replace") + "\n")
+        stream = generate_stream(state, prompt, args.max_new_bytes, args.temperature,
+                                 args.top_k, args.seed)
+        as_text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        write_sample(as_text.decode(prompt))
+        for byte in stream:           # each byte as it comes: a long sample shows as it grows
+            write_sample(as_text.decode(bytes([byte])))
+        write_sample(as_text.decode(b"", final=True) + "\n")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

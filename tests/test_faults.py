@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -615,6 +616,29 @@ def test_a_non_utf8_prompt_is_taken_byte_for_byte(trained):
                           capture_output=True, timeout=60, env=cli_env())
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     assert proc.stdout.startswith("\ufffd\ufffdab".encode())
+
+
+def test_generate_streams_its_output_as_it_samples(trained):
+    """--max-new-bytes far beyond what could ever finish: the bytes show as they come."""
+    command = [sys.executable, "-m", "brainlike_np.generate", "--checkpoint", trained,
+               "--prompt", "def ", "--max-new-bytes", "9" * 20]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(), stdin=subprocess.DEVNULL)
+    try:
+        shown, deadline = b"", time.monotonic() + 60
+        while len(shown) < 4 + 50 and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                shown += os.read(proc.stdout.fileno(), 4096)
+            assert proc.poll() is None, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert shown.startswith(b"def ") and len(shown) >= 4 + 50, shown
+    # the same bytes as the library's (shown: at most len(shown) of them; the last
+    # read may have split a character)
+    library = gen.generate(TrainState.load(trained, get_backend("numpy")), b"def ", len(shown))
+    assert (b"def " + library).decode("utf-8", "replace").startswith(
+        shown.decode("utf-8", "replace")[:-2])
 
 
 # ---- the corpus in O(file size) memory --------------------------------------------------
