@@ -69,7 +69,8 @@ def configured(model_name: str, preset: str, overrides: dict):
 
 
 def new_state(request: TrainRequest, backend, corpus) -> TrainState:
-    model_name, preset = request.model or "brainlike", request.preset or "default"
+    model_name = "brainlike" if request.model is None else request.model
+    preset = "default" if request.preset is None else request.preset
     cfg = configured(model_name, preset, request.config)
     settings = TrainSettings(**request.settings)
     if settings.batch_size is None:
@@ -84,11 +85,11 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
     only with the values it was trained with (``--preset``: its fields' values)."""
     path = request.resume
     state = TrainState.load(path, backend)
-    if request.model and request.model != state.model_name:
+    if request.model is not None and request.model != state.model_name:
         raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
                               f"'{request.model}'; drop --model to resume it")
     expected = (configured(state.model_name, request.preset, request.config).to_dict()
-                if request.preset else request.config)
+                if request.preset is not None else request.config)
     saved = state.cfg.to_dict()
     for name, value in expected.items():
         if saved.get(name) != value:

@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m brainlike_np.train",
         description="Train a byte-level language model (the brain-like sparse model by "
                     "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
-    p.add_argument("--model", help=f"model: {', '.join(MODELS)} (default brainlike)")
-    p.add_argument("--preset", help="named model config, e.g. tiny, default, seed "
-                                    "(default: default)")
+    p.add_argument("--model", type=_name, help=f"model: {', '.join(MODELS)} (default brainlike)")
+    p.add_argument("--preset", type=_name, help="named model config, e.g. tiny, default, seed "
+                                                "(default: default)")
     p.add_argument("--out-dir", default="out", help="checkpoint and metrics folder (default out)")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help="continue from CKPT (default: <out-dir>/ckpt.npz); the settings "
@@ -82,11 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _name(text: str) -> str:
+    """argparse type for --model and --preset: an empty value is a mistake, not "unset"."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name one, or leave the flag out for "
+                                         "the default")
+    return text
+
+
+# argparse names a value it cannot parse by its type function: "invalid integer value: 'x'"
+def integer(text: str) -> int:
+    return int(text)
+
+
+def number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _parse_number(type_name: str):
     """argparse type for a config field: ints and floats parsed, floats must be finite."""
-    def parse_float(text):
-        value = float(text)
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        return value
-    return {"int": int, "float": parse_float}.get(type_name, str)
+    return {"int": integer, "float": number}.get(type_name, str)

@@ -9,6 +9,7 @@ the lock, startup order); the many damaged-checkpoint and argument cases call ``
 in this process, which is the same code without the interpreter's start-up time."""
 
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -28,9 +29,10 @@ import numpy as np
 import pytest
 
 import brainlike_np.generate as gen
-from brainlike_np import data, outdir, train
+from brainlike_np import data, outdir, train, train_cli
 from brainlike_np.backends import get_backend
 from brainlike_np.checkpoint import CheckpointError, save_npz_atomic
+from brainlike_np.config import ConfigError
 from brainlike_np.train_state import TrainState
 from diskfull import disk_fills_up
 from npz import load_npz
@@ -444,6 +446,28 @@ def test_sizes_that_cannot_fit_are_one_line_quickly(tmp_path, corpus_file, flags
     err = assert_cli_error(TINY + flags + ["--max-iters", 2, "--data", corpus_file,
                                            "--out-dir", tmp_path / "o"], timeout=6)
     assert says in err
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--model", ""], "argument --model: is empty"),
+    (["--preset", ""], "argument --preset: is empty"),
+    (["--lr", ""], "argument --lr: invalid number value: ''"),
+    (["--max-iters", "1.5"], "argument --max-iters: invalid integer value: '1.5'"),
+])
+def test_malformed_flags_are_named_in_one_line(tmp_path, corpus_file, capsys, flags, says):
+    main_error(train.main, TINY + ["--max-iters", 1, *flags, "--data", corpus_file, "--out-dir",
+                            tmp_path / "o"],
+               capsys, says, exit_code=2)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_an_empty_model_or_preset_in_a_request_is_not_the_default(corpus_file):
+    """The library's TrainRequest: "" is a name (unknown), never "not given"."""
+    request = train_cli.parse_request(TINY + ["--data", corpus_file])
+    corpus = data.open_corpus(corpus_file)
+    for empty in ({"model": ""}, {"preset": ""}):
+        with pytest.raises(ConfigError, match="unknown"):
+            train.new_state(dataclasses.replace(request, **empty), get_backend("numpy"), corpus)
 
 
 # ---- corpus against config ------------------------------------------------------------
