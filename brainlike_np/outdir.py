@@ -1,6 +1,7 @@
 """The trainer's output folder: ``ckpt.npz``, ``metrics.jsonl`` and a lock.
 
 - It is checked before any training time is spent: a usable path, a folder, writable.
+  A run refused before writing anything removes the folder if it made it.
 - One trainer at a time: an OS lock (``flock`` on ``.lock``) that the kernel releases when
   the process ends, however it ends, so a killed trainer never leaves it stuck.
 - Leftover temporary files of a killed write (``.tmp-*``) are removed.
@@ -56,24 +57,42 @@ class OutDir:
         self.checkpoint = os.path.join(path, CHECKPOINT_NAME)
         self.metrics_path = os.path.join(path, METRICS_NAME)
         self._lock = None
+        self.created = False     # this run made the folder (removed if it writes nothing)
 
     def __enter__(self):
         if self.writer:
+            self.created = not os.path.lexists(self.path)
             self._make_writable_folder()
             self._take_lock()
             for leftover in glob.glob(os.path.join(glob.escape(self.path), ".tmp-*")):
                 os.remove(leftover)      # a symlink is removed, never followed
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and self.created:
+            self._remove_if_unused()
         if self._lock is not None:
             os.close(self._lock)     # releases the flock
             self._lock = None
+
+    def _remove_if_unused(self) -> None:
+        """Remove the folder this run made when the run was refused before writing
+        anything in it (only the lock is there)."""
+        try:
+            if os.listdir(self.path) == [LOCK_NAME]:
+                os.remove(os.path.join(self.path, LOCK_NAME))
+                os.rmdir(self.path)
+        except OSError:
+            pass             # in use after all: left as it is
 
     def _make_writable_folder(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise OutDirError(f"--out-dir '{self.path}' is a file, not a folder; choose "
                               "another --out-dir")
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise OutDirError(f"--out-dir '{self.path}' is a symbolic link to "
+                              f"'{os.readlink(self.path)}', which does not exist; create that "
+                              "folder, or choose another --out-dir")
         try:
             os.makedirs(self.path, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=self.path)

@@ -326,6 +326,12 @@ def _empty_folder(tmp_path):
     return path
 
 
+def _dangling_link(tmp_path):
+    path = tmp_path / "link"
+    os.symlink(tmp_path / "gone", path)
+    return path
+
+
 def _fifo(tmp_path):
     path = tmp_path / "fifo"
     os.mkfifo(path)
@@ -345,14 +351,24 @@ def _fifo(tmp_path):
     (lambda t: t / "o", _fifo, "is a FIFO (named pipe), not a regular file"),
     (lambda t: t / "o", lambda t: "/dev/zero", "is a character device, not a regular file"),
     (lambda t: t / "o", lambda t: t / "missing.txt", "does not exist"),
+    (_dangling_link, None, "is a symbolic link to"),
 ], ids=["out-is-file", "out-under-file", "out-empty", "out-unwritable", "data-under-file",
-        "data-unreadable", "data-empty-folder", "data-fifo", "data-dev-zero", "data-missing"])
+        "data-unreadable", "data-empty-folder", "data-fifo", "data-dev-zero", "data-missing",
+        "out-dangling-link"])
 def test_unusable_paths_are_one_line_before_training(tmp_path, corpus_file, out_dir,
                                                      data_file, expected):
     data_path = data_file(tmp_path) if data_file else corpus_file
     out = out_dir(tmp_path)
     assert_cli_error(TINY + ["--data", data_path, "--out-dir", out], expected, timeout=30)
-    assert not (tmp_path / "o" / "ckpt.npz").exists()
+    assert not os.path.lexists(tmp_path / "o")    # the folder the run made is gone again
+
+
+def test_a_refused_run_keeps_an_out_dir_it_did_not_make(tmp_path, capsys):
+    out = tmp_path / "given"
+    out.mkdir()
+    main_error(train.main, TINY + ["--data", tmp_path / "missing.txt", "--out-dir", out],
+               capsys, "does not exist")
+    assert os.listdir(out) == [".lock"]
 
 
 def test_metrics_file_that_is_a_folder_is_one_line_before_training(tmp_path, corpus_file):
