@@ -18,7 +18,7 @@ Entries:
 
 Writes are atomic (temporary file, fsync, rename): a crash or a full disk mid-write
 leaves the previous checkpoint intact, and a state holding NaN or infinity is never
-written.
+written. A replaced checkpoint keeps its permissions (a read-only one stays read-only).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 import zipfile
@@ -257,7 +258,7 @@ def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
     os.makedirs(folder, exist_ok=True)
     payload = dict(arrays)
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = new_temp_file(folder, suffix=".npz")
+    fd, tmp = new_temp_file(folder, suffix=".npz", replacing=path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
@@ -269,12 +270,23 @@ def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
         raise
 
 
-def new_temp_file(folder: str, suffix: str) -> tuple[int, str]:
+def new_temp_file(folder: str, suffix: str, replacing: str) -> tuple[int, str]:
     """-> (fd, path) of a new file ``.tmp-*`` in ``folder``, made with O_EXCL (never an
-    existing file or the target of a planted symlink), with the permissions the umask
-    gives a new file (``mkstemp`` makes it owner-only)."""
+    existing file or the target of a planted symlink), to be renamed over ``replacing``:
+    with that file's permissions if it is a regular file (a read-only checkpoint stays
+    read-only), else those the umask gives a new file (``mkstemp`` makes it owner-only)."""
     fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.fchmod(fd, _permissions_for(replacing))
+    return fd, path
+
+
+def _permissions_for(path: str) -> int:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode) & 0o777
+    except FileNotFoundError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-    return fd, path
+    return 0o666 & ~mask

@@ -185,7 +185,7 @@ class OutDir:
         if last_eval and last_eval.get("step") == upto_step and not any(
                 "val_loss" in r and r["step"] == upto_step for r in kept):
             kept.append(last_eval)
-        fd, tmp = new_temp_file(self.path, suffix=".jsonl")
+        fd, tmp = new_temp_file(self.path, suffix=".jsonl", replacing=self.metrics_path)
         log = MetricsLog(os.fdopen(fd, "wb"))
         try:
             for record in kept:

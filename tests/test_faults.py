@@ -746,6 +746,16 @@ def test_resuming_another_runs_checkpoint_into_a_used_out_dir_is_refused(
     assert _files(ours) == before
 
 
+def test_files_replaced_on_resume_keep_their_permissions(tmp_path, corpus_file, capsys):
+    out = _finished_run(tmp_path, corpus_file, capsys, "run", 2)
+    os.chmod(out / "ckpt.npz", 0o444)
+    os.chmod(out / "metrics.jsonl", 0o600)
+    assert train_here(["--resume", "--max-iters", 4, "--out-dir", out], capsys) == 0
+    assert TrainState.load(str(out / "ckpt.npz"), get_backend("numpy")).step == 4
+    assert os.stat(out / "ckpt.npz").st_mode & 0o777 == 0o444
+    assert os.stat(out / "metrics.jsonl").st_mode & 0o777 == 0o600
+
+
 def test_a_resume_refuses_the_metrics_of_another_run_that_stopped_earlier(
         tmp_path, corpus_file, capsys):
     """The other run's records all lie at or before the checkpoint's step and it logged
