@@ -149,9 +149,10 @@ def losses(out_dir) -> list[tuple]:
 
 
 def deterministic(records) -> list[dict]:
-    """The records without the timing and memory fields, which vary from run to run."""
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "peak_bytes", "time_s")}
-            for r in records]
+    """The records without the timing and memory fields and the run id, which vary from
+    run to run."""
+    varying = ("tokens_per_s", "peak_bytes", "time_s", "run")
+    return [{k: v for k, v in r.items() if k not in varying} for r in records]
 
 
 def ckpt_bytes(out_dir) -> bytes:
