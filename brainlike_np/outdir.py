@@ -176,17 +176,19 @@ class OutDir:
             raise OutDirError(f"{exc}; move it away (the trainer writes metrics.jsonl "
                               "itself)") from None
 
-    def open_metrics(self, upto_step: int, last_eval: dict | None = None) -> "MetricsLog":
+    def open_metrics(self, upto_step: int, last_eval: dict | None = None,
+                     run_id: str | None = None) -> "MetricsLog":
         """The metrics file, cut back to the records of steps ``<= upto_step``.
         ``last_eval``: the checkpoint's own evaluation record, put back if the process
         was killed between writing the checkpoint and logging it. Written to a new
-        temporary file renamed over the old one, which then takes the appends."""
+        temporary file renamed over the old one, which then takes the appends, each
+        with ``run_id`` (none: an older run's, without)."""
         kept = [r for r in self.read_metrics() if r["step"] <= upto_step]
         if last_eval and last_eval.get("step") == upto_step and not any(
                 "val_loss" in r and r["step"] == upto_step for r in kept):
             kept.append(last_eval)
         fd, tmp = new_temp_file(self.path, suffix=".jsonl", replacing=self.metrics_path)
-        log = MetricsLog(os.fdopen(fd, "wb"))
+        log = MetricsLog(os.fdopen(fd, "wb"), {"run": run_id} if run_id else {})
         try:
             for record in kept:
                 log.write(record)
@@ -237,13 +239,14 @@ def _as_logged(record: dict) -> dict:
 
 
 class MetricsLog:
-    """Appends one strict-JSON record a line to an open binary file, flushed at once."""
+    """Appends one strict-JSON record a line to an open binary file, flushed at once;
+    ``tag``'s fields (the run id) in each."""
 
-    def __init__(self, file):
-        self._file = file
+    def __init__(self, file, tag: dict):
+        self._file, self._tag = file, tag
 
     def write(self, record: dict) -> None:
-        self._file.write((_to_json(record) + "\n").encode())
+        self._file.write((_to_json({**record, **self._tag}) + "\n").encode())
         self._file.flush()
 
     def close(self) -> None:

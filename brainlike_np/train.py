@@ -223,11 +223,10 @@ class Reporter:
         eval_rng = state.backend.rng(s.seed + 10_000)
         self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
-        self.metrics = run.out.open_metrics(upto_step=state.step,
-                                            last_eval=state.metrics) if root else None
+        self.metrics = run.out.open_metrics(upto_step=state.step, last_eval=state.metrics,
+                                            run_id=state.run_id) if root else None
         # seconds of training, continued from the checkpoint's last evaluation
         self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
-        self.run_tag = {"run": state.run_id} if state.run_id else {}   # in every record
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -244,8 +243,7 @@ class Reporter:
 
     def log_step(self, record: dict) -> None:
         if self.root:
-            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock,
-                                **self.run_tag})
+            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock})
 
     def evaluate_and_save(self, reason: str):
         """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
@@ -260,7 +258,7 @@ class Reporter:
                 "the last checkpoint: lower --lr or raise --warmup, and resume from it")
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()},
-                         "time_s": time.perf_counter() - self.clock, **self.run_tag}
+                         "time_s": time.perf_counter() - self.clock}
         state.save(self.run.out.checkpoint)
         self.metrics.write(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
@@ -294,8 +292,7 @@ class StopFlag:
 
     ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
     every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
-    kills the ranks itself after its grace period. A signal the process inherited as
-    ignored (``cmd &`` in a script ignores SIGINT) stays ignored."""
+    kills the ranks itself after its grace period. A signal ignored at start stays ignored."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -312,8 +309,8 @@ class StopFlag:
         return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
-                          if signal.getsignal(s) is not signal.SIG_IGN}   # inherited: kept
+        kept = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+        self._previous = {s: signal.signal(s, self._handle) for s in kept}
         return self
 
     def _handle(self, signum, frame):

@@ -218,7 +218,7 @@ class TrainState:
                 if not isinstance(run_id, (str, type(None))):
                     raise ValueError(f"run_id {run_id!r}")
                 metrics = dict(meta.get("metrics") or {})
-                _check_metrics(metrics, run_id)
+                _check_metrics(metrics)
                 data_record = meta.get("data")
                 if not isinstance(data_record, (dict, type(None))):
                     raise ValueError(f"data record {data_record!r}")
@@ -244,15 +244,14 @@ class TrainState:
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id)
 
 
-def _check_metrics(record: dict, run_id: str | None) -> None:
+def _check_metrics(record: dict) -> None:
     """ValueError unless ``record`` (the last evaluation's) is empty or a step (an int
-    of 0 or more) with numbers or nulls, and the run's id."""
+    of 0 or more) with numbers or nulls."""
     def is_number(value):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     for key, value in record.items():
-        if key == "run" and value == run_id or value is None or is_number(value):
-            continue
-        raise ValueError(f"metrics {key} {value!r}")
+        if not (value is None or is_number(value)):
+            raise ValueError(f"metrics {key} {value!r}")
     step = record.get("step", 0)
     if not (is_number(step) and isinstance(step, int) and step >= 0):
         raise ValueError(f"metrics step {step!r}")

@@ -535,7 +535,7 @@ DAMAGE = {
     "metrics-time-text": (_set(["metrics", "time_s"], "x"), "metrics time_s 'x'"),
     "metrics-step-float": (_set(["metrics", "step"], 2.5), "metrics step 2.5"),
     "metrics-list": (_set(["metrics"], [1, 2]), "invalid metadata"),
-    "metrics-other-run": (_set(["metrics", "run"], "another"), "metrics run 'another'"),
+    "metrics-text": (_set(["metrics", "note"], "another"), "metrics note 'another'"),
     "data-source-int": (_set(["data", "source"], 5), "data source 5"),
     "run-id-int": (_set(["run_id"], 5), "run_id 5"),
     "rng-garbage": (_set(["rng"], {"bit_generator": "PCG64", "state": {}}), "invalid metadata"),
