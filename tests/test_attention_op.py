@@ -6,7 +6,6 @@ Tolerances: float64 rtol = atol = 1e-12, float32 rtol = atol = 1e-5.
 """
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,16 +190,6 @@ def test_shape_mismatch_says_which(ops):
         ops.attention_forward(q[..., :3], k, v, keep)
     with pytest.raises(ValueError, match=r"key_keep must be \[B, Lk\]"):
         ops.attention_forward(q, k, v, keep[:, :4])
-
-
-# ---- the CUDA kernels in the simulator ----------------------------------------------------
-def test_cuda_kernels_in_simulator():
-    """tests/cudasim_fused_checks.py attention, with NUMBA_ENABLE_CUDASIM=1."""
-    script = Path(__file__).with_name("cudasim_fused_checks.py")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run([sys.executable, str(script), "attention"], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_cpu_kernels_run_scipys_own_blas_on_one_thread_and_leave_numpys():
