@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from .numba_cpu_exp import HALF, ZERO, exp_constants, exp_row, integer_like
+from .rmsnorm_numba_cpu import _rows  # [..., D] -> C-contiguous [R, D] of dtype
 from .step_tail_reference import check_step_tail_shapes
 
 
@@ -107,8 +108,3 @@ class NumbaCpuStepTail:
                        exp_constants(dtype))
         return (dY.reshape(shape), dH.reshape(shape), dw_a, np.asarray(np.sum(dpre)),
                 dpre.reshape(shape[:2]))
-
-
-def _rows(t, dtype):
-    """``[B, M, D]`` -> a C-contiguous ``[B*M, D]`` array of dtype."""
-    return np.ascontiguousarray(t, dtype).reshape(-1, t.shape[-1])
