@@ -58,7 +58,10 @@ STUDIES = {
                            "transformer-last", "transformer-all"],
                   "seconds": 600.0, "targets": 76_800, "seeds": [0, 1]},
 }
-SCHEDULE_UNITS = 10_000     # the lr schedule's resolution over a budget
+SCHEDULE_UNITS = 10_000     # the lr schedule's resolution over a seconds budget
+# the trainer's warmup share: at 76,800 targets (1,200 steps of 64) a run here follows the
+# trainer's default run step for step, and scores the same validation windows
+TRAINER_WARMUP = TrainSettings.warmup / TrainSettings.max_iters
 
 
 # ---------------------------------------------------------------------------------
@@ -109,6 +112,7 @@ def train(spec: dict) -> dict:
     windows = [(x[:, x.shape[1] - cfg.context:], y) for x, y in windows]
     per_window = state.model.supervised_targets(cfg)
     kind, budget = spec["budget"]
+    total_steps = math.ceil(budget / (batch * per_window))     # for a target budget
     # untimed warm-up: loads (or compiles) the kernels; changes no parameter
     state.model.loss_and_grads(state.params, *map(backend.asarray, windows[0]), cfg, backend.ops)
     seconds, seen, loss, lr = 0.0, 0, None, 0.0
@@ -123,8 +127,13 @@ def train(spec: dict) -> dict:
             next_eval = math.floor(progress * spec["evals"]) + 1
         if progress >= 1.0:
             break
-        lr = cosine_lr(int(progress * SCHEDULE_UNITS), spec["lr"],
-                       int(spec["warmup"] * SCHEDULE_UNITS), SCHEDULE_UNITS, settings.min_lr_ratio)
+        if kind == "targets":   # by steps, as the trainer schedules: its lr at each step
+            lr = cosine_lr(state.step, spec["lr"], round(spec["warmup"] * total_steps),
+                           total_steps, settings.min_lr_ratio)
+        else:                   # by the share of the seconds spent
+            lr = cosine_lr(int(progress * SCHEDULE_UNITS), spec["lr"],
+                           int(spec["warmup"] * SCHEDULE_UNITS), SCHEDULE_UNITS,
+                           settings.min_lr_ratio)
         # a target budget ends exactly: the last batch holds only the windows it needs
         n = batch if kind == "seconds" else min(batch, math.ceil((budget - seen) / per_window))
         t0 = time.perf_counter()
@@ -238,13 +247,16 @@ def main() -> int:
                     "default: the study's)")
     ap.add_argument("--evals", type=int, default=6, help="evaluations per run after the "
                     "one at step 0 (default 6)")
-    ap.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
+    ap.add_argument("--eval-batches", type=int, default=TrainSettings.eval_batches,
+                    help=f"validation batches (default {TrainSettings.eval_batches}: with 64 "
+                    "windows each at seed 0, the trainer's windows at batch 64)")
     ap.add_argument("--eval-batch-size", type=int, default=64, help="windows per validation "
                     "batch (default 64)")
     ap.add_argument("--batch-size", type=int, help="training batch (default: each preset's)")
     ap.add_argument("--lr", type=float, default=TrainSettings.lr, help="peak learning rate")
-    ap.add_argument("--warmup", type=float, default=0.08, help="linear warmup, as a fraction "
-                    "of each run's budget (default 0.08), then cosine to 0.1 x lr")
+    ap.add_argument("--warmup", type=float, default=TRAINER_WARMUP, help="linear warmup, as a "
+                    f"fraction of each run's budget (default {TRAINER_WARMUP:.4f}, the trainer's "
+                    "100 of 1,200 steps), then cosine to 0.1 x lr")
     ap.add_argument("--data", help="a text file (default: the Python standard library)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="output folder (default "
                     "bench/results)")
