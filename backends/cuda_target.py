@@ -21,6 +21,7 @@ that warning is off unless ``NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=1`` is set.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -36,6 +37,15 @@ warnings.filterwarnings("ignore", message="Stream 0 is passed from a library",
 
 SIMULATOR = bool(cuda_config.ENABLE_CUDASIM)
 """True under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1`` before Numba loads)."""
+
+THREADS_PER_BLOCK = 256
+"""The block size of the one-thread-per-item kernels."""
+
+
+def launch_flat(kernel, n_threads, stream, *args):
+    """Launch ``kernel`` with one thread per item, ``n_threads`` items (none when 0)."""
+    if n_threads:
+        kernel[math.ceil(n_threads / THREADS_PER_BLOCK), THREADS_PER_BLOCK, stream](*args)
 
 
 _streams = {}      # (device id, CuPy stream pointer) -> the Numba stream wrapping it
@@ -61,4 +71,4 @@ def current_stream():
     return _streams[key]
 
 
-__all__ = ["cuda", "SIMULATOR", "current_stream"]
+__all__ = ["cuda", "SIMULATOR", "THREADS_PER_BLOCK", "current_stream", "launch_flat"]

@@ -36,13 +36,11 @@ import math
 from array_api_compat import array_namespace
 
 from .attention_numba_cuda import NumbaCudaAttention
-from .cuda_target import cuda, current_stream
+from .cuda_target import THREADS_PER_BLOCK, cuda, current_stream, launch_flat
 from .errors import KernelsUnavailable
 from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 from .rmsnorm_numba_cuda import NumbaCudaRmsnorm
 from .step_tail_numba_cuda import NumbaCudaStepTail
-
-THREADS_PER_BLOCK = 256
 
 
 # ---------------------------------------------------------------------------------
@@ -153,13 +151,6 @@ def _launch_rows(kernel, n_rows, width, stream, *args):
     kernel[blocks, (lanes, rows_per_block), stream](*args)
 
 
-def _launch_flat(kernel, n_threads, stream, *args):
-    """Launch a kernel with one thread per item, ``n_threads`` items."""
-    if n_threads == 0:
-        return
-    kernel[math.ceil(n_threads / THREADS_PER_BLOCK), THREADS_PER_BLOCK, stream](*args)
-
-
 def launch_gather_rows(table, ids, out, stream=0):
     """``out[i] = table[ids[i]]``: table ``[R, F]``, ids ``[n]``, out ``[n, F]``."""
     _launch_rows(_gather_rows_kernel, out.shape[0], out.shape[1], stream, table, ids, out)
@@ -179,7 +170,7 @@ def launch_segment_sum_rows(order, starts, rows, out, stream=0):
 
 def launch_gather_weighted_sum(table, weights, ids, out, stream=0):
     """``out[b] += sum_t table[ids[b, t]] * weights[t]``: out ``[B, F]`` zeroed by the caller."""
-    _launch_flat(_gather_weighted_sum_kernel, out.shape[0] * out.shape[1], stream,
+    launch_flat(_gather_weighted_sum_kernel, out.shape[0] * out.shape[1], stream,
                  table, weights, ids, out)
 
 
@@ -188,14 +179,14 @@ def launch_gather_weighted_sum_backward(dout, cols, table, weights, ids, dtable,
     """Add the weighted-sum gradients at columns cols into zeroed dtable ``[R, F]``,
     dweights ``[T', F]`` with atomics: B*T*k threads."""
     n_terms = ids.shape[0] * ids.shape[1] * cols.shape[1]
-    _launch_flat(_gather_weighted_sum_backward_kernel, n_terms, stream,
+    launch_flat(_gather_weighted_sum_backward_kernel, n_terms, stream,
                  dout, cols, table, weights, ids, dtable, dweights)
 
 
 def launch_gather_weighted_sum_backward_terms(dout, cols, table, weights, ids,
                                               keys_t, vals_t, keys_w, vals_w, stream=0):
     """Write the B*T*k backward terms as (flat index, value) pairs for dtable and dweights."""
-    _launch_flat(_gather_weighted_sum_backward_terms_kernel, keys_t.shape[0], stream,
+    launch_flat(_gather_weighted_sum_backward_terms_kernel, keys_t.shape[0], stream,
                  dout, cols, table, weights, ids, keys_t, vals_t, keys_w, vals_w)
 
 

@@ -62,7 +62,7 @@ class NumbaCpuRmsnorm:
 
     def rmsnorm_backward(self, dy, x, r, g):
         """-> (dx ``[..., D]``, dg ``[D]``)."""
-        check_rmsnorm_shapes(x, g)
+        check_rmsnorm_shapes(x, g, dy)
         dtype = np.result_type(dy, x, r, g)
         dy_rows, x_rows = _rows(dy, dtype), _rows(x, dtype)
         dx, dg = np.empty_like(x_rows), np.zeros(g.shape[0], dtype)

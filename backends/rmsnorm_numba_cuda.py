@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 
-from .cuda_target import cuda, current_stream
+from .cuda_target import cuda, current_stream, launch_flat
 from .rmsnorm_reference import check_rmsnorm_shapes
-
-THREADS_PER_BLOCK = 256
 
 
 @cuda.jit(cache=True)
@@ -57,20 +55,15 @@ def _rmsnorm_gain_grad_kernel(dy, x, r, dg):
         dg[c] = acc
 
 
-def _launch(kernel, n_threads, stream, *args):
-    if n_threads:
-        kernel[math.ceil(n_threads / THREADS_PER_BLOCK), THREADS_PER_BLOCK, stream](*args)
-
-
 def launch_rmsnorm_forward(x, g, eps, y, r, stream=0):
     """y ``[R, D]``, r ``[R]`` from x ``[R, D]`` and g ``[D]``."""
-    _launch(_rmsnorm_forward_kernel, x.shape[0], stream, x, g, eps, y, r)
+    launch_flat(_rmsnorm_forward_kernel, x.shape[0], stream, x, g, eps, y, r)
 
 
 def launch_rmsnorm_backward(dy, x, r, g, dx, dg, stream=0):
     """dx ``[R, D]`` and dg ``[D]``: two launches."""
-    _launch(_rmsnorm_backward_rows_kernel, x.shape[0], stream, dy, x, r, g, dx)
-    _launch(_rmsnorm_gain_grad_kernel, x.shape[1], stream, dy, x, r, dg)
+    launch_flat(_rmsnorm_backward_rows_kernel, x.shape[0], stream, dy, x, r, g, dx)
+    launch_flat(_rmsnorm_gain_grad_kernel, x.shape[1], stream, dy, x, r, dg)
 
 
 class NumbaCudaRmsnorm:
@@ -90,7 +83,7 @@ class NumbaCudaRmsnorm:
 
     def rmsnorm_backward(self, dy, x, r, g):
         """-> (dx ``[..., D]``, dg ``[D]``)."""
-        check_rmsnorm_shapes(x, g)
+        check_rmsnorm_shapes(x, g, dy)
         cp = self._cp
         dtype = cp.result_type(dy, x, r, g)
         dy_rows, x_rows = (cp.ascontiguousarray(t, dtype=dtype).reshape(-1, x.shape[-1])

@@ -26,6 +26,7 @@ class ReferenceRmsnorm:
     def rmsnorm_backward(self, dy, x, r, g):
         """-> (dx ``[..., D]``, dg ``[D]``)."""
         xp = self.xp
+        check_rmsnorm_shapes(x, g, dy)
         D = g.shape[0]
         xhat = x * r                                                           # [..., D]
         dg = xp.sum(xp.reshape(dy * xhat, (-1, D)), axis=0)                   # [D]
@@ -34,7 +35,10 @@ class ReferenceRmsnorm:
         return dx, dg
 
 
-def check_rmsnorm_shapes(x, g):
-    """ValueError unless x ``[..., D]`` and g ``[D]`` agree."""
+def check_rmsnorm_shapes(x, g, dy=None):
+    """ValueError unless x ``[..., D]`` and g ``[D]`` agree, and dy (the backward's)
+    has x's shape."""
     if g.ndim != 1 or x.ndim < 1 or x.shape[-1] != g.shape[0]:
         raise ValueError(f"x must be [..., D] and g [D]: {tuple(x.shape)}, {tuple(g.shape)}")
+    if dy is not None and tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")

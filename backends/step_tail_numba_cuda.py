@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import math
 
-from .cuda_target import cuda, current_stream
+from .cuda_target import cuda, current_stream, launch_flat
 from .step_tail_reference import check_step_tail_shapes
-
-THREADS_PER_BLOCK = 256
 
 
 @cuda.jit(cache=True)
@@ -78,28 +76,23 @@ def _tanh_backward_kernel(dH_new, U, dY):
         dY[r, c] = dH_new[r, c] * (1.0 - U[r, c] * U[r, c])
 
 
-def _launch(kernel, n_threads, stream, *args):
-    if n_threads:
-        kernel[math.ceil(n_threads / THREADS_PER_BLOCK), THREADS_PER_BLOCK, stream](*args)
-
-
 def launch_step_tail_forward(Y, H, w_a, b_a, z, H_new, U, a, stream=0):
     """H_new, U ``[R, D]`` and a ``[R]`` from Y, H ``[R, D]``, w_a ``[D]``, b_a ``[1]`` and
     z ``[R]``."""
-    _launch(_step_tail_forward_kernel, Y.shape[0], stream, Y, H, w_a, b_a, z, H_new, U, a)
+    launch_flat(_step_tail_forward_kernel, Y.shape[0], stream, Y, H, w_a, b_a, z, H_new, U, a)
 
 
 def launch_step_tail_backward(dH_new, da, U, H_new, a, w_a, dY, dH, dpre, dw_a, db_a,
                               stream=0):
     """dY, dH ``[R, D]``, dpre ``[R]``, dw_a ``[D]``, db_a ``[1]``: two launches."""
-    _launch(_step_tail_backward_rows_kernel, dH_new.shape[0], stream,
+    launch_flat(_step_tail_backward_rows_kernel, dH_new.shape[0], stream,
             dH_new, da, U, a, w_a, dY, dH, dpre)
-    _launch(_readout_grads_kernel, H_new.shape[1] + 1, stream, dpre, H_new, dw_a, db_a)
+    launch_flat(_readout_grads_kernel, H_new.shape[1] + 1, stream, dpre, H_new, dw_a, db_a)
 
 
 def launch_tanh_backward(dH_new, U, dY, stream=0):
     """``dY = dH_new (1 - U^2)``: all ``[R, D]``."""
-    _launch(_tanh_backward_kernel, U.shape[0] * U.shape[1], stream, dH_new, U, dY)
+    launch_flat(_tanh_backward_kernel, U.shape[0] * U.shape[1], stream, dH_new, U, dY)
 
 
 class NumbaCudaStepTail:

@@ -67,3 +67,15 @@ def test_shape_mismatch_says_which():
     for ops in (REF, CPU):
         with pytest.raises(ValueError, match=r"x must be \[\.\.\., D\] and g \[D\]"):
             ops.rmsnorm_forward(x, g[:3], EPS)
+
+
+@pytest.mark.parametrize("ops", [REF, CPU], ids=["definition", "numba-cpu"])
+def test_mismatched_shapes_are_refused_both_ways(ops):
+    """A g that is not [D], or a backward dy whose shape is not x's, is a ValueError
+    before any arithmetic (a kernel would read past a row otherwise)."""
+    x, g, dy = rmsnorm_inputs(shape=(3, 4, 6))
+    with pytest.raises(ValueError, match="g \\[D\\]"):
+        ops.rmsnorm_forward(x, g[:5], EPS)
+    _, r = REF.rmsnorm_forward(x, g, EPS)
+    with pytest.raises(ValueError, match="dy must have x's shape"):
+        ops.rmsnorm_backward(dy[:, :3], x, r, g)
