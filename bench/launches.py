@@ -1,6 +1,7 @@
 """Array operations (kernel launches on a GPU) per training step, by part of the model.
 
-    python bench/launches.py                  # every model at its default preset and batch
+    python bench/launches.py                  # every model at its default preset and batch,
+                                              # and the design note's brain-like model (note)
     python bench/launches.py --quick --out /tmp/launches.json   # the tiny presets, batch 2
 
 One ``TrainState.train_step`` (after a first step, so the moments exist) is counted on the
@@ -93,11 +94,17 @@ def count_step(model_name: str, cfg, batch_size: int, by_part: bool = False):
     return counter
 
 
+# presets counted beside each model's default: the design note's model, the one the
+# launch work of issue 18 was measured on before issue 24 changed the default preset
+ALSO_COUNTED = {"brainlike": ["note"]}
+
+
 def measure_model(model_name: str, preset: str, batch_size: int) -> dict:
     cfg = get_preset(model_name, preset)
     counter = count_step(model_name, cfg, batch_size, by_part=True)
     order = [*PARTS[model_name], *STEP_PARTS, "other"]
-    row = {"preset": preset, "batch_size": batch_size, "total": counter.total,
+    row = {"model": model_name, "preset": preset, "batch_size": batch_size,
+           "total": counter.total,
            "by_part": {part: counter.by_part.get(part, 0) for part in order}}
     if model_name in REPEATED:
         part, field = REPEATED[model_name]
@@ -107,8 +114,8 @@ def measure_model(model_name: str, preset: str, batch_size: int) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["| model (preset, batch) | part | operations |", "|---|---|---:|"]
-    for model_name, row in result["models"].items():
-        head = f"{model_name} ({row['preset']}, {row['batch_size']})"
+    for row in result["models"].values():
+        head = f"{row['model']} ({row['preset']}, {row['batch_size']})"
         repeats = row.get("repeats", {})
         for part, count in row["by_part"].items():
             each = f" ({count // repeats[part]} each x {repeats[part]})" if part in repeats else ""
@@ -126,12 +133,14 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=measure.RESULTS / "launches.json",
                     help="JSON path (the markdown table goes beside it)")
     args = ap.parse_args(argv)
-    models = {}
+    models = {}    # "model" at its default preset, "model:preset" for the others
     for model_name in MODELS:
-        preset = "tiny" if args.quick else "default"
-        batch = QUICK_BATCH if args.quick else get_model(model_name).BATCH_SIZES[preset]
-        measure.log(f"{model_name} ({preset}, batch {batch})")
-        models[model_name] = measure_model(model_name, preset, batch)
+        presets = ["tiny"] if args.quick else ["default", *ALSO_COUNTED.get(model_name, [])]
+        for preset in presets:
+            batch = QUICK_BATCH if args.quick else get_model(model_name).BATCH_SIZES[preset]
+            measure.log(f"{model_name} ({preset}, batch {batch})")
+            label = model_name if preset in ("default", "tiny") else f"{model_name}:{preset}"
+            models[label] = measure_model(model_name, preset, batch)
     result = {"command": measure.command_line(), "models": models}
     measure.write_json(args.out, result)
     table = markdown(result)

@@ -142,13 +142,13 @@ def test_invalid_configs_are_rejected(overrides, message):
         brainlike.Config(**{**TINY.to_dict(), **overrides})
 
 
-@pytest.mark.parametrize("preset", ["default", "refine"])
-def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients(preset):
-    """With recompute only each step's input is kept: a lower traced peak at the default
-    preset (and with every state read), and, since the step is redone with the same
-    operations, the same bits."""
+@pytest.mark.parametrize("fields", [{}, brainlike.REFINE_MODEL])
+def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients(fields):
+    """With recompute only each step's input is kept: a lower traced peak at the note
+    preset's five steps (and with the residual update and every state read), and, since
+    the step is redone with the same operations, the same bits."""
     backend = get_backend("numpy")
-    cfg = brainlike.PRESETS[preset]
+    cfg = brainlike.PRESETS["note"].with_overrides(**fields)
     lean = cfg.with_overrides(recompute=True)
     assert measured_activation_bytes(backend, brainlike, lean, 16) < \
         0.75 * measured_activation_bytes(backend, brainlike, cfg, 16)
@@ -236,15 +236,16 @@ def test_without_steps_the_update_and_the_reads_change_nothing(backend):
         assert loss(**fields) != pytest.approx(loss(), rel=1e-6), fields
 
 
-def test_presets_keep_the_note_model_and_name_the_refinement():
-    """default and seed are the design note's model (replace, last); refine is the
-    default with the residual update and every state read, at S = 5."""
+def test_presets_keep_the_note_model_one_flag_away():
+    """note and seed are the design note's model (replace, last); note is the default
+    before issue 24, field for field (the config a checkpoint without the new fields
+    loads as); the default is note's sizes with B + C and one step."""
     presets = brainlike.PRESETS
-    for name in ("default", "seed"):
+    for name in ("note", "seed"):
         assert (presets[name].act_update, presets[name].decoder_reads) == ("replace", "last")
-    assert presets["default"] == brainlike.Config()
-    assert presets["refine"] == presets["default"].with_overrides(
-        n_steps=5, act_update="residual", decoder_reads="all")
+    assert presets["note"] == brainlike.Config()
+    assert presets["default"] == presets["note"].with_overrides(
+        n_steps=1, act_update="residual", decoder_reads="all")
 
 
 def test_a_checkpoint_written_before_the_fields_existed_loads_as_the_note_model(tmp_path):

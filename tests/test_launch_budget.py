@@ -18,8 +18,10 @@ from conftest import load_bench_module
 # Operations per training step at each model's default preset, recorded on purpose (see
 # bench/README.md, "Launches per step"). A change that adds operations fails here and must
 # raise the figure deliberately, saying why; a change that removes some lowers it, so the
-# gain is kept. (Before issue 18: 1148 and 624.)
-BUDGET = {"brainlike": 376, "transformer": 298}
+# gain is kept. (Before issue 18: 1148 and 624. The brain-like figure fell from 376 to 199
+# when issue 24 made the default preset one refining step instead of five replacing ones,
+# a change of model, not of fusion: the design note's model, preset "note", still issues 376.)
+BUDGET = {"brainlike": 199, "transformer": 298}
 
 
 @pytest.fixture(scope="module")
