@@ -9,6 +9,7 @@ the method is in bench/README.md, "Learning").
     python bench/learning.py --runs brainlike "brainlike:default:k_active=32,n_steps=2"
     python bench/learning.py --study reconnect   # issue 24: S = 0, 1, 5 with and without
                                                  # B + C, at 10 min and 76,800 targets, 2 seeds
+                                                 # (about 2 h 40 min on 2 quiet cores)
 
 Writes <out>/learning.json (every evaluation of every run, the machine, the command),
 learning.md (the table for bench/README.md) and learning.png (the curves).
@@ -33,18 +34,17 @@ from brainlike_np.optim import cosine_lr
 from brainlike_np.train_state import TrainSettings, TrainState, default_batch_size
 from measure import RESULTS
 
-# name -> (model, preset, config fields changed)
+# name -> (model, preset, config fields changed); "brainlike" is the default preset
+# (issue 24's B + C at one step), "note" the design note's model at the same sizes
 RUNS = {
     "brainlike": ("brainlike", "default", {}),
-    "brainlike-S0": ("brainlike", "default", {"n_steps": 0}),
-    "brainlike-S1": ("brainlike", "default", {"n_steps": 1}),
+    "brainlike-S0": ("brainlike", "default", {"n_steps": 0}),   # = note at S = 0
+    "brainlike-S5": ("brainlike", "default", {"n_steps": 5}),
     "brainlike-no-read": ("brainlike", "default", {"input_read": False}),
     "brainlike-tau0": ("brainlike", "default", {"tau": 0.0}),
     "brainlike-random-topk": ("brainlike", "default", {"selection": "random"}),
-    # issue 24's B + C (residual activation update, the decoder reads every state); at
-    # S = 0 it is brainlike-S0 itself (no step to update, one state to read)
-    "refine": ("brainlike", "refine", {}),
-    "refine-S1": ("brainlike", "refine", {"n_steps": 1}),
+    "note": ("brainlike", "note", {}),
+    "note-S1": ("brainlike", "note", {"n_steps": 1}),
     "transformer-last": ("transformer", "default", {"targets": "last"}),
     "transformer-all": ("transformer", "default", {}),
 }
@@ -54,7 +54,7 @@ STUDIES = {
                            "brainlike-random-topk", "transformer-last", "transformer-all"],
                   "seconds": 60.0, "targets": 6400, "seeds": [0]},
     # the trainer's budget: 76,800 targets = 1,200 steps of 64 windows, and 10 minutes
-    "reconnect": {"runs": ["brainlike-S0", "brainlike-S1", "refine-S1", "brainlike", "refine",
+    "reconnect": {"runs": ["brainlike-S0", "note-S1", "brainlike", "note", "brainlike-S5",
                            "transformer-last", "transformer-all"],
                   "seconds": 600.0, "targets": 76_800, "seeds": [0, 1]},
 }

@@ -14,8 +14,8 @@ way, measure on fixed validation windows
   encoder's sigmoid(z[idx]), over every (window, active neuron).
 
     python bench/mechanism.py --quick                  # seconds: checks the plumbing
-    python bench/mechanism.py                          # default vs refine, S = 0 and 5, 300 steps
-    python bench/mechanism.py --runs brainlike refine --steps 1200 --evals 4
+    python bench/mechanism.py                          # S = 0; note and B + C at S = 5; the default
+    python bench/mechanism.py --steps 1200 --evals 4     # bench/README's table
 
 Writes <out>/mechanism.json and mechanism.md. A run is a name of bench/learning.py's RUNS
 or ``brainlike[:PRESET[:FIELD=VALUE,...]]``. Counts, not timings: safe on a busy machine.
@@ -36,11 +36,11 @@ from brainlike_np.data import load_corpus, sample_windows
 from brainlike_np.models import brainlike
 from brainlike_np.optim import cosine_lr
 from brainlike_np.train_state import TrainSettings, TrainState, default_batch_size
-from learning import RUNS, parse_run
+from learning import RUNS, TRAINER_WARMUP, parse_run
 from measure import RESULTS
 
 ENCODER = ("E", "P", "b_e")
-DEFAULT_RUNS = ["brainlike-S0", "brainlike", "refine"]
+DEFAULT_RUNS = ["brainlike-S0", "note", "brainlike-S5", "brainlike"]
 
 
 # ---------------------------------------------------------------------------------
@@ -141,9 +141,11 @@ def main() -> int:
                     help="diagnostic points after step 0 (default 3)")
     ap.add_argument("--batch-size", type=int, help="training batch (default: each preset's)")
     ap.add_argument("--lr", type=float, default=TrainSettings.lr, help="peak learning rate")
-    ap.add_argument("--warmup", type=float, default=0.08, help="warmup share of the steps")
+    ap.add_argument("--warmup", type=float, default=TRAINER_WARMUP,
+                    help=f"warmup share of the steps (default {TRAINER_WARMUP:.4f}, the trainer's)")
     ap.add_argument("--seed", type=int, default=0, help="weights, data order, validation windows")
-    ap.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
+    ap.add_argument("--eval-batches", type=int, default=TrainSettings.eval_batches,
+                    help=f"validation batches (default {TrainSettings.eval_batches}, the trainer's)")
     ap.add_argument("--eval-batch-size", type=int, default=64,
                     help="windows per batch (default 64)")
     ap.add_argument("--data", help="a text file (default: the Python standard library)")
