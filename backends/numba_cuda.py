@@ -171,7 +171,7 @@ def launch_segment_sum_rows(order, starts, rows, out, stream=0):
 def launch_gather_weighted_sum(table, weights, ids, out, stream=0):
     """``out[b] += sum_t table[ids[b, t]] * weights[t]``: out ``[B, F]`` zeroed by the caller."""
     launch_flat(_gather_weighted_sum_kernel, out.shape[0] * out.shape[1], stream,
-                 table, weights, ids, out)
+                table, weights, ids, out)
 
 
 def launch_gather_weighted_sum_backward(dout, cols, table, weights, ids, dtable, dweights,
@@ -180,14 +180,14 @@ def launch_gather_weighted_sum_backward(dout, cols, table, weights, ids, dtable,
     dweights ``[T', F]`` with atomics: B*T*k threads."""
     n_terms = ids.shape[0] * ids.shape[1] * cols.shape[1]
     launch_flat(_gather_weighted_sum_backward_kernel, n_terms, stream,
-                 dout, cols, table, weights, ids, dtable, dweights)
+                dout, cols, table, weights, ids, dtable, dweights)
 
 
 def launch_gather_weighted_sum_backward_terms(dout, cols, table, weights, ids,
                                               keys_t, vals_t, keys_w, vals_w, stream=0):
     """Write the B*T*k backward terms as (flat index, value) pairs for dtable and dweights."""
     launch_flat(_gather_weighted_sum_backward_terms_kernel, keys_t.shape[0], stream,
-                 dout, cols, table, weights, ids, keys_t, vals_t, keys_w, vals_w)
+                dout, cols, table, weights, ids, keys_t, vals_t, keys_w, vals_w)
 
 
 def segment_bounds(xp, ids, n_rows):

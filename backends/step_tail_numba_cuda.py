@@ -86,7 +86,7 @@ def launch_step_tail_backward(dH_new, da, U, H_new, a, w_a, dY, dH, dpre, dw_a, 
                               stream=0):
     """dY, dH ``[R, D]``, dpre ``[R]``, dw_a ``[D]``, db_a ``[1]``: two launches."""
     launch_flat(_step_tail_backward_rows_kernel, dH_new.shape[0], stream,
-            dH_new, da, U, a, w_a, dY, dH, dpre)
+                dH_new, da, U, a, w_a, dY, dH, dpre)
     launch_flat(_readout_grads_kernel, H_new.shape[1] + 1, stream, dpre, H_new, dw_a, db_a)
 
 

@@ -9,7 +9,6 @@ the method is in bench/README.md, "Learning").
     python bench/learning.py --runs brainlike "brainlike:default:k_active=32,n_steps=2"
     python bench/learning.py --study reconnect   # issue 24: S = 0, 1, 5 with and without
                                                  # B + C, at 10 min and 76,800 targets, 2 seeds
-                                                 # (about 2 h 40 min on 2 quiet cores)
 
 Writes <out>/learning.json (every evaluation of every run, the machine, the command),
 learning.md (the table for bench/README.md) and learning.png (the curves).

@@ -14,8 +14,9 @@ way, measure on fixed validation windows
   encoder's sigmoid(z[idx]), over every (window, active neuron).
 
     python bench/mechanism.py --quick                  # seconds: checks the plumbing
-    python bench/mechanism.py                          # S = 0; note and B + C at S = 5; the default
-    python bench/mechanism.py --steps 1200 --evals 4     # bench/README's table
+    python bench/mechanism.py                          # bench/README's table: S = 0; note and
+                                                       # B + C at S = 5; the default; 300 steps
+    python bench/mechanism.py --steps 1200 --evals 4   # the same over the trainer's whole run
 
 Writes <out>/mechanism.json and mechanism.md. A run is a name of bench/learning.py's RUNS
 or ``brainlike[:PRESET[:FIELD=VALUE,...]]``. Counts, not timings: safe on a busy machine.
