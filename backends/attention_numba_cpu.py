@@ -8,8 +8,9 @@ reaches the BLAS through SciPy):
 
 - forward: ``S = q k^T``; per query the masked softmax in place (maximum, exp, total)
   and its log-sum-exp; ``out = S v``;
-- backward: ``P = exp(q k^T - lse)`` (masked, +inf rows 0), ``dS = P * (dout v^T - D)``
-  with ``D_i = dout_i . out_i``; ``dq = dS k``, ``dk = dS^T q``, ``dv = P^T dout``.
+- backward: ``P = exp(q k^T - lse)`` (masked, +inf rows 0), the output rebuilt as
+  ``out = P v``, ``dS = P * (dout v^T - D)`` with ``D_i = dout_i . out_i``;
+  ``dq = dS k``, ``dk = dS^T q``, ``dv = P^T dout``.
 
 On these small blocks, plain Numba loops were about 3x slower than the BLAS calls
 (measured on a loaded 2-core VM: indicative only); the exps are
@@ -90,22 +91,25 @@ def _forward_program(q, k, v, keep, out, lse, scratch, consts):
 
 
 @njit(cache=True)
-def _backward_program(dout, q, k, v, out, lse, keep, dq, dk, dv, scratch, dout_c, consts):
-    """One head's gradients: dout, q, out ``[Lq, d]``, k, v ``[Lk, d]``, lse ``[Lq]``,
-    keep ``[Lk]`` -> dq ``[Lq, d]``, dk, dv ``[Lk, d]`` (contiguous); dout_c ``[Lq, d]``
-    scratch."""
+def _backward_program(dout, q, k, v, lse, keep, out, dq, dk, dv, scratch, dout_c, consts):
+    """One head's gradients: dout, q ``[Lq, d]``, k, v ``[Lk, d]``, lse ``[Lq]``, keep
+    ``[Lk]`` -> out (rebuilt), dq ``[Lq, d]``, dk, dv ``[Lk, d]`` (contiguous); dout_c
+    ``[Lq, d]`` scratch."""
     qc, kc, vc, P, dS, n_scaled = scratch
     qc[:] = q
     kc[:] = k
     vc[:] = v
     dout_c[:] = dout
     np.dot(qc, kc.T, P)                                   # scores [Lq, Lk]
+    for i in range(P.shape[0]):
+        p = P[i]
+        for j in range(p.shape[0]):                      # +inf lse (no kept key): 0
+            p[j] = p[j] - lse[i] if keep[j] else consts[NEG_INF]
+        exp_row(p, n_scaled, consts)                      # probabilities
+    np.dot(P, vc, out)                                    # the output, rebuilt
     np.dot(dout_c, vc.T, dS)                              # d probabilities
     for i in range(P.shape[0]):
         p, ds = P[i], dS[i]
-        for j in range(p.shape[0]):                      # +inf lse (no kept key): 0
-            p[j] = p[j] - lse[i] if keep[j] else consts[NEG_INF]
-        exp_row(p, n_scaled, consts)
         row_dot = consts[ZERO]                            # D_i = dout_i . out_i
         for c in range(out.shape[1]):
             row_dot += dout_c[i, c] * out[i, c]
@@ -142,25 +146,25 @@ def _forward_parallel(q, k, v, keep, out, lse, consts, int_like):
 
 
 @njit(cache=True)
-def _backward_serial(dout, q, k, v, out, lse, keep, dq, dk, dv, consts, int_like):
+def _backward_serial(dout, q, k, v, lse, keep, out, dq, dk, dv, consts, int_like):
     """:func:`_backward_program` for every (b, h); shapes as in :func:`_forward_serial`."""
     scratch = _scratch(q.shape[2], k.shape[2], q.shape[3], dq.dtype, int_like)
     dout_c = np.empty(q.shape[2:], dq.dtype)
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
-            _backward_program(dout[b, h], q[b, h], k[b, h], v[b, h], out[b, h], lse[b, h],
-                              keep[b], dq[b, h], dk[b, h], dv[b, h], scratch, dout_c, consts)
+            _backward_program(dout[b, h], q[b, h], k[b, h], v[b, h], lse[b, h], keep[b],
+                              out[b, h], dq[b, h], dk[b, h], dv[b, h], scratch, dout_c, consts)
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, q, k, v, out, lse, keep, dq, dk, dv, consts, int_like):
+def _backward_parallel(dout, q, k, v, lse, keep, out, dq, dk, dv, consts, int_like):
     """:func:`_backward_serial` with the (b, h) programs split between threads."""
     n_heads = q.shape[1]
     for bh in prange(q.shape[0] * n_heads):
         b, h = bh // n_heads, bh % n_heads
         scratch = _scratch(q.shape[2], k.shape[2], q.shape[3], dq.dtype, int_like)
-        _backward_program(dout[b, h], q[b, h], k[b, h], v[b, h], out[b, h], lse[b, h],
-                          keep[b], dq[b, h], dk[b, h], dv[b, h], scratch,
+        _backward_program(dout[b, h], q[b, h], k[b, h], v[b, h], lse[b, h], keep[b],
+                          out[b, h], dq[b, h], dk[b, h], dv[b, h], scratch,
                           np.empty(q.shape[2:], dq.dtype), consts)
 
 
@@ -221,21 +225,22 @@ class NumbaCpuAttention:
         forward(q, k, v, _keep_or_all(key_keep, k), out, lse, *_kernel_constants(dtype))
         return out, lse
 
-    def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
+    def attention_backward(self, dout, q, k, v, lse, key_keep=None):
         """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv
-        ``[B, h, Lk, d]``)."""
+        ``[B, h, Lk, d]``, out ``[B, h, Lq, d]`` rebuilt)."""
         if not _scipy_blas():
-            return _NumpyAttention().attention_backward(dout, q, k, v, out, lse, key_keep)
+            return _NumpyAttention().attention_backward(dout, q, k, v, lse, key_keep)
         check_attention_shapes(q, k, v, key_keep)
-        dtype = _float_dtype(dout, q, k, v, out, lse)
-        dout, q, k, v, out, lse = (np.asarray(a, dtype) for a in (dout, q, k, v, out, lse))
-        dq, dk, dv = np.empty(q.shape, dtype), np.empty(k.shape, dtype), np.empty(v.shape, dtype)
+        dtype = _float_dtype(dout, q, k, v, lse)
+        dout, q, k, v, lse = (np.asarray(a, dtype) for a in (dout, q, k, v, lse))
+        out, dq = np.empty(q.shape, dtype), np.empty(q.shape, dtype)
+        dk, dv = np.empty(k.shape, dtype), np.empty(v.shape, dtype)
         B, h, Lq, _ = q.shape
         parallel = self._parts(B * h * Lq * k.shape[2]) > 1
         backward = _backward_parallel if parallel else _backward_serial
-        backward(dout, q, k, v, out, lse, _keep_or_all(key_keep, k), dq, dk, dv,
+        backward(dout, q, k, v, lse, _keep_or_all(key_keep, k), out, dq, dk, dv,
                  *_kernel_constants(dtype))
-        return dq, dk, dv
+        return dq, dk, dv, out
 
 
 def _float_dtype(*arrays):

@@ -7,12 +7,12 @@ they are needed (a dot product of two rows of length d) and never stored:
 
 - forward: a thread per query row (striding over the rows): the maximum of its kept
   scores, then ``out_i = sum_j exp(s_ij - max) v_j / total`` and its log-sum-exp;
-- backward, in two phases separated by a block barrier: a thread per query row computes
-  ``D_i = dout_i . out_i`` (kept for phase two in ``row_dot``) and ``dq_i = sum_j ds_ij
-  k_j``; then a thread per key row computes ``dk_j = sum_i ds_ij q_i`` and
-  ``dv_j = sum_i p_ij dout_i``, with ``p_ij = exp(s_ij - lse_i)`` and
-  ``ds_ij = p_ij (dout_i . v_j - D_i)``. Each output row is written by one thread, in a
-  fixed order: no atomics, bitwise reproducible.
+- backward, in two phases separated by a block barrier: a thread per query row rebuilds
+  the output ``out_i = sum_j p_ij v_j``, computes ``D_i = dout_i . out_i`` (kept for
+  phase two in ``row_dot``) and ``dq_i = sum_j ds_ij k_j``; then a thread per key row
+  computes ``dk_j = sum_i ds_ij q_i`` and ``dv_j = sum_i p_ij dout_i``, with
+  ``p_ij = exp(s_ij - lse_i)`` and ``ds_ij = p_ij (dout_i . v_j - D_i)``. Each output row
+  is written by one thread, in a fixed order: no atomics, bitwise reproducible.
 
 Scalars (maximum, total, D) are float64 whatever the arrays' dtype. ``launch_*``
 functions take any arrays ``numba.cuda`` accepts (NumPy arrays in the CUDA simulator,
@@ -87,17 +87,26 @@ def _probability_and_dscore(q_i, k_j, v_j, dout_i, lse_i, row_dot_i):
 
 
 @cuda.jit(cache=True)
-def _attention_backward_kernel(dout, q, k, v, out, lse, keep, row_dot, dq, dk, dv):
-    """Block (b, h) of a grid of B*h: the forward's arrays and dout ``[B, h, Lq, d]`` ->
-    dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``; row_dot ``[B, h, Lq]`` is scratch."""
+def _attention_backward_kernel(dout, q, k, v, lse, keep, out, row_dot, dq, dk, dv):
+    """Block (b, h) of a grid of B*h: the forward's q, k, v, lse, keep and dout
+    ``[B, h, Lq, d]`` -> out (rebuilt), dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``;
+    row_dot ``[B, h, Lq]`` is scratch."""
     n_heads = q.shape[1]
     b, h = cuda.blockIdx.x // n_heads, cuda.blockIdx.x % n_heads
     for i in range(cuda.threadIdx.x, q.shape[2], cuda.blockDim.x):    # phase 1: queries
-        dout_i, q_i, dq_i = dout[b, h, i], q[b, h, i], dq[b, h, i]
-        row_dot[b, h, i] = _dot(dout_i, out[b, h, i])
+        dout_i, q_i, out_i, dq_i = dout[b, h, i], q[b, h, i], out[b, h, i], dq[b, h, i]
+        _zero(out_i)
         _zero(dq_i)
+        row_dot[b, h, i] = 0.0
         if lse[b, h, i] == math.inf:
             continue
+        for j in range(k.shape[2]):                    # the output, rebuilt
+            if keep[b, j]:
+                p = math.exp(_dot(q_i, k[b, h, j]) - lse[b, h, i])
+                v_j = v[b, h, j]
+                for c in range(out_i.shape[0]):
+                    out_i[c] += p * v_j[c]
+        row_dot[b, h, i] = _dot(dout_i, out_i)
         for j in range(k.shape[2]):
             if keep[b, j]:
                 k_j = k[b, h, j]
@@ -138,12 +147,13 @@ def launch_attention_forward(q, k, v, keep, out, lse, stream=0):
         _attention_forward_kernel[blocks, _threads(q.shape[2]), stream](q, k, v, keep, out, lse)
 
 
-def launch_attention_backward(dout, q, k, v, out, lse, keep, row_dot, dq, dk, dv, stream=0):
-    """dq, dk, dv from the forward's arrays and dout; row_dot ``[B, h, Lq]`` scratch."""
+def launch_attention_backward(dout, q, k, v, lse, keep, out, row_dot, dq, dk, dv, stream=0):
+    """out (rebuilt), dq, dk, dv from the forward's q, k, v, lse, keep and dout; row_dot
+    ``[B, h, Lq]`` scratch."""
     blocks = q.shape[0] * q.shape[1]
     if blocks:
         threads = _threads(max(q.shape[2], k.shape[2]))
-        _attention_backward_kernel[blocks, threads, stream](dout, q, k, v, out, lse, keep,
+        _attention_backward_kernel[blocks, threads, stream](dout, q, k, v, lse, keep, out,
                                                             row_dot, dq, dk, dv)
 
 
@@ -165,17 +175,17 @@ class NumbaCudaAttention:
         launch_attention_forward(q, k, v, self._keep(key_keep, k), out, lse, current_stream())
         return out, lse
 
-    def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
+    def attention_backward(self, dout, q, k, v, lse, key_keep=None):
         """Gradients of ``attention_forward`` -> (dq ``[B, h, Lq, d]``, dk, dv
-        ``[B, h, Lk, d]``)."""
+        ``[B, h, Lk, d]``, out ``[B, h, Lq, d]`` rebuilt)."""
         check_attention_shapes(q, k, v, key_keep)
-        dout, q, k, v, out, lse = self._same_dtype_contiguous(dout, q, k, v, out, lse)
+        dout, q, k, v, lse = self._same_dtype_contiguous(dout, q, k, v, lse)
         cp = self._cp
-        dq, dk, dv = (cp.empty(a.shape, a.dtype) for a in (q, k, v))
+        out, dq, dk, dv = (cp.empty(a.shape, a.dtype) for a in (q, q, k, v))
         row_dot = cp.empty(q.shape[:3], q.dtype)
-        launch_attention_backward(dout, q, k, v, out, lse, self._keep(key_keep, k), row_dot,
+        launch_attention_backward(dout, q, k, v, lse, self._keep(key_keep, k), out, row_dot,
                                   dq, dk, dv, current_stream())
-        return dq, dk, dv
+        return dq, dk, dv, out
 
     def _same_dtype_contiguous(self, *arrays):
         """The arrays C-contiguous in their common float dtype (copies only if needed)."""

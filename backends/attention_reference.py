@@ -5,7 +5,7 @@ One op pair, for every head of every sample at once (the kernels run one program
 (sample, head)):
 
     out, lse = attention_forward(q, k, v, key_keep)
-    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, key_keep)
+    dq, dk, dv, out = attention_backward(dout, q, k, v, lse, key_keep)
 
 - q ``[B, h, Lq, d]``, **already scaled** by the caller (``q / sqrt(d)``), so the
   scores are ``q @ k^T``; ``dq`` is the gradient of that scaled q.
@@ -18,9 +18,11 @@ One op pair, for every head of every sample at once (the kernels run one program
   (the convention of ``layers.masked_softmax_forward``).
 
 The backward rebuilds the probabilities from q, k and lse, ``p = exp(q k^T - lse)``, and
-uses ``D_i = sum(dout_i * out_i)`` for the softmax's row sums (flash attention), so the
-forward keeps no ``[Lq, Lk]`` array. Here the scores are formed, as ``[B, h, Lq, Lk]``
-arrays; in the kernels they never leave the program.
+from them the output, ``out = p v``, which it uses for the softmax's row sums
+``D_i = sum(dout_i * out_i)`` (flash attention) and returns: the caller needs it for its
+output projection's gradient, and neither side keeps it between the passes, so the forward
+keeps no ``[Lq, Lk]`` array and no output. Here the scores are formed, as
+``[B, h, Lq, Lk]`` arrays; in the kernels they never leave the program.
 """
 
 from __future__ import annotations
@@ -46,20 +48,22 @@ class ReferenceAttention:
         lse = xp.where(some, top + xp.log(total), xp.inf)                 # [B, h, Lq, 1]
         return out, lse[..., 0]
 
-    def attention_backward(self, dout, q, k, v, out, lse, key_keep=None):
-        """Gradients of ``attention_forward``: dout, out ``[B, h, Lq, d]``, lse
-        ``[B, h, Lq]`` (the forward's) -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``)."""
+    def attention_backward(self, dout, q, k, v, lse, key_keep=None):
+        """Gradients of ``attention_forward``: dout ``[B, h, Lq, d]``, lse ``[B, h, Lq]``
+        (the forward's) -> (dq ``[B, h, Lq, d]``, dk, dv ``[B, h, Lk, d]``, out
+        ``[B, h, Lq, d]`` the forward's output, rebuilt)."""
         xp = self.xp
         check_attention_shapes(q, k, v, key_keep)
         probs = xp.exp(q @ xp.matrix_transpose(k) - lse[..., None])       # [B, h, Lq, Lk]
         if key_keep is not None:                                          # +inf rows: 0
             probs = xp.where(key_keep[:, None, None, :], probs, 0.0)
+        out = probs @ v                                                   # [B, h, Lq, d]
         row_dot = xp.sum(dout * out, axis=-1, keepdims=True)              # D: [B, h, Lq, 1]
         dscores = probs * (dout @ xp.matrix_transpose(v) - row_dot)       # [B, h, Lq, Lk]
         dq = dscores @ k                                                  # [B, h, Lq, d]
         dk = xp.matrix_transpose(dscores) @ q                             # [B, h, Lk, d]
         dv = xp.matrix_transpose(probs) @ dout                            # [B, h, Lk, d]
-        return dq, dk, dv
+        return dq, dk, dv, out
 
 
 def check_attention_shapes(q, k, v, key_keep):

@@ -55,13 +55,28 @@ def linear_backward(dout, cache):
     """-> (dx ``[..., Din]``, dW ``[Din, Dout]``, db ``[Dout]`` or None)."""
     xp = get_namespace(dout)
     x, W, has_bias = cache
-    Din, Dout = W.shape
-    x2 = xp.reshape(x, (-1, Din))                 # [n, Din]
-    d2 = xp.reshape(dout, (-1, Dout))             # [n, Dout]
-    dW = x2.T @ d2                                # [Din, Dout]
-    dx = xp.reshape(d2 @ W.T, tuple(x.shape))     # [..., Din]
-    db = xp.sum(d2, axis=0) if has_bias else None
+    dx = linear_input_grad(dout, W)               # [..., Din]
+    dW = linear_weight_grad(dout, x)              # [Din, Dout]
+    db = xp.sum(xp.reshape(dout, (-1, W.shape[1])), axis=0) if has_bias else None
     return dx, dW, db
+
+
+def linear_input_grad(dout, W):
+    """dx ``[..., Din]`` of ``x @ W``: dout ``[..., Dout]``, W ``[Din, Dout]`` (the leading
+    dimensions folded into rows: one product)."""
+    xp = get_namespace(dout)
+    Din, Dout = W.shape
+    d2 = xp.reshape(dout, (-1, Dout))             # [n, Dout]
+    return xp.reshape(d2 @ W.T, tuple(dout.shape[:-1]) + (Din,))
+
+
+def linear_weight_grad(dout, x):
+    """dW ``[Din, Dout]`` of ``x @ W``: x ``[..., Din]``, dout ``[..., Dout]`` (the leading
+    dimensions folded into rows: one product)."""
+    xp = get_namespace(dout)
+    x2 = xp.reshape(x, (-1, x.shape[-1]))         # [n, Din]
+    d2 = xp.reshape(dout, (-1, dout.shape[-1]))   # [n, Dout]
+    return x2.T @ d2
 
 
 # ---------------------------------------------------------------------------------
@@ -167,8 +182,8 @@ def attention_forward(xq, xkv, Wq, Wk, Wv, Wo, n_heads, ops, key_mask=None):
     -> out ``[B, Lq, D]``, cache.
 
     The cache keeps q, k, v and each query's log-sum-exp, not the heads' outputs or the
-    inputs: the backward rebuilds the outputs (one more ``ops.attention_forward``) and
-    takes the inputs from the caller, who keeps or rebuilds them.
+    inputs: ``ops.attention_backward`` rebuilds the outputs from the probabilities it
+    rebuilds anyway, and the inputs come from the caller, who keeps or rebuilds them.
     """
     q, k, v = (split_heads(linear_forward(x, W)[0], n_heads)
                for x, W in ((xq, Wq), (xkv, Wk), (xkv, Wv)))          # [B, h, L, d]
@@ -183,10 +198,10 @@ def attention_backward(dout, cache, xq, xkv, ops):
     (dxq, dxkv, dWq, dWk, dWv, dWo). For self-attention add dxq and dxkv."""
     q, k, v = cache.q, cache.k, cache.v                            # q is scaled
     Wq, Wk, Wv, Wo = cache.weights
-    heads, _ = ops.attention_forward(q, k, v, cache.key_mask)      # rebuilt: [B, h, Lq, d]
-    dmerged, dWo, _ = linear_backward(dout, (merge_heads(heads), Wo, False))
-    dq, dk, dv = ops.attention_backward(split_heads(dmerged, q.shape[1]), q, k, v, heads,
-                                        cache.lse, cache.key_mask)  # [B, h, L, d]
+    dmerged = linear_input_grad(dout, Wo)                          # [B, Lq, D]
+    dq, dk, dv, heads = ops.attention_backward(split_heads(dmerged, q.shape[1]), q, k, v,
+                                               cache.lse, cache.key_mask)  # [B, h, L, d]
+    dWo = linear_weight_grad(dout, merge_heads(heads))             # heads: rebuilt
     del heads, dmerged
     dq = dq * (1.0 / math.sqrt(q.shape[-1]))                       # of the unscaled q
     dxq, dWq, _ = linear_backward(merge_heads(dq), (xq, Wq, False))

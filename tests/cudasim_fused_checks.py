@@ -37,10 +37,12 @@ def check_against_definition(shape, dtype_name, mask):
         assert got.dtype == want.dtype, f"{name} dtype, {what}"
         np.testing.assert_allclose(got, want, **TOL[dtype_name], err_msg=f"{name}, {what}")
     dout = np.random.default_rng(3).standard_normal(q.shape).astype(dtype_name)
-    got = ops.attention_backward(dout, q, k, v, out, lse, keep)
-    want = REF.attention_backward(dout, q, k, v, want_out, want_lse, keep)
-    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+    got = ops.attention_backward(dout, q, k, v, lse, keep)
+    want = REF.attention_backward(dout, q, k, v, want_lse, keep)
+    for name, g, w in zip(("dq", "dk", "dv", "rebuilt out"), got, want):
         np.testing.assert_allclose(g, w, **TOL[dtype_name], err_msg=f"{name}, {what}")
+    np.testing.assert_allclose(got[3], want_out, **TOL[dtype_name],
+                               err_msg=f"rebuilt out against the forward's, {what}")
     if mask == "random":                      # sample 1: no kept key anywhere
         assert np.all(out[1] == 0) and np.all(lse[1] == math.inf), what
         assert all(np.all(g[1] == 0) for g in got), what
@@ -60,10 +62,12 @@ def check_launch_helpers_with_strided_rows():
         np.testing.assert_allclose(out, want_out, **TOL["float64"])
         np.testing.assert_allclose(lse, want_lse, **TOL["float64"])
         dout = np.ones(q.shape)
+        rebuilt = np.empty(q.shape)
         grads = [np.empty(q.shape), np.empty(k.shape), np.empty(v.shape)]
-        kernels.launch_attention_backward(dout, q, k, v, out, lse, keep,
+        kernels.launch_attention_backward(dout, q, k, v, lse, keep, rebuilt,
                                           np.empty(q.shape[:3]), *grads, current_stream())
-        for g, w in zip(grads, REF.attention_backward(dout, q, k, v, out, lse, keep)):
+        want = REF.attention_backward(dout, q, k, v, lse, keep)
+        for g, w in zip(grads + [rebuilt], want):
             np.testing.assert_allclose(g, w, **TOL["float64"])
     finally:
         kernels.MAX_THREADS_PER_BLOCK = real

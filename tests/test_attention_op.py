@@ -95,9 +95,10 @@ def test_definition_runs_on_every_backend(backend):
     np.testing.assert_allclose(backend.to_numpy(out), want_out, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(lse), want_lse, rtol=1e-12, atol=1e-12)
     dout = backend.asarray(np.ones(q.shape), f64)
-    grads = ref.attention_backward(dout, *dev[:3], out, lse, dev[3])
+    *grads, rebuilt = ref.attention_backward(dout, *dev[:3], lse, dev[3])
     for g in grads:
         assert np.all(np.isfinite(backend.to_numpy(g)))
+    np.testing.assert_allclose(backend.to_numpy(rebuilt), want_out, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -106,7 +107,8 @@ def test_definition_backward_matches_finite_differences(shape, mask):
     q, k, v, keep = attention_inputs(shape, mask=mask, seed=1)
     upstream = np.random.default_rng(2).standard_normal(q.shape)
     out, lse = REF.attention_forward(q, k, v, keep)
-    grads = REF.attention_backward(upstream, q, k, v, out, lse, keep)
+    *grads, rebuilt = REF.attention_backward(upstream, q, k, v, lse, keep)
+    np.testing.assert_allclose(rebuilt, out, rtol=1e-12, atol=1e-12)
 
     def loss_of(arrays):
         return float(np.sum(REF.attention_forward(*arrays, keep)[0] * upstream))
@@ -123,8 +125,9 @@ def test_no_kept_key_gives_zero_output_and_gradient_and_infinite_lse():
         out, lse = ops.attention_forward(q, k, v, keep)
         assert np.all(out[1] == 0) and np.all(lse[1] == math.inf)
         assert np.all(np.isfinite(lse[0])) and np.any(out[0] != 0)
-        dq, dk, dv = ops.attention_backward(np.ones(q.shape), q, k, v, out, lse, keep)
+        dq, dk, dv, rebuilt = ops.attention_backward(np.ones(q.shape), q, k, v, lse, keep)
         assert np.all(dq[1] == 0) and np.all(dk[1] == 0) and np.all(dv[1] == 0)
+        assert np.all(rebuilt[1] == 0)
         masked = ~keep[0]                                       # masked keys: no gradient
         assert masked.any() and np.all(dk[0][:, masked] == 0) and np.all(dv[0][:, masked] == 0)
 
@@ -141,10 +144,11 @@ def test_cpu_kernel_matches_definition(dtype_name, parallel, shape, mask):
     assert_close(out, want_out, dtype_name)
     assert_close(lse, want_lse, dtype_name)
     dout = np.random.default_rng(3).standard_normal(q.shape).astype(dtype_name)
-    got = cpu.attention_backward(dout, q, k, v, out, lse, keep)
-    want = REF.attention_backward(dout, q, k, v, want_out, want_lse, keep)
-    for name, g, w in zip("qkv", got, want):
+    got = cpu.attention_backward(dout, q, k, v, lse, keep)
+    want = REF.attention_backward(dout, q, k, v, want_lse, keep)
+    for name, g, w in zip(("dq", "dk", "dv", "out"), got, want):
         assert_close(g, w, dtype_name)
+    assert_close(got[3], want_out, dtype_name)           # the rebuilt output is the forward's
 
 
 def test_cpu_kernel_at_a_model_size_and_large_scores():
@@ -166,8 +170,8 @@ def test_cpu_kernel_serial_equals_parallel():
     for a, b in zip((out, lse), parallel.attention_forward(q, k, v, keep)):
         assert np.array_equal(a, b)
     dout = np.ones(q.shape, np.float32)
-    for a, b in zip(serial.attention_backward(dout, q, k, v, out, lse, keep),
-                    parallel.attention_backward(dout, q, k, v, out, lse, keep)):
+    for a, b in zip(serial.attention_backward(dout, q, k, v, lse, keep),
+                    parallel.attention_backward(dout, q, k, v, lse, keep)):
         assert np.array_equal(a, b)
 
 
@@ -221,9 +225,9 @@ q, k, v, keep = attention_inputs(SHAPES["read"], mask="random")
 cpu = NumbaCpu()
 for _ in range(2):
     out, lse = cpu.attention_forward(q, k, v, keep)
-    grads = cpu.attention_backward(np.ones(q.shape), q, k, v, out, lse, keep)
+    grads = cpu.attention_backward(np.ones(q.shape), q, k, v, lse, keep)
 want_out, want_lse = REF.attention_forward(q, k, v, keep)
-want_grads = REF.attention_backward(np.ones(q.shape), q, k, v, want_out, want_lse, keep)
+want_grads = REF.attention_backward(np.ones(q.shape), q, k, v, want_lse, keep)
 assert np.array_equal(out, want_out) and np.array_equal(lse, want_lse)
 assert all(np.array_equal(g, w) for g, w in zip(grads, want_grads))
 print("same as the definition")

@@ -43,7 +43,7 @@ KERNEL_ARGS = {
     "_gather_weighted_sum_backward_terms_kernel": ("F2", "I2", "F2", "F2", "I2",
                                                    "K1", "F1", "K1", "F1"),
     "_attention_forward_kernel": ("F4", "F4", "F4", "B2", "F4", "F3"),
-    "_attention_backward_kernel": ("F4", "F4", "F4", "F4", "F4", "F3", "B2", "F3",
+    "_attention_backward_kernel": ("F4", "F4", "F4", "F4", "F3", "B2", "F4", "F3",
                                    "F4", "F4", "F4"),
     "_rmsnorm_forward_kernel": ("F2", "F1", "S0", "F2", "F1"),
     "_rmsnorm_backward_rows_kernel": ("F2", "F2", "F1", "F1", "F2"),
