@@ -144,11 +144,20 @@ def environment() -> dict:
 
 
 def cpu_model() -> str:
+    """The first CPU's model name with its family and model numbers: a virtual machine may
+    name only the vendor's line ("AMD EPYC"), and generations of one line time differently
+    (the same step took 0.70 s on one "AMD EPYC" and 0.43 s on a family 26 one)."""
     cpuinfo = Path("/proc/cpuinfo")
+    fields = {}
     for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        if not line.strip():
+            break                                  # the first CPU's block only
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+    return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 def installed_version(distribution: str) -> str | None:

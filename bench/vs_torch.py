@@ -1,6 +1,6 @@
 """This library or PyTorch? Step time and peak step memory of a full brain-like training
 step (forward, backward, gradient clipping, AdamW) against batch size, at the default
-and seed presets; writes vs_torch.json, vs_torch.md and vs_torch.png (to bench/results/
+and seed presets and the design note's model (``note``, five steps) at its batch; writes vs_torch.json, vs_torch.md and vs_torch.png (to bench/results/
 unless --out says otherwise).
 
     python bench/vs_torch.py --quick --out /tmp/vs_torch   # about a minute: checks it runs
@@ -33,7 +33,7 @@ IMPLEMENTATIONS = {
     "torch checkpoint": "PyTorch eager, torch.utils.checkpoint over each interaction step",
     "torch compile": "PyTorch, the loss under torch.compile",
 }
-BATCHES = {"default": (16, 64, 256), "seed": (8, 32, 128)}
+BATCHES = {"default": (16, 64, 256), "seed": (8, 32, 128), "note": (64,)}
 QUICK_BATCHES = {"default": (2, 8), "seed": (1,)}
 WARMUP_STEPS = 2
 LR = 1e-3
