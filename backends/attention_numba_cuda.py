@@ -48,6 +48,21 @@ def _zero(row):
         row[c] = 0
 
 
+@cuda.jit(device=True)
+def _add_weighted_values(q_i, k, v, keep_b, shift, out_i):
+    """``out_i += sum_j exp(q_i . k_j - shift) v_j`` over the kept keys j; -> the sum of
+    the weights. k, v ``[Lk, d]`` (one head), keep_b ``[Lk]``."""
+    total = 0.0
+    for j in range(k.shape[0]):
+        if keep_b[j]:
+            p = math.exp(_dot(q_i, k[j]) - shift)
+            total += p
+            v_j = v[j]
+            for c in range(out_i.shape[0]):
+                out_i[c] += p * v_j[c]
+    return total
+
+
 @cuda.jit(cache=True)
 def _attention_forward_kernel(q, k, v, keep, out, lse):
     """Block (b, h) of a grid of B*h: q ``[B, h, Lq, d]``, k, v ``[B, h, Lk, d]``, keep
@@ -66,14 +81,7 @@ def _attention_forward_kernel(q, k, v, keep, out, lse):
         if top == -math.inf:                       # no kept key: zero output, lse +inf
             lse[b, h, i] = math.inf
             continue
-        total = 0.0
-        for j in range(k.shape[2]):
-            if keep[b, j]:
-                p = math.exp(_dot(q_i, k[b, h, j]) - top)
-                total += p
-                v_j = v[b, h, j]
-                for c in range(out_i.shape[0]):
-                    out_i[c] += p * v_j[c]
+        total = _add_weighted_values(q_i, k[b, h], v[b, h], keep[b], top, out_i)
         for c in range(out_i.shape[0]):
             out_i[c] /= total
         lse[b, h, i] = top + math.log(total)
@@ -100,12 +108,7 @@ def _attention_backward_kernel(dout, q, k, v, lse, keep, out, row_dot, dq, dk, d
         row_dot[b, h, i] = 0.0
         if lse[b, h, i] == math.inf:
             continue
-        for j in range(k.shape[2]):                    # the output, rebuilt
-            if keep[b, j]:
-                p = math.exp(_dot(q_i, k[b, h, j]) - lse[b, h, i])
-                v_j = v[b, h, j]
-                for c in range(out_i.shape[0]):
-                    out_i[c] += p * v_j[c]
+        _add_weighted_values(q_i, k[b, h], v[b, h], keep[b], lse[b, h, i], out_i)  # rebuilt
         row_dot[b, h, i] = _dot(dout_i, out_i)
         for j in range(k.shape[2]):
             if keep[b, j]:

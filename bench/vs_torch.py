@@ -1,7 +1,8 @@
 """This library or PyTorch? Step time and peak step memory of a full brain-like training
 step (forward, backward, gradient clipping, AdamW) against batch size, at the default
-and seed presets and the design note's model (``note``, five steps) at its batch; writes vs_torch.json, vs_torch.md and vs_torch.png (to bench/results/
-unless --out says otherwise).
+and seed presets and the design note's model (``note``, five steps) at its batch; writes
+vs_torch.json, vs_torch.md and vs_torch.png (to bench/results/ unless --out says
+otherwise).
 
     python bench/vs_torch.py --quick --out /tmp/vs_torch   # about a minute: checks it runs
     python bench/vs_torch.py                               # the comparison
