@@ -1,7 +1,16 @@
 """The hardware-abstraction layer: everything that differs between NumPy, CuPy and
 array-api-strict lives here, and nowhere in the math.
 
-This file only hands names on. The modules, each with one job (none imports this one):
+This file only hands names on. One folder per target, each with the same ops
+(``ops.py``: the ops class with the sparse hot path; ``attention.py``, ``rmsnorm.py``,
+``step_tail.py``: the fused ops of the training step):
+
+- ``reference/``: the portable array-API definition every kernel is tested against;
+- ``numba_cpu/``: NumPy arrays with Numba CPU kernels;
+- ``numba_cuda/``: CuPy arrays with Numba CUDA kernels (``target.py`` imports Numba's
+  CUDA target).
+
+Beside them, the modules that make a backend, each with one job (none imports this one):
 
 - ``backend``: the :class:`Backend` classes (one per array library: namespace and
   device, host RNG, moving arrays, synchronising, free memory, memory accounting, ops,
@@ -14,8 +23,7 @@ This file only hands names on. The modules, each with one job (none imports this
 - ``namespace``: the namespace and device of arrays (:func:`get_namespace`, ``device_of``);
 - ``memory``: current and peak array memory; ``host_memory``: free host memory and the
   numpy backend's allocator policy;
-- ``reference``, ``numba_cpu``, ``numba_cuda`` (with ``cuda_target``): the sparse hot
-  path; ``distributed``: data-parallel training over MPI / NCCL;
+- ``distributed``: data-parallel training over MPI / NCCL;
 - ``aliasing``: which namespaces make a reshaped slice a view that writes through (the
   optimizer's flat buffers); ``counting``: a backend that counts the array operations a
   computation issues (the launch budget, ``bench/launches.py``).

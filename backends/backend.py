@@ -37,7 +37,7 @@ class Backend:
     def __init__(self, xp, device, ops):
         self.xp = xp                  # the array-API namespace
         self.device = device
-        self.ops = ops                # sparse hot-path operations (see reference.py)
+        self.ops = ops                # sparse hot-path operations (see reference/ops.py)
         self.memory = self.memory_tracker()
 
     def __repr__(self):

@@ -14,8 +14,8 @@ import array_api_compat.numpy as xp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainlike_np.backends import KernelsUnavailable  # noqa: E402
-from brainlike_np.backends import numba_cuda as kernels  # noqa: E402
-from brainlike_np.backends.cuda_target import SIMULATOR, cuda_config, current_stream  # noqa: E402
+from brainlike_np.backends.numba_cuda import ops as kernels  # noqa: E402
+from brainlike_np.backends.numba_cuda.target import SIMULATOR, cuda_config, current_stream  # noqa: E402
 from brainlike_np.backends.numba_cpu import NumbaCpuOps  # noqa: E402
 from brainlike_np.backends.reference import ReferenceOps  # noqa: E402
 
@@ -120,7 +120,7 @@ def check_kernel_load_failure_names_driver_and_toolkit():
 
 def check_cupy_stream_warning_is_silenced():
     """CuPy's warning when a kernel launch names stream 0 (its default stream), in
-    CuPy's words, is filtered out by cuda_target; other warnings are not."""
+    CuPy's words, is filtered out by numba_cuda/target.py; other warnings are not."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.warn("Stream 0 is passed from a library that you are converting to; CuPy "
                       "assumes 0 as a legacy default stream. Please report this problem to "

@@ -15,8 +15,8 @@ os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before anything imports numba.cuda
 
 import numpy as np  # noqa: E402
 
-from brainlike_np.backends import attention_numba_cuda as kernels  # noqa: E402
-from brainlike_np.backends.cuda_target import SIMULATOR, current_stream  # noqa: E402
+from brainlike_np.backends.numba_cuda import attention as kernels  # noqa: E402
+from brainlike_np.backends.numba_cuda.target import SIMULATOR, current_stream  # noqa: E402
 from brainlike_np.backends.numba_cuda import NumbaCudaOps  # noqa: E402
 from test_attention_op import REF, TOL, attention_inputs  # noqa: E402
 from test_rmsnorm_op import EPS, rmsnorm_inputs  # noqa: E402

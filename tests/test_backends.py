@@ -39,21 +39,31 @@ def imports(path: Path, package: str):
             yield ".".join(base + ([node.module] if node.module else [])), node
 
 
+def module_name(path: Path) -> str:
+    """``path``'s module below backends/, dotted ("backend", "numba_cpu.ops"; a target's
+    folder is its ``__init__``: "numba_cpu"); the package itself is "__init__"."""
+    parts = path.relative_to(ROOT / "backends").with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts) or "__init__"
+
+
 def backends_imports(path: Path) -> set[str]:
     """The backends/ modules ``path`` (in backends/) imports; "__init__" for the package."""
+    folder = path.relative_to(ROOT / "backends").parent.parts
     found = set()
-    for name, _ in imports(path, PACKAGE):
+    for name, _ in imports(path, ".".join((PACKAGE, *folder))):
         if name == PACKAGE:
             found.add("__init__")
         elif name.startswith(PACKAGE + "."):
-            found.add(name.removeprefix(PACKAGE + ".").split(".")[0])
+            found.add(name.removeprefix(PACKAGE + "."))
     return found
 
 
 def test_no_backends_module_imports_the_package_or_loops():
-    graph = {path.stem: backends_imports(path) for path in (ROOT / "backends").glob("*.py")
-             if path.stem != "__init__"}
+    graph = {module_name(path): backends_imports(path)
+             for path in (ROOT / "backends").rglob("*.py") if module_name(path) != "__init__"}
     assert "backend" in graph["distributed"] and "numba_cuda" in graph["backend"]  # lazy too
+    assert "reference.attention" in graph["numba_cpu.attention"]    # across target folders
     assert not [name for name, imported in graph.items() if "__init__" in imported]
     try:
         order = list(graphlib.TopologicalSorter(graph).static_order())
@@ -87,7 +97,9 @@ def names_imported_from_the_package(path: Path) -> set[str]:
 def test_every_name_the_code_imports_from_the_package_is_handed_on():
     files = [p for folder in ("brainlike_np", "bench", "tests")
              for p in (ROOT / folder).rglob("*.py")]
-    submodules = {path.stem for path in (ROOT / "backends").glob("*.py")}
+    submodules = {path.name for path in (ROOT / "backends").iterdir()
+                  if path.suffix == ".py" or (path / "__init__.py").exists()}
+    submodules = {name.removesuffix(".py") for name in submodules}
     used = set().union(*(names_imported_from_the_package(path) for path in files))
     assert {"get_backend", "host_free_memory_bytes", "quiet_float_warnings"} <= used
     assert not used - set(backends_face.__all__) - submodules
@@ -224,14 +236,16 @@ except BackendError as exc:
 def no_writable_numba_cache(tmp_path_factory):
     """A copy of the package where Numba can write no cache: NUMBA_CACHE_DIR and the
     user-wide cache lie under a regular file, and the package's own __pycache__ is a
-    regular file (root can write anywhere, so permissions cannot deny it)."""
+    regular file in every folder (root can write anywhere, so permissions cannot deny it)."""
     root = Path(__file__).resolve().parents[1]
     packages = tmp_path_factory.mktemp("readonly") / "site"
     shutil.copytree(root / "brainlike_np", packages / "brainlike_np",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "backends", packages / "brainlike_np" / "backends",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (packages / "brainlike_np" / "backends" / "__pycache__").write_text("not a folder")
+    for folder in [packages / "brainlike_np" / "backends",
+                   *(packages / "brainlike_np" / "backends").glob("*/")]:
+        (folder / "__pycache__").write_text("not a folder")
     env = dict(os.environ, PYTHONPATH=str(packages), PYTHONDONTWRITEBYTECODE="1",
                NUMBA_CACHE_DIR="/dev/null/numba", XDG_CACHE_HOME="/dev/null/cache")
     return packages, env
@@ -442,7 +456,7 @@ def kernel_import_fails(monkeypatch, module, error):
             if name == module:
                 raise error
 
-    for name in (module, "brainlike_np.backends.cuda_target",
+    for name in (module, "brainlike_np.backends.numba_cuda.target",
                  "brainlike_np.backends.numba_cuda"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(sys, "meta_path", [Refuse(), *sys.meta_path])
@@ -541,7 +555,7 @@ def test_connect_on_a_host_backend_reduces_with_mpi(monkeypatch):
 def test_kernels_launch_on_one_numba_stream_per_cupy_stream(monkeypatch):
     """A Numba launch configuration is cached per stream object: the same CuPy stream
     must give the same Numba stream, made once."""
-    cuda_target = pytest.importorskip("brainlike_np.backends.cuda_target")
+    cuda_target = pytest.importorskip("brainlike_np.backends.numba_cuda.target")
     if cuda_target.SIMULATOR:
         pytest.skip("the simulator launches on its default stream")
     now = {"ptr": 0, "device": 0}

@@ -227,7 +227,7 @@ def test_cuda_kernels_in_simulator():
 
 def test_every_cuda_kernel_is_cached_on_disk():
     """cache=True on every kernel, so a new process loads them instead of compiling."""
-    numba_cuda = pytest.importorskip("brainlike_np.backends.numba_cuda")
+    numba_cuda = pytest.importorskip("brainlike_np.backends.numba_cuda.ops")
     from numba.cuda.core.caching import NullCache
     from numba.cuda.dispatcher import CUDADispatcher
 

@@ -30,8 +30,8 @@ FLOATS, IDS = ("float32", "float64"), ("int32", "int64")
 NO_TOOLKIT = 3          # the script's exit code when NVVM / NVRTC cannot be found
 
 # the modules whose kernels (not device functions) are compiled
-KERNEL_MODULES = ("numba_cuda", "attention_numba_cuda", "rmsnorm_numba_cuda",
-                  "step_tail_numba_cuda")
+KERNEL_MODULES = ("numba_cuda.ops", "numba_cuda.attention", "numba_cuda.rmsnorm",
+                  "numba_cuda.step_tail")
 # kernel -> its arguments: F float array, I id array, K int64 array, B bool array; 1 to 4
 # dimensions; S0 a float64 scalar
 KERNEL_ARGS = {

@@ -1,6 +1,6 @@
 """Attention within a set as Numba CPU kernels: one program per (sample, head).
 
-Same op pair and conventions as :class:`~.attention_reference.ReferenceAttention` (read
+Same op pair and conventions as :class:`~..reference.attention.ReferenceAttention` (read
 its docstring). A program copies its head's q, k, v (and dout) into contiguous scratch,
 forms the head's ``[Lq, Lk]`` scores in a scratch array that never leaves the program,
 and runs the products as BLAS calls on those 2-D blocks (Numba's ``np.dot``, which
@@ -14,12 +14,12 @@ reaches the BLAS through SciPy):
 
 On these small blocks, plain Numba loops were about 3x slower than the BLAS calls
 (measured on a loaded 2-core VM: indicative only); the exps are
-:func:`~.numba_cpu_exp.exp_row`, which LLVM vectorises. SciPy is optional (the ``cpu``
+:func:`~.exp.exp_row`, which LLVM vectorises. SciPy is optional (the ``cpu``
 extra, see :func:`_scipy_blas`): without it the ops run the array-API definition on
 NumPy, as before the kernels.
 
 The programs are independent, so the parallel driver (a ``prange`` over them, off by
-default like the other CPU kernels: see :mod:`.numba_cpu`) gives bitwise the same result.
+default like the other CPU kernels: see :mod:`.ops`) gives bitwise the same result.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import array_api_compat.numpy
 import numpy as np
 from numba import njit, prange
 
-from .attention_reference import ReferenceAttention, check_attention_shapes
-from .errors import warn_once
-from .numba_cpu_exp import NEG_INF, ZERO, exp_constants, exp_row, integer_like
+from ..errors import warn_once
+from ..reference.attention import ReferenceAttention, check_attention_shapes
+from .exp import NEG_INF, ZERO, exp_constants, exp_row, integer_like
 
 
 # ---------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class _NumpyAttention(ReferenceAttention):
 
 class NumbaCpuAttention:
     """The attention op pair as Numba CPU kernels; a mixin of
-    :class:`~.numba_cpu.NumbaCpuOps`, whose ``_parts(work)`` chooses serial or parallel
+    :class:`~.ops.NumbaCpuOps`, whose ``_parts(work)`` chooses serial or parallel
     (work: B*h*Lq*Lk scores)."""
 
     def attention_forward(self, q, k, v, key_keep=None):

@@ -1,6 +1,6 @@
 """RMSNorm as Numba CPU kernels: one pass over the rows each way.
 
-Same op pair and conventions as :class:`~.rmsnorm_reference.ReferenceRmsnorm` (read its
+Same op pair and conventions as :class:`~..reference.rmsnorm.ReferenceRmsnorm` (read its
 docstring). Per row of D features, forward: the mean square, r, ``y = x r g``; backward:
 ``xhat = x r``, ``dxhat = dy g``, their mean product, dx, and ``dy xhat`` added into dg
 (rows in order: serial, like the sums of the other CPU kernels). Row sums use
@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .rmsnorm_reference import check_rmsnorm_shapes
+from ..reference.rmsnorm import check_rmsnorm_shapes
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
@@ -49,7 +49,7 @@ def _backward_rows(dy, x, r, g, dx, dg, zero, inv_d):
 
 
 class NumbaCpuRmsnorm:
-    """The RMSNorm op pair as Numba CPU kernels; a mixin of :class:`~.numba_cpu.NumbaCpuOps`."""
+    """The RMSNorm op pair as Numba CPU kernels; a mixin of :class:`~.ops.NumbaCpuOps`."""
 
     def rmsnorm_forward(self, x, g, eps):
         """x ``[..., D]``, g ``[D]`` -> (y ``[..., D]``, r ``[..., 1]``)."""

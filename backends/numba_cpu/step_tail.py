@@ -1,8 +1,8 @@
 """The interaction step's tail as a Numba CPU kernel: one pass over the state's rows.
 
-Same op pair and conventions as :class:`~.step_tail_reference.ReferenceStepTail` (read
+Same op pair and conventions as :class:`~..reference.step_tail.ReferenceStepTail` (read
 its docstring). Per row of D features: ``U = tanh(Y)`` (from the vectorised exp of
-:mod:`.numba_cpu_exp`: ``tanh y = sign(y) (1 - e) / (1 + e)``, ``e = exp(-2|y|)``,
+:mod:`.exp`: ``tanh y = sign(y) (1 - e) / (1 + e)``, ``e = exp(-2|y|)``,
 accurate to about one unit in the last place of 1 near y = 0), ``H_new = H + U``, the
 readout's dot product and sigmoid; the backward's row pass computes dH, dY and adds
 ``dpre H_new`` into dw_a. Serial: the rows are memory-bound work, and dw_a is a sum over
@@ -16,9 +16,9 @@ import math
 import numpy as np
 from numba import njit
 
-from .numba_cpu_exp import HALF, ZERO, exp_constants, exp_row, integer_like
-from .rmsnorm_numba_cpu import _rows  # [..., D] -> C-contiguous [R, D] of dtype
-from .step_tail_reference import check_step_tail_shapes
+from ..reference.step_tail import check_step_tail_shapes
+from .exp import HALF, ZERO, exp_constants, exp_row, integer_like
+from .rmsnorm import _rows  # [..., D] -> C-contiguous [R, D] of dtype
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -77,7 +77,7 @@ def _tanh_backward_rows(dH_new, U, dY, consts):
 
 class NumbaCpuStepTail:
     """The step-tail op pair as a Numba CPU kernel; a mixin of
-    :class:`~.numba_cpu.NumbaCpuOps`."""
+    :class:`~.ops.NumbaCpuOps`."""
 
     def step_tail_forward(self, Y, H, w_a, b_a, z=None):
         """Y, H ``[B, M, D]``, w_a ``[D]``, b_a ``[]``, z ``[B, M]`` or None ->

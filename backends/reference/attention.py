@@ -30,7 +30,7 @@ from __future__ import annotations
 
 class ReferenceAttention:
     """The attention op pair on ``self.xp`` (an array-API namespace); a mixin of
-    :class:`~.reference.ReferenceOps`."""
+    :class:`~.ops.ReferenceOps`."""
 
     def attention_forward(self, q, k, v, key_keep=None):
         """q ``[B, h, Lq, d]`` (scaled), k, v ``[B, h, Lk, d]``, key_keep ``[B, Lk]`` or None

@@ -1,6 +1,6 @@
 """RMSNorm as Numba CUDA kernels: a thread per row.
 
-Same op pair and conventions as :class:`~.rmsnorm_reference.ReferenceRmsnorm` (read its
+Same op pair and conventions as :class:`~..reference.rmsnorm.ReferenceRmsnorm` (read its
 docstring), on CuPy arrays, on CuPy's current stream. Forward: one launch, a thread per
 row (its mean square, r, y). Backward: one launch for the rows (dx), then one with a
 thread per feature summing ``dy x r`` over the rows in order (dg): no atomics, bitwise
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from .cuda_target import cuda, current_stream, launch_flat
-from .rmsnorm_reference import check_rmsnorm_shapes
+from ..reference.rmsnorm import check_rmsnorm_shapes
+from .target import cuda, current_stream, launch_flat
 
 
 @cuda.jit(cache=True)
@@ -68,7 +68,7 @@ def launch_rmsnorm_backward(dy, x, r, g, dx, dg, stream=0):
 
 class NumbaCudaRmsnorm:
     """The RMSNorm op pair as Numba CUDA kernels; a mixin of
-    :class:`~.numba_cuda.NumbaCudaOps`, whose ``_cp`` allocates."""
+    :class:`~.ops.NumbaCudaOps`, whose ``_cp`` allocates."""
 
     def rmsnorm_forward(self, x, g, eps):
         """x ``[..., D]``, g ``[D]`` -> (y ``[..., D]``, r ``[..., 1]``)."""

@@ -1,6 +1,6 @@
 """The interaction step's tail as Numba CUDA kernels: a thread per row of the state.
 
-Same op pair and conventions as :class:`~.step_tail_reference.ReferenceStepTail` (read
+Same op pair and conventions as :class:`~..reference.step_tail.ReferenceStepTail` (read
 its docstring), on CuPy arrays, on CuPy's current stream. Forward: one launch, a thread
 per row r of ``[B*M, D]`` (tanh, residual add, the readout's dot product and sigmoid).
 Backward: one launch for the rows (dpre, dH, dY), then one for the readout's gradients,
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from .cuda_target import cuda, current_stream, launch_flat
-from .step_tail_reference import check_step_tail_shapes
+from ..reference.step_tail import check_step_tail_shapes
+from .target import cuda, current_stream, launch_flat
 
 
 @cuda.jit(cache=True)
@@ -97,7 +97,7 @@ def launch_tanh_backward(dH_new, U, dY, stream=0):
 
 class NumbaCudaStepTail:
     """The step-tail op pair as Numba CUDA kernels; a mixin of
-    :class:`~.numba_cuda.NumbaCudaOps`, whose ``_cp`` allocates."""
+    :class:`~.ops.NumbaCudaOps`, whose ``_cp`` allocates."""
 
     def step_tail_forward(self, Y, H, w_a, b_a, z=None):
         """Y, H ``[B, M, D]``, w_a ``[D]``, b_a ``[]``, z ``[B, M]`` or None ->

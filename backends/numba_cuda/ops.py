@@ -1,8 +1,8 @@
 """Numba CUDA kernels for the sparse hot path: ``backend.ops`` of the cupy backend.
 
-Same methods and semantics as :class:`~.reference.ReferenceOps`, on CuPy arrays,
+Same methods and semantics as :class:`~..reference.ReferenceOps`, on CuPy arrays,
 which go to the kernels as they are (through ``__dlpack__``, no copy) and run on
-CuPy's current stream (see :mod:`.cuda_target`). Nothing here reads from the device:
+CuPy's current stream (see :mod:`.target`). Nothing here reads from the device:
 ids are not range-checked (a check would wait for the device on every call); the
 batches are checked on the host when they are built, and top-k ids are in range by
 construction.
@@ -35,12 +35,12 @@ import math
 
 from array_api_compat import array_namespace
 
-from .attention_numba_cuda import NumbaCudaAttention
-from .cuda_target import THREADS_PER_BLOCK, cuda, current_stream, launch_flat
-from .errors import KernelsUnavailable
-from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
-from .rmsnorm_numba_cuda import NumbaCudaRmsnorm
-from .step_tail_numba_cuda import NumbaCudaStepTail
+from ..errors import KernelsUnavailable
+from ..reference.ops import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+from .attention import NumbaCudaAttention
+from .rmsnorm import NumbaCudaRmsnorm
+from .step_tail import NumbaCudaStepTail
+from .target import THREADS_PER_BLOCK, cuda, current_stream, launch_flat
 
 
 # ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 
 class ReferenceStepTail:
-    """The step-tail op pair on ``self.xp``; a mixin of :class:`~.reference.ReferenceOps`."""
+    """The step-tail op pair on ``self.xp``; a mixin of :class:`~.ops.ReferenceOps`."""
 
     def step_tail_forward(self, Y, H, w_a, b_a, z=None):
         """Y, H ``[B, M, D]``, w_a ``[D]``, b_a ``[]``, z ``[B, M]`` or None ->

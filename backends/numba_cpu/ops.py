@@ -1,6 +1,6 @@
 """Numba CPU kernels for the sparse hot path: ``backend.ops`` of the numpy backend.
 
-Same methods and semantics as :class:`~.reference.ReferenceOps` (read its docstrings
+Same methods and semantics as :class:`~..reference.ReferenceOps` (read its docstrings
 for the index conventions), on NumPy arrays. Each operation is a small ``@njit``
 row function driven by a serial loop or, where enabled, a ``prange`` loop:
 
@@ -30,11 +30,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .attention_numba_cpu import NumbaCpuAttention
-from .errors import BackendError
-from .reference import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
-from .rmsnorm_numba_cpu import NumbaCpuRmsnorm
-from .step_tail_numba_cpu import NumbaCpuStepTail
+from ..errors import BackendError
+from ..reference.ops import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
+from .attention import NumbaCpuAttention
+from .rmsnorm import NumbaCpuRmsnorm
+from .step_tail import NumbaCpuStepTail
 
 ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
 

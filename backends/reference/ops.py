@@ -13,9 +13,9 @@ table gathered and summed with per-position weights) with its sparse backward
 ``gather_weighted_sum_backward``; and the fused ops of the training step, each defined
 in its own module by its array-API version (mixed in here) with its kernels beside it:
 attention within a set (``attention_forward``/``attention_backward``,
-:mod:`.attention_reference`), RMSNorm (``rmsnorm_forward``/``rmsnorm_backward``,
-:mod:`.rmsnorm_reference`) and the interaction step's tail
-(``step_tail_forward``/``step_tail_backward``, :mod:`.step_tail_reference`).
+:mod:`.attention`), RMSNorm (``rmsnorm_forward``/``rmsnorm_backward``,
+:mod:`.rmsnorm`) and the interaction step's tail
+(``step_tail_forward``/``step_tail_backward``, :mod:`.step_tail`).
 Conventions they share:
 - ids are integer arrays (int32 or int64), in range; results do not depend on their width;
 - ``topk`` returns, per row, the indices of the k largest values ordered by descending
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from .attention_reference import ReferenceAttention
-from .rmsnorm_reference import ReferenceRmsnorm
-from .step_tail_reference import ReferenceStepTail
+from .attention import ReferenceAttention
+from .rmsnorm import ReferenceRmsnorm
+from .step_tail import ReferenceStepTail
 
 
 class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):

@@ -1,7 +1,7 @@
 """Attention within a set as Numba CUDA kernels: one block per (sample, head).
 
-Same op pair and conventions as :class:`~.attention_reference.ReferenceAttention` (read
-its docstring), on CuPy arrays, on CuPy's current stream (see :mod:`.cuda_target`); one
+Same op pair and conventions as :class:`~..reference.attention.ReferenceAttention` (read
+its docstring), on CuPy arrays, on CuPy's current stream (see :mod:`.target`); one
 kernel launch per op, nothing read back to the host. The scores are recomputed where
 they are needed (a dot product of two rows of length d) and never stored:
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 
-from .attention_reference import check_attention_shapes
-from .cuda_target import cuda, current_stream
+from ..reference.attention import check_attention_shapes
+from .target import cuda, current_stream
 
 MAX_THREADS_PER_BLOCK = 256
 
@@ -165,7 +165,7 @@ def launch_attention_backward(dout, q, k, v, lse, keep, out, row_dot, dq, dk, dv
 # ---------------------------------------------------------------------------------
 class NumbaCudaAttention:
     """The attention op pair as Numba CUDA kernels; a mixin of
-    :class:`~.numba_cuda.NumbaCudaOps`, whose ``_cp`` (CuPy, or NumPy under the
+    :class:`~.ops.NumbaCudaOps`, whose ``_cp`` (CuPy, or NumPy under the
     simulator) allocates."""
 
     def attention_forward(self, q, k, v, key_keep=None):

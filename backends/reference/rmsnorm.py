@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 class ReferenceRmsnorm:
-    """The RMSNorm op pair on ``self.xp``; a mixin of :class:`~.reference.ReferenceOps`."""
+    """The RMSNorm op pair on ``self.xp``; a mixin of :class:`~.ops.ReferenceOps`."""
 
     def rmsnorm_forward(self, x, g, eps):
         """x ``[..., D]``, g ``[D]`` -> (y ``[..., D]``, r ``[..., 1]``)."""
