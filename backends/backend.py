@@ -32,6 +32,7 @@ class Backend:
     """
 
     name = ""
+    kernels = None        # the kind of its own kernels: "numba", "native" or None (see kernel_choice)
     transport = "mpi"     # data-parallel ranks sum these arrays with MPI on host buffers
 
     def __init__(self, xp, device, ops):
@@ -48,10 +49,10 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def numba_ops(cls):
-        """This backend's Numba kernels; KernelsMissing when it has none,
+    def kernel_ops(cls, xp):
+        """This backend's own kernels on namespace ``xp``; KernelsMissing when it has none,
         KernelsUnavailable when they cannot run here."""
-        raise KernelsMissing(f"backend '{cls.name}' has no Numba kernels; "
+        raise KernelsMissing(f"backend '{cls.name}' has no kernels of its own; "
                              "use kernels='reference'")
 
     def memory_tracker(self, exact_peak: bool = False) -> MemoryTracker:
@@ -123,6 +124,7 @@ class NumpyBackend(Backend):
     """NumPy on the CPU, with the Numba CPU kernels."""
 
     name = "numpy"
+    kernels = "numba"
 
     @classmethod
     def create(cls, kernels, device):
@@ -131,7 +133,7 @@ class NumpyBackend(Backend):
         return cls(xp, "cpu", choose_ops(cls, xp, kernels))
 
     @classmethod
-    def numba_ops(cls):
+    def kernel_ops(cls, xp):
         with importing_kernels("Numba comes with this package: pip install -e ."):
             from .numba_cpu import NumbaCpuOps
         return NumbaCpuOps()
@@ -158,6 +160,7 @@ class CupyBackend(Backend):
     data-parallel ranks sum with NCCL on the GPUs."""
 
     name = "cupy"
+    kernels = "numba"
     transport = "nccl"
 
     def __init__(self, xp, device, ops, cupy):
@@ -176,7 +179,7 @@ class CupyBackend(Backend):
         return cls(xp, gpu, choose_ops(cls, xp, kernels), cupy)
 
     @classmethod
-    def numba_ops(cls):
+    def kernel_ops(cls, xp):
         with importing_kernels("pip install -e '.[cuda12]' (or '.[cuda13]') brings "
                                "numba-cuda"):
             from .numba_cuda import NumbaCudaOps
@@ -213,8 +216,9 @@ def get_backend(name: str | None = None, kernels: str | None = None,
     """The backend called ``name`` (default: ``$BRAINLIKE_BACKEND``, else ``numpy``).
 
     ``kernels`` picks the sparse hot-path implementation: ``"reference"`` (portable
-    array API), ``"numba"`` (Numba CPU / CUDA kernels) or ``"auto"`` (Numba where it
-    runs, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
+    array API), the backend's own kernels by their kind (``"numba"``: Numba CPU / CUDA
+    kernels; ``"native"``: the array library's own operations) or ``"auto"`` (its own
+    kernels where they run, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
 
     ``device``: for cupy, the index of the GPU to use (default: CUDA's current device);
     the host backends have one device, the CPU, and ignore it.

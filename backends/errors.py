@@ -14,12 +14,12 @@ class BackendError(RuntimeError):
 
 
 class KernelsMissing(RuntimeError):
-    """This backend has no Numba kernels (``kernels='auto'`` then uses the reference
+    """This backend has no kernels of its own (``kernels='auto'`` then uses the reference
     ops without a word)."""
 
 
 class KernelsUnavailable(RuntimeError):
-    """This backend's Numba kernels cannot run here (not installed, not importable, no
+    """This backend's kernels cannot run here (not installed, not importable, no
     cache folder, rejected by the driver); the message says why and how to fix it."""
 
 

@@ -1,10 +1,12 @@
-"""Which ops a backend gets: the portable reference, or its Numba kernels where they run.
+"""Which ops a backend gets: the portable reference, or its own kernels where they run.
 
-``kernels`` is "reference", "numba" (the kernels or a one-line BackendError) or "auto"
-(the kernels where they run, else the reference). Under "auto", kernels that exist but
-cannot run here (not installed, not importable, no cache folder, rejected by the
-driver) are reported in one line on stderr, once; a backend without kernels
-(array-api-strict) takes the reference silently.
+A backend's own kernels are of one kind, its class's ``kernels``: "numba" (Numba CPU or
+CUDA kernels: numpy, cupy), "native" (the array library's own operations: torch, jax)
+or None (array-api-strict). ``kernels`` asks for "reference", for that kind by name (the
+kernels, or a one-line BackendError), or for "auto" (the kernels where they run, else
+the reference). Under "auto", kernels that exist but cannot run here (not installed,
+not importable, no cache folder, rejected by the driver) are reported in one line on
+stderr, once; a backend without kernels (array-api-strict) takes the reference silently.
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ from .settings import ENV_KERNELS
 
 
 def choose_ops(backend_cls, xp, kernels: str):
-    """The ops ``kernels`` asks for, for ``backend_cls`` (whose ``numba_ops()`` gives its
-    kernels) on namespace ``xp``."""
+    """The ops ``kernels`` asks for, for ``backend_cls`` (whose ``kernel_ops(xp)`` gives its
+    kernels, of the kind ``backend_cls.kernels``) on namespace ``xp``."""
     if kernels == "reference":
         return ReferenceOps(xp)
+    if kernels != "auto" and kernels != backend_cls.kernels:
+        raise BackendError(
+            f"backend '{backend_cls.name}' has no {kernels} kernels; choose kernels "
+            f"{' or '.join(repr(k) for k in ('auto', backend_cls.kernels, 'reference') if k)}")
     try:
-        return backend_cls.numba_ops()
-    except KernelsMissing as exc:
-        if kernels == "numba":
-            raise BackendError(str(exc)) from None
+        return backend_cls.kernel_ops(xp)
+    except KernelsMissing:
+        pass
     except KernelsUnavailable as exc:
-        if kernels == "numba":
-            raise BackendError(f"kernels 'numba' for backend '{backend_cls.name}': {exc}, "
+        if kernels != "auto":
+            raise BackendError(f"kernels '{kernels}' for backend '{backend_cls.name}': {exc}, "
                                f"or set {ENV_KERNELS}=reference") from None
-        warn_once(f"warning: the Numba kernels of backend '{backend_cls.name}' cannot run "
+        kind = {"numba": "Numba"}.get(backend_cls.kernels, backend_cls.kernels)
+        warn_once(f"warning: the {kind} kernels of backend '{backend_cls.name}' cannot run "
                   f"({exc}); using the reference ops instead (slower; "
                   f"{ENV_KERNELS}=reference silences this)")
     return ReferenceOps(xp)

@@ -9,7 +9,7 @@ from .errors import BackendError
 
 BACKEND_NAMES = ("numpy", "array_api_strict", "cupy")
 ALIASES = {"array-api-strict": "array_api_strict", "strict": "array_api_strict"}
-KERNEL_CHOICES = ("auto", "reference", "numba")
+KERNEL_CHOICES = ("auto", "reference", "numba", "native")
 ENV_BACKEND = "BRAINLIKE_BACKEND"
 ENV_KERNELS = "BRAINLIKE_KERNELS"
 

@@ -192,8 +192,10 @@ def test_kernel_choice(monkeypatch):
     assert get_backend("array_api_strict").ops.name == "reference"
     monkeypatch.setenv("BRAINLIKE_KERNELS", "reference")
     assert get_backend("numpy").ops.name == "reference"
-    with pytest.raises(BackendError, match="has no Numba kernels"):
+    with pytest.raises(BackendError, match="has no numba kernels; choose kernels 'auto' or 'reference'"):
         get_backend("array_api_strict", kernels="numba")
+    with pytest.raises(BackendError, match="has no native kernels; choose kernels 'auto' or 'numba' or"):
+        get_backend("numpy", kernels="native")
 
 
 # ---- arrays in and out --------------------------------------------------------------------
