@@ -27,16 +27,16 @@ import io
 import json
 import math
 import os
-import stat
 import struct
-import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
 
 import numpy as np
 
-from .data import NotRegularFileError, open_regular_file
+from .data import (JSON_PATH_BYTES, MAX_DATA_RECORD_BYTES, NotRegularFileError,
+                   open_regular_file)
+from .output import ZIP_MAGIC, replacing
 
 FORMAT = "brainlike-np/2"   # 2: execution path in the config, training settings in "train"
 
@@ -64,7 +64,9 @@ def save_checkpoint(path: str, params: dict, optimizer, meta: dict, backend) -> 
 
 GROUPS = {"params": "parameter", "adam_m": "AdamW first moment",
           "adam_v": "AdamW second moment"}
-MAX_META_BYTES = 1 << 20    # meta.json: a config, settings, an RNG state, one record
+# meta.json: a config, settings (--data: a path), an RNG state, one evaluation record
+# (64 KiB) and the data record: the largest the writer writes (save_npz_atomic refuses more)
+MAX_META_BYTES = (64 << 10) + JSON_PATH_BYTES + MAX_DATA_RECORD_BYTES
 READ_CHUNK = 1 << 20        # bytes read at a time into an array
 
 
@@ -250,43 +252,16 @@ META_KEY = "meta.json"
 
 
 def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
-    """Write arrays plus a JSON ``meta`` entry to ``path`` atomically: a new temporary
-    file in the same folder, fsync, then rename, so a crash never leaves a half-written
-    file in place of the previous one (and a symlink at ``path`` is replaced, not
-    followed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write arrays plus a JSON ``meta`` entry to ``path`` atomically (``output.replacing``:
+    a crash never leaves a half-written file in place of the previous one, and ``path``
+    must be absent or a file that is empty or a zip, such as an earlier checkpoint).
+    CheckpointError, nothing written, if ``meta`` is larger than the reader takes."""
+    text = json.dumps(meta).encode()
+    if len(text) > MAX_META_BYTES:
+        raise CheckpointError(f"not saving '{path}': its {META_KEY} would be {len(text):,} "
+                              f"bytes, more than the {MAX_META_BYTES:,} a checkpoint may hold")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = dict(arrays)
-    payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    fd, tmp = new_temp_file(folder, suffix=".npz", replacing=path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
-def new_temp_file(folder: str, suffix: str, replacing: str) -> tuple[int, str]:
-    """-> (fd, path) of a new file ``.tmp-*`` in ``folder``, made with O_EXCL (never an
-    existing file or the target of a planted symlink), to be renamed over ``replacing``:
-    with that file's permissions if it is a regular file (a read-only checkpoint stays
-    read-only), else those the umask gives a new file (``mkstemp`` makes it owner-only)."""
-    fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.fchmod(fd, _permissions_for(replacing))
-    return fd, path
-
-
-def _permissions_for(path: str) -> int:
-    try:
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode):
-            return stat.S_IMODE(st.st_mode) & 0o777
-    except FileNotFoundError:
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    payload[META_KEY] = np.frombuffer(text, dtype=np.uint8)
+    with replacing(path, ZIP_MAGIC, own_name="ckpt.npz") as f:
+        np.savez(f, **payload)

@@ -32,6 +32,11 @@ VALID_ONE_IN = 10         # several files: those whose path's CRC-32 is 0 mod 10
 COUNT_CHUNK = 1 << 18     # bytes the baselines count at a time: their extra memory is O(this)
 BASELINE_SAMPLE_BYTES = 100 * 2**20   # the baselines read at most this much of each split
 MAX_HASH_BLOCKS = 512     # the record's content hashes read at most this many 64 KiB blocks
+MAX_RECORDED_FILES = MAX_HASH_BLOCKS // 2   # files recorded one by one (those hashed)
+MAX_PATH_BYTES = 4096     # PATH_MAX: no file can be opened by a longer path (nor --data be)
+JSON_PATH_BYTES = 6 * MAX_PATH_BYTES + 256   # a path in JSON (a byte as "\udcff" at worst),
+                                             # with a file entry's other fields
+MAX_DATA_RECORD_BYTES = (MAX_RECORDED_FILES + 2) * JSON_PATH_BYTES + 64 * MAX_RECORDED_FILES
 # the names the trainer writes in its --out-dir (outdir.py, checkpoint.new_temp_file)
 OUT_DIR_NAMES = ("ckpt.npz", "metrics.jsonl", ".lock", ".tmp-x0y1z2.npz", ".tmp-x0y1z2.jsonl",
                  ".tmp-write-test-x0y1z2")
@@ -87,10 +92,13 @@ class Corpus:
                             "data that changes; narrow the glob or move --out-dir")
 
     def record(self) -> dict:
-        """The corpus's identity, JSON-able, for the checkpoint: the resolved source, each
-        file's record (absolute path, size, modification time, content hash: see
-        ``hash_budget``), the split and the split sizes (an in-memory corpus: a hash of
-        its bytes instead of files). Computed once."""
+        """The corpus's identity, JSON-able, for the checkpoint: the resolved source, the
+        split and the split sizes, and the files: their number, digests of all their
+        absolute paths and sizes and of their modification times, and the records (path,
+        size, modification time, content hash) of the at most MAX_RECORDED_FILES files
+        ``hash_budget`` hashes (all of a corpus of up to that many files); an in-memory
+        corpus: a hash of its bytes instead. Bounded whatever the number of files (see
+        ``bounded_record``); computed once."""
         if self._record is None:
             rec = {"source": self.source, "split": self.split,
                    "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
@@ -103,16 +111,47 @@ class Corpus:
                     for piece, _ in tokens.chunks(len(tokens), COUNT_CHUNK):
                         h.update(piece)
                 rec["fingerprint"] = h.hexdigest()
-            self._record = rec
+            self._record = bounded_record(rec)
         return self._record
 
     def digest(self) -> str:
         """SHA-256 of the record without paths and times (which differ between nodes
         that hold copies of the same files): what every rank must see the same of."""
         rec = self.record()
-        content = {**rec, "source": None,
-                   "files": [[f["size"], f["hash"]] for f in rec.get("files", [])]}
+        content = {**rec, "source": None, "listing": None, "times": None,
+                   "files": [[f.size, f.content_hash(n) if n else None] for f, n in
+                             zip(self.files, hash_budget(len(self.files)))]}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def bounded_record(rec: dict) -> dict:
+    """A data record with one entry per file (as older versions saved it) -> its bounded
+    form: ``n_files``, ``listing`` (a digest of every path and size), ``times`` (of every
+    modification time; None if the record has none) and ``files``, the entries of the
+    files ``hash_budget`` hashes, at most MAX_RECORDED_FILES; a split's list of
+    validation files longer than that becomes its count and digest. Whatever the number
+    of files, the record's JSON then fits in MAX_DATA_RECORD_BYTES. A record already
+    bounded is returned as it is."""
+    if "n_files" in rec:
+        return rec
+    files = rec.get("files", [])
+    recorded = [f for f, n in zip(files, hash_budget(len(files))) if n is not None]
+    split = dict(rec.get("split") or {})
+    if len(split.get("valid_files", [])) > MAX_RECORDED_FILES:
+        chosen = split.pop("valid_files")
+        split["valid_files_count"], split["valid_files_digest"] = len(chosen), _digest(chosen)
+    times = ([f["mtime_ns"] for f in files] if all("mtime_ns" in f for f in files) else None)
+    return {**rec, "split": split, "n_files": len(files), "files": recorded,
+            "listing": _digest([[f["path"], f["size"]] for f in files]),
+            "times": None if times is None else _digest(times)}
+
+
+def _digest(items: list) -> str:
+    """BLAKE2b (16 bytes) of a list of JSON-able items, one at a time."""
+    h = hashlib.blake2b(digest_size=16)
+    for item in items:
+        h.update(json.dumps(item).encode() + b"\n")
+    return h.hexdigest()
 
 
 def hash_budget(n_files: int) -> list:
@@ -200,11 +239,16 @@ def open_regular_file(path: str):
 
 def _check_regular(path: str, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
-        kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                 (stat.S_ISSOCK, "a socket"))
-        kind = next((name for test, name in kinds if test(st.st_mode)), "not a regular file")
-        raise NotRegularFileError(f"'{path}' is {kind}, not a regular file")
+        raise NotRegularFileError(f"'{path}' is {file_kind(st.st_mode)}, not a regular file")
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words: 'a folder', 'a FIFO (named pipe)'..."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+             (stat.S_ISREG, "a regular file"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
@@ -215,6 +259,9 @@ def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
         return load_stdlib_corpus()
     if not spec:
         raise DataError("--data is empty; name a text file, a folder or a glob pattern")
+    if len(os.fsencode(spec)) >= MAX_PATH_BYTES:
+        raise DataError(f"--data is {len(os.fsencode(spec)):,} bytes long, longer than any "
+                        f"path ({MAX_PATH_BYTES - 1}); name a shorter path or pattern")
     if os.path.isdir(spec):
         root, paths = spec, sorted(p for p in Path(spec).rglob("*") if p.is_file())
         what, source, none = f"folder '{spec}'", _resolved_source(spec), "holds no files"
@@ -324,14 +371,28 @@ def _record_problem(saved) -> str | None:
                 and isinstance(f.get("hash", f.get("fingerprint")), (str, type(None)))
                 and (is_int(f["mtime_ns"]) if "mtime_ns" in f else True)):
             return f"file entry {f!r:.60}"
+    split = saved.get("split")
+    if not isinstance(split, (dict, type(None))) or (
+            split and not isinstance(split.get("valid_files", []), list)):
+        return f"split {split!r:.40}"
+    if "n_files" in saved:
+        n_files = saved["n_files"]
+        if not (is_int(n_files) and n_files >= 0 and isinstance(saved.get("listing"), str)
+                and isinstance(saved.get("times"), (str, type(None)))):
+            return f"n_files {n_files!r:.20}, listing or times"
+        if len(files) != min(n_files, MAX_RECORDED_FILES):     # those hash_budget hashes
+            return f"{len(files)} file entries for {n_files} files"
     return None
 
 
 def _compare_records(saved: dict, current: dict) -> str | None:
     fix = "pass the run's data to --data, or start a new run in another --out-dir"
-    old, new = saved.get("files", []), current.get("files", [])
-    if [f["path"] for f in old] != [f["path"] for f in new]:
-        raise DataError(f"this run was trained on {_describe(old)}, not {_describe(new)}; {fix}")
+    saved, current = bounded_record(saved), bounded_record(current)
+    old, new = saved["files"], current["files"]
+    if saved["n_files"] != current["n_files"] or \
+            [f["path"] for f in old] != [f["path"] for f in new]:
+        raise DataError(f"this run was trained on {_describe(old, saved['n_files'])}, not "
+                        f"{_describe(new, current['n_files'])}; {fix}")
     for before, after in zip(old, new):
         if before["size"] != after["size"]:
             raise DataError(f"data file '{after['path']}' changed since the run started "
@@ -342,6 +403,12 @@ def _compare_records(saved: dict, current: dict) -> str | None:
         if before.get("mtime_ns", after["mtime_ns"]) != after["mtime_ns"]:
             raise DataError(f"data file '{after['path']}' changed since the run started "
                             f"(its modification time differs); {fix}")
+    if saved["listing"] != current["listing"]:
+        raise DataError(f"a file of the run's {saved['n_files']:,} data files was renamed, "
+                        f"replaced or resized since the run started; {fix}")
+    if saved["times"] not in (None, current["times"]):
+        raise DataError(f"a file of the run's {saved['n_files']:,} data files changed since "
+                        f"the run started (its modification time differs); {fix}")
     for key in ("split", "train_bytes", "valid_bytes", "fingerprint"):
         if saved.get(key) != current.get(key):
             raise DataError(f"the data changed since the run started ({key} "
@@ -352,10 +419,10 @@ def _compare_records(saved: dict, current: dict) -> str | None:
     return None
 
 
-def _describe(files: list[dict]) -> str:
+def _describe(files: list[dict], n_files: int) -> str:
     if not files:
         return "the default corpus"
-    return files[0]["path"] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
+    return files[0]["path"] + (f" and {n_files - 1:,} more" if n_files > 1 else "")
 
 
 def random_batch(batch_size: int, context: int, vocab_size: int = 256, seed: int = 0):

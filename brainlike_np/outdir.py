@@ -31,8 +31,9 @@ import os
 import stat
 import tempfile
 
-from .checkpoint import CheckpointError, new_temp_file
+from .checkpoint import CheckpointError
 from .data import NotRegularFileError, open_regular_file
+from .output import ZIP_MAGIC, OutputPathError, check_output_path, replacing
 
 CHECKPOINT_NAME = "ckpt.npz"
 METRICS_NAME = "metrics.jsonl"
@@ -66,7 +67,19 @@ class OutDir:
             self._take_lock()
             for leftover in glob.glob(os.path.join(glob.escape(self.path), ".tmp-*")):
                 os.remove(leftover)      # a symlink is removed, never followed
+            self._check_replaceable()
         return self
+
+    def _check_replaceable(self) -> None:
+        """OutDirError, before any training time is spent, unless the checkpoint and the
+        metrics file can be written (absent, or regular files: see ``output.py``)."""
+        for path, magic, name in ((self.checkpoint, ZIP_MAGIC, CHECKPOINT_NAME),
+                                  (self.metrics_path, None, METRICS_NAME)):
+            try:
+                check_output_path(path, magic, own_name=name,
+                                  fix=f"move it away (the trainer writes {name} itself)")
+            except OutputPathError as exc:
+                raise OutDirError(str(exc)) from None
 
     def __exit__(self, exc_type, *exc):
         if exc_type is not None and self.created:
@@ -187,18 +200,10 @@ class OutDir:
         if last_eval and last_eval.get("step") == upto_step and not any(
                 "val_loss" in r and r["step"] == upto_step for r in kept):
             kept.append(last_eval)
-        fd, tmp = new_temp_file(self.path, suffix=".jsonl", replacing=self.metrics_path)
-        log = MetricsLog(os.fdopen(fd, "wb"), {"run": run_id} if run_id else {})
-        try:
+        with replacing(self.metrics_path, None, own_name=METRICS_NAME, keep_open=True) as f:
+            log = MetricsLog(f, {"run": run_id} if run_id else {})
             for record in kept:
                 log.write(record)
-            os.replace(tmp, self.metrics_path)
-        except BaseException:
-            try:
-                log.close()
-            finally:
-                os.remove(tmp)
-            raise
         return log
 
 

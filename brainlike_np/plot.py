@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .cli import OneLineParser
 from .outdir import METRICS_NAME, read_metrics
+from .output import PNG_MAGIC, OutputPathError, check_output_path, replacing
 
 DEFAULT_NAME = "curves.png"
 
@@ -56,18 +57,12 @@ def _is_number(value) -> bool:
 
 
 def plot_runs(runs: list[RunCurves], path: str) -> None:
-    """Write the PNG atomically (a temporary file renamed over ``path``)."""
+    """Write the PNG atomically (``output.replacing``: ``path`` must be absent, an empty
+    file or a PNG; OutputPathError otherwise, before the figure is drawn)."""
+    check_output_path(path, PNG_MAGIC, fix="pass another --output")   # before the work
     fig = figure(runs)
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    with replacing(path, PNG_MAGIC, fix="pass another --output") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def figure(runs: list[RunCurves]):
@@ -133,6 +128,9 @@ def main(argv=None) -> int:
         return 1
     try:
         plot_runs(runs, output)
+    except OutputPathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot write '{output}' ({exc.strerror or exc}); pass another "
               "--output", file=sys.stderr)

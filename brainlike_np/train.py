@@ -38,6 +38,7 @@ from .generate import generate  # noqa: E402
 from .models import get_model, get_preset  # noqa: E402
 from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
+from .output import OutputPathError  # noqa: E402
 from .train_cli import TrainRequest, parse_request  # noqa: E402
 from .train_state import (TrainingDiverged, TrainSettings, TrainState,  # noqa: E402
                           default_batch_size)
@@ -395,7 +396,7 @@ def train(request: TrainRequest, comm, backend) -> int:
 # errors: one line for the user, the whole job ended on any rank's failure
 # ---------------------------------------------------------------------------------
 USER_ERRORS = (BackendError, ConfigError, DataError, CheckpointError, TrainingDiverged,
-               DistributedError, OutDirError)
+               DistributedError, OutDirError, OutputPathError)
 
 
 def failure_message(exc: BaseException) -> str:
