@@ -500,6 +500,32 @@ def nats_to_bits(nats: float) -> float:
     return nats / math.log(2.0)
 
 
+def as_tokens(tokens, context: int, vocab_size: int) -> Tokens:
+    """``tokens`` as Tokens to draw windows of ``context`` from, checked: bytes (each byte
+    a token), a 1-D integer array of tokens in ``[0, vocab_size)``, or Tokens (a
+    corpus split, whose bytes ``Corpus.check_fits`` checks); in each case longer than
+    ``context``. TypeError/ValueError naming ``tokens`` otherwise."""
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be bytes or integers, got str (encode text first, "
+                        "e.g. text.encode())")
+    if isinstance(tokens, (bytes, bytearray, memoryview)):
+        tokens = np.frombuffer(tokens, dtype=np.uint8)
+    if not isinstance(tokens, Tokens):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one sequence [n], got shape {tokens.shape}")
+        if tokens.dtype == np.bool_ or not np.issubdtype(tokens.dtype, np.integer):
+            raise TypeError(f"tokens must be integers (or bytes), got {tokens.dtype}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+            raise ValueError(f"tokens must be in [0, {vocab_size}) (the model's vocabulary), "
+                             f"got {tokens.min()}..{tokens.max()}")
+        tokens = Tokens.of(tokens)
+    if len(tokens) <= context:
+        raise ValueError(f"tokens must be longer than the context ({context}) to hold a "
+                         f"window and its next token, got {len(tokens)}")
+    return tokens
+
+
 def check_batch(x, y, vocab_size: int) -> None:
     """ValueError unless host x ``[B, T]`` and y ``[B]`` are integer tokens in
     ``[0, vocab_size)`` with B > 0: checked once on the host, so the device never has to."""

@@ -114,6 +114,8 @@ class Tokens:
         self.ends = np.cumsum(self.lengths)             # [n_parts]: where each part ends
         self.starts = self.ends - self.lengths          # [n_parts]: where each begins
         self.shape = (int(self.ends[-1]) if parts else 0,)
+        self.dtype = np.result_type(np.uint8, *(source.dtype for source, _, _ in parts
+                                                if not isinstance(source, DataFile)))
 
     @classmethod
     def of(cls, tokens) -> "Tokens":
@@ -131,7 +133,7 @@ class Tokens:
         they fall in are read, and of those only the pages holding them."""
         which = np.searchsorted(self.ends, positions, side="right")     # part of each
         local = positions - self.starts[which]                          # offset in it
-        out = np.empty(positions.shape, dtype=np.uint8)
+        out = np.empty(positions.shape, dtype=self.dtype)   # uint8 for files and bytes
         for i in np.unique(which):
             source, start, _ = self.parts[i]
             mapped = source.map() if isinstance(source, DataFile) else source

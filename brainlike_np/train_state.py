@@ -20,7 +20,7 @@ from .backends.distributed import SingleProcess
 from .backends import Backend
 from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
-from .data import check_batch, sample_windows
+from .data import as_tokens, check_batch, sample_windows
 from .models import get_model
 from .optim import AdamW
 
@@ -101,6 +101,8 @@ class TrainState:
     data_record: dict | None = None  # the corpus's identity (data.Corpus.record()); None: unknown
     run_id: str | None = None        # made when the run starts, in every metrics record;
                                      # None: a run started before run ids existed
+    config_origin: dict | None = None   # {"preset": name, "overrides": {field: value}}: how
+                                        # the trainer made cfg; None: unknown (the library)
 
     @property
     def model(self):
@@ -108,6 +110,14 @@ class TrainState:
 
     @classmethod
     def create(cls, model_name: str, cfg, backend, settings: TrainSettings = TrainSettings()):
+        """A new state: the model's parameters initialised from ``settings.seed`` on
+        ``backend``; TypeError/ConfigError naming the argument that cannot work."""
+        if not isinstance(model_name, str):
+            raise TypeError(f"model_name must be a model's name (one of brainlike_np.MODELS), "
+                            f"got {model_name!r}")
+        _check_backend(backend, "TrainState.create")
+        if not isinstance(settings, TrainSettings):
+            raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}")
         model = get_model(model_name)
         if not isinstance(cfg, model.Config):
             raise ConfigError(f"model '{model_name}' needs a {model.Config.__name__}, "
@@ -134,7 +144,12 @@ class TrainState:
 
     # ---- steps ------------------------------------------------------------------------
     def sample_batch(self, tokens, batch_size):
-        """Host windows x ``[B, T]`` and next bytes y ``[B]`` from the sampler stream."""
+        """Host windows x ``[B, T]`` and next bytes y ``[B]`` from the sampler stream.
+        ``tokens``: bytes, a 1-D integer array of tokens in the vocabulary, or a corpus
+        split (``corpus.train``), longer than the context; TypeError/ValueError else."""
+        tokens = as_tokens(tokens, self.cfg.context, self.cfg.vocab_size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return sample_windows(tokens, batch_size, self.cfg.context, self.sampler)
 
     def train_step(self, x, y, lr: float) -> dict:
@@ -194,23 +209,21 @@ class TrainState:
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
             "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
+            "config_origin": self.config_origin,
         }, self.backend)
 
     @classmethod
     def load(cls, path: str, backend) -> "TrainState":
         """The state saved at ``path``, on ``backend`` (``get_backend()``); its arrays are
         read only after their names, shapes, dtypes and sizes match the saved config."""
-        if not isinstance(backend, Backend):
-            raise TypeError(f"TrainState.load needs a backend (brainlike_np.get_backend()), "
-                            f"got {backend!r}")
+        _check_backend(backend, "TrainState.load")
         with CheckpointFile(path) as checkpoint:
             meta = checkpoint.meta
             try:
                 model = get_model(meta["model"])
                 cfg = model.Config.from_dict(meta["config"])
                 settings = TrainSettings.from_dict(meta["train"])
-                sampler = backend.rng(0)
-                sampler.bit_generator.state = meta["rng"]
+                sampler = _restored_rng(backend.rng(0), meta["rng"])
                 step = meta["step"]
                 optimizer = AdamW.from_state(meta["optimizer"], no_decay=model.NO_DECAY)
                 _check_optimizer(optimizer)
@@ -224,6 +237,8 @@ class TrainState:
                     raise ValueError(f"data record {data_record!r}")
                 if data_record and not isinstance(data_record.get("source"), (str, type(None))):
                     raise ValueError(f"data source {data_record['source']!r}")
+                config_origin = meta.get("config_origin")
+                _check_config_origin(config_origin)
                 if not isinstance(step, int) or step < 0 or optimizer.step != step:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -241,7 +256,35 @@ class TrainState:
         optimizer.m, optimizer.v = on_backend["adam_m"], on_backend["adam_v"]
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
-                   step=step, metrics=metrics, data_record=data_record, run_id=run_id)
+                   step=step, metrics=metrics, data_record=data_record, run_id=run_id,
+                   config_origin=config_origin)
+
+
+def _check_backend(backend, where: str) -> None:
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{where} needs a backend (brainlike_np.get_backend(name)), got "
+                        f"{backend!r}")
+
+
+def _restored_rng(sampler, state):
+    """``sampler`` set to the saved bit-generator ``state``; ValueError unless NumPy
+    takes it as it is (a crafted integer out of range, a wrong type or generator)."""
+    try:
+        sampler.bit_generator.state = state
+    except (OverflowError, TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"rng state: {exc}") from None
+    if sampler.bit_generator.state != state:
+        raise ValueError(f"rng state {state!r:.80} is not one NumPy gives back")
+    return sampler
+
+
+def _check_config_origin(origin) -> None:
+    """ValueError unless ``origin`` is None or {"preset": str, "overrides": {str: value}}."""
+    if origin is None:
+        return
+    if not (isinstance(origin, dict) and set(origin) == {"preset", "overrides"}
+            and isinstance(origin["preset"], str) and isinstance(origin["overrides"], dict)):
+        raise ValueError(f"config_origin {origin!r:.80}")
 
 
 def _check_metrics(record: dict) -> None:
