@@ -20,7 +20,7 @@ from .host_memory import host_free_memory_bytes, keep_freed_memory
 from .host_reads import count_host_read
 from .kernel_choice import choose_ops, importing_kernels
 from .memory import MemoryTracker
-from .settings import backend_name, kernels_choice
+from .settings import backend_name, check_environment, kernels_choice
 
 
 class Backend:
@@ -223,6 +223,7 @@ def get_backend(name: str | None = None, kernels: str | None = None,
     ``device``: for cupy, the index of the GPU to use (default: CUDA's current device);
     the host backends have one device, the CPU, and ignore it.
     """
+    check_environment()          # every BRAINLIKE_* variable, as a flag is checked
     cls = backend_class(name)
     return cls.create(kernels_choice(kernels), device)
 

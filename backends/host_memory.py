@@ -27,7 +27,8 @@ import ctypes
 import ctypes.util
 import os
 
-ENV_HOST_MALLOC = "BRAINLIKE_HOST_MALLOC"
+from .settings import host_malloc
+
 MALLOPT = {               # glibc's mallopt parameters -> value
     -3: 1 << 30,          # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
     -1: (1 << 31) - 1,    # M_TRIM_THRESHOLD: keep up to 2 GiB of free heap top
@@ -50,8 +51,7 @@ def keep_freed_memory() -> bool:
     """Apply the policy once per process; -> whether it is in force."""
     global _applied
     if _applied is None:
-        _applied = os.environ.get(ENV_HOST_MALLOC, "reuse").strip().lower() != "system" \
-            and _mallopt_all()
+        _applied = host_malloc() != "system" and _mallopt_all()
     return _applied
 
 

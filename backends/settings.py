@@ -34,3 +34,57 @@ def kernels_choice(kernels: str | None = None) -> str:
         raise BackendError(
             f"unknown kernels '{kernels}'; choose one of: {', '.join(KERNEL_CHOICES)}")
     return kernels
+
+
+# ---- every BRAINLIKE_* variable, checked as a flag is ------------------------------
+ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
+ENV_HOST_MALLOC = "BRAINLIKE_HOST_MALLOC"
+HOST_MALLOC_CHOICES = ("reuse", "system")
+ENV_VARIABLES = {       # the README's list ("Environment variables") follows this one
+    ENV_BACKEND: "the backend: " + ", ".join(BACKEND_NAMES) + " (default numpy)",
+    ENV_KERNELS: "the hot-path kernels: " + ", ".join(KERNEL_CHOICES) + " (default auto)",
+    ENV_PARALLEL_MIN_WORK: "elements of work from which a Numba CPU kernel runs in "
+                           "parallel, a number >= 0 (default: never)",
+    ENV_HOST_MALLOC: "reuse (keep freed host memory for the next step) or system (the C "
+                     "library's defaults); default reuse",
+}
+
+
+def parallel_min_work() -> float:
+    """``$BRAINLIKE_PARALLEL_MIN_WORK`` as a number >= 0 (unset or empty: ``math.inf``,
+    never parallel); BackendError otherwise."""
+    value = os.environ.get(ENV_PARALLEL_MIN_WORK, "").strip()
+    try:
+        number = float(value) if value else float("inf")
+    except ValueError:
+        number = float("nan")
+    if not number >= 0:
+        raise BackendError(
+            f"{ENV_PARALLEL_MIN_WORK}={value!r} is not a number >= 0: set it to the elements "
+            "of work from which a kernel runs its parallel loop (e.g. 100000), or unset it "
+            "to always run serially")
+    return number
+
+
+def host_malloc() -> str:
+    """``$BRAINLIKE_HOST_MALLOC`` (default reuse) as one of HOST_MALLOC_CHOICES;
+    BackendError otherwise."""
+    value = os.environ.get(ENV_HOST_MALLOC, "").strip().lower() or "reuse"
+    if value not in HOST_MALLOC_CHOICES:
+        raise BackendError(f"{ENV_HOST_MALLOC}={value!r} is not one of: "
+                           f"{', '.join(HOST_MALLOC_CHOICES)}; set one, or unset it")
+    return value
+
+
+def check_environment() -> None:
+    """BackendError naming the first ``BRAINLIKE_*`` variable that is set to a value it
+    cannot take, or that this version does not know (a misspelled name is not ignored)."""
+    unknown = sorted(name for name in os.environ
+                     if name.startswith("BRAINLIKE_") and name not in ENV_VARIABLES)
+    if unknown:
+        raise BackendError(f"unknown environment variable {unknown[0]}; the known ones are "
+                           f"{', '.join(ENV_VARIABLES)}: unset it or fix its name")
+    backend_name()
+    kernels_choice()
+    parallel_min_work()
+    host_malloc()

@@ -85,7 +85,7 @@ class Corpus:
                             "so its checkpoint would become data that changes; keep "
                             "--out-dir out of it")
         written = [name for name in OUT_DIR_NAMES
-                   if self.pattern and glob_matches(self.pattern, os.path.join(out, name))]
+                   if self.pattern and glob_reaches(self.pattern, out, name)]
         if written:
             raise DataError(f"the --data glob '{self.pattern}' matches '{written[0]}', which "
                             f"the trainer writes in --out-dir '{folder}', so it would become "
@@ -163,6 +163,24 @@ def hash_budget(n_files: int) -> list:
     hashed = set(np.linspace(0, n_files - 1, min(n_files, MAX_HASH_BLOCKS // per_file))
                  .round().astype(np.int64).tolist())
     return [per_file if i in hashed else None for i in range(n_files)]
+
+
+def glob_reaches(pattern: str, folder: str, name: str) -> bool:
+    """Whether ``glob.glob(pattern, recursive=True)`` would list ``name`` in ``folder``
+    (absolute, symlinks resolved) were it there, by any spelling: the pattern's own, or
+    through a folder it lists that resolves to ``folder`` or above it (``l*/*`` reaches
+    ``o/ckpt.npz`` through a symlink ``link -> o``)."""
+    if glob_matches(pattern, os.path.join(folder, name)):
+        return True
+    head = os.path.dirname(pattern)
+    listed = glob.glob(head, recursive=True) if glob.has_magic(head) else [head]
+    for spelled in listed:
+        real = os.path.realpath(spelled)
+        if os.path.join(folder, "").startswith(os.path.join(real, "")):
+            below = os.path.relpath(folder, real)
+            if glob_matches(pattern, os.path.normpath(os.path.join(spelled, below, name))):
+                return True
+    return False
 
 
 def glob_matches(pattern: str, path: str) -> bool:

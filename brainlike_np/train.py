@@ -78,18 +78,23 @@ def new_state(request: TrainRequest, backend, corpus) -> TrainState:
         settings = replace(settings, batch_size=default_batch_size(model_name, preset))
     corpus.check_fits(cfg.context, cfg.vocab_size)
     check_memory(cfg, model_name, settings, backend)
-    return TrainState.create(model_name, cfg, backend, settings)
+    state = TrainState.create(model_name, cfg, backend, settings)
+    state.config_origin = {"preset": preset, "overrides": request.config}
+    return state
 
 
 def resumed_state(request: TrainRequest, backend) -> TrainState:
     """The checkpoint's state; the flags that define the run may be given again, but
-    only with the values it was trained with (``--preset``: its fields' values)."""
+    only with the values it was trained with (``--preset``: its fields' values, with the
+    overrides the run was started with, when the checkpoint records them)."""
     path = request.resume
     state = TrainState.load(path, backend)
     if request.model is not None and request.model != state.model_name:
         raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
                               f"'{request.model}'; drop --model to resume it")
-    expected = (configured(state.model_name, request.preset, request.config).to_dict()
+    started_with = (state.config_origin or {}).get("overrides", {})
+    expected = (configured(state.model_name, request.preset,
+                           {**started_with, **request.config}).to_dict()
                 if request.preset is not None else request.config)
     saved = state.cfg.to_dict()
     for name, value in expected.items():

@@ -24,19 +24,16 @@ Compiled code is cached on disk (``cache=True``), one specialisation per dtype.
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ..errors import BackendError
+from .. import settings
 from ..reference.ops import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 from .attention import NumbaCpuAttention
 from .rmsnorm import NumbaCpuRmsnorm
 from .step_tail import NumbaCpuStepTail
-
-ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
 
 
 # ---------------------------------------------------------------------------------
@@ -270,18 +267,6 @@ def _check_range(ids, n_rows, what):
             f"{what} out of range: {what}.flat[{bad}] = {flat[bad]}, valid ids are 0..{n_rows - 1}")
 
 
-def _parallel_min_work_from_env() -> float:
-    """``$BRAINLIKE_PARALLEL_MIN_WORK`` as a number (unset or empty: never parallel)."""
-    value = os.environ.get(ENV_PARALLEL_MIN_WORK, "").strip()
-    try:
-        return float(value) if value else math.inf
-    except ValueError:
-        raise BackendError(
-            f"{ENV_PARALLEL_MIN_WORK}={value!r} is not a number: set it to the elements of "
-            "work from which a kernel runs its parallel loop (e.g. 100000), or unset it "
-            "to always run serially") from None
-
-
 class NumbaCpuOps(NumbaCpuAttention, NumbaCpuRmsnorm, NumbaCpuStepTail):
     """The sparse hot path as Numba CPU kernels (see the module docstring).
 
@@ -294,7 +279,7 @@ class NumbaCpuOps(NumbaCpuAttention, NumbaCpuRmsnorm, NumbaCpuStepTail):
 
     def __init__(self, parallel_min_work: float | None = None):
         if parallel_min_work is None:
-            parallel_min_work = _parallel_min_work_from_env()
+            parallel_min_work = settings.parallel_min_work()
         self.parallel_min_work = parallel_min_work
 
     def _parts(self, work):
