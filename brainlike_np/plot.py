@@ -10,6 +10,7 @@ without it, or without metrics to plot, the command ends with one ``error: ...``
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .outdir import METRICS_NAME, read_metrics
 from .output import PNG_MAGIC, OutputPathError, check_output_path, replacing
 
 DEFAULT_NAME = "curves.png"
+PLOT_LIMIT = 1e300      # larger values are skipped: an axis from -1e308 to 1e308 overflows
 
 
 class PlotError(ValueError):
@@ -31,29 +33,50 @@ class RunCurves:
     train: list = field(default_factory=list)      # (step, seconds or None, loss)
     valid: list = field(default_factory=list)      # (step, seconds or None, val_loss)
     baselines: dict = field(default_factory=dict)  # unigram, bigram (nats/byte)
+    skipped: int = 0                               # points with values beyond PLOT_LIMIT
 
 
 def read_run(out_dir: str) -> RunCurves:
-    """The curves of one out-dir; PlotError if it has no training or validation record."""
+    """The curves of one out-dir; PlotError if it has no training or validation record.
+    A value a figure axis cannot take (beyond ±PLOT_LIMIT, or an integer too large for
+    a float) is skipped with its point, and counted in ``skipped``."""
     if not os.path.isdir(out_dir):
         raise PlotError(f"'{out_dir}' is not a folder; pass a trainer's --out-dir")
     run = RunCurves(os.path.basename(os.path.normpath(out_dir)) or out_dir)
     for r in read_metrics(os.path.join(out_dir, METRICS_NAME)):
-        point = (r.get("step"), r.get("time_s"))
-        if _is_number(r.get("loss")):
-            run.train.append((*point, r["loss"]))
+        point = (_plottable(r.get("step")), _plottable(r.get("time_s")))
+        for curve, key in ((run.train, "loss"), (run.valid, "val_loss")):
+            if _is_number(r.get(key)):
+                loss = _plottable(r[key])
+                if loss is None or point[0] is None:
+                    run.skipped += 1
+                else:
+                    curve.append((*point, loss))
         if _is_number(r.get("val_loss")):
-            run.valid.append((*point, r["val_loss"]))
-            run.baselines = {k: r[f"{k}_baseline"] for k in ("unigram", "bigram")
-                             if _is_number(r.get(f"{k}_baseline"))}
+            run.baselines = {k: _plottable(r[f"{k}_baseline"]) for k in ("unigram", "bigram")
+                             if _plottable(r.get(f"{k}_baseline")) is not None}
     if not run.train and not run.valid:
-        raise PlotError(f"'{os.path.join(out_dir, METRICS_NAME)}' holds no training records; "
-                        "pass the --out-dir of a training run")
+        raise PlotError(f"'{os.path.join(out_dir, METRICS_NAME)}' holds no training records"
+                        + (f" with values a plot can show ({run.skipped} beyond "
+                           f"±{PLOT_LIMIT:g})" if run.skipped else "")
+                        + "; pass the --out-dir of a training run")
     return run
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plottable(value) -> float | None:
+    """``value`` as a float an axis can take (finite, within ±PLOT_LIMIT: the axis's
+    span and margins must stay finite), else None."""
+    if not _is_number(value):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:       # an integer of hundreds of digits
+        return None
+    return value if math.isfinite(value) and abs(value) <= PLOT_LIMIT else None
 
 
 def plot_runs(runs: list[RunCurves], path: str) -> None:
@@ -94,7 +117,7 @@ def _draw(ax, run: RunCurves, x: int, colour: str) -> None:
     seconds (records without seconds, from an older trainer, are left out)."""
     for points, style in ((run.train, dict(linewidth=0.8, alpha=0.5, label="train")),
                           (run.valid, dict(marker="o", markersize=3, label="valid"))):
-        shown = [(p[x], p[2]) for p in points if _is_number(p[x])]
+        shown = [(p[x], p[2]) for p in points if p[x] is not None]
         if shown:
             ax.plot(*zip(*shown), color=colour, **{**style, "label": f"{run.label} {style['label']}"})
 
@@ -117,6 +140,11 @@ def main(argv=None) -> int:
         print("error: the plot needs matplotlib: pip install 'brainlike-np[plot]'",
               file=sys.stderr)
         return 1
+    except ValueError as exc:       # a bad rc setting, e.g. MPLBACKEND=bogus
+        print(f"error: matplotlib refuses its settings ({exc}); fix or unset "
+              "MPLBACKEND or matplotlibrc (the plot writes a PNG and needs no backend)",
+              file=sys.stderr)
+        return 1
     try:
         runs = [read_run(d) for d in args.out_dirs]
     except PlotError as exc:
@@ -135,6 +163,10 @@ def main(argv=None) -> int:
         print(f"error: cannot write '{output}' ({exc.strerror or exc}); pass another "
               "--output", file=sys.stderr)
         return 1
+    skipped = sum(run.skipped for run in runs)
+    if skipped:
+        print(f"note: {skipped} points with values beyond ±{PLOT_LIMIT:g} were left out",
+              file=sys.stderr)
     print(output)
     return 0
 
