@@ -4,7 +4,7 @@ The prompt is bytes: on the command line, its text as the shell passed it (a pro
 that is not valid UTF-8, such as ``$'\\xff'`` in bash, is taken byte for byte, as
 ``os.fsencode`` gives it back). The output is the prompt plus the new bytes, written
 to stdout as each byte is sampled, as UTF-8 text with any byte sequence that is not
-UTF-8 shown as U+FFFD.
+UTF-8 shown as U+FFFD, written as bytes whatever stdout's encoding is.
 
 Bad input (a temperature that is not a finite number >= 0, a negative --max-new-bytes,
 --top-k or --seed, a missing or damaged checkpoint, an unusable backend) ends with one
@@ -176,11 +176,14 @@ def main(argv=None) -> int:
 
 
 def write_sample(text: str) -> None:
-    """Write and flush ``text`` on stdout; BrokenPipeError as it comes (not an error),
-    any other failure (``/dev/full``) as a GenerationError that says it was stdout."""
+    """Write and flush ``text`` on stdout as UTF-8 bytes, whatever stdout's encoding (an
+    ASCII locale cannot encode U+FFFD or the prompt's letters); BrokenPipeError as it
+    comes (not an error), any other failure (``/dev/full``) as a GenerationError that
+    says it was stdout."""
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        sys.stdout.flush()                    # what was written as text goes first
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
