@@ -332,7 +332,8 @@ def _open_data_file(path: str, missing: str | None = None) -> DataFile:
     """A DataFile, after checking that ``path`` is a regular file this process can read;
     ``missing``: the fix a missing file's message gives (default: pass another --data)."""
     try:
-        with open_regular_file(path):
+        with open_regular_file(path) as f:
+            _check_size_is_content(path, f.fileno())
             return DataFile(path)
     except NotRegularFileError as exc:
         raise DataError(f"data file {exc}; pass a text file to --data") from None
@@ -343,6 +344,18 @@ def _open_data_file(path: str, missing: str | None = None) -> DataFile:
     except OSError as exc:
         raise DataError(f"data file '{path}' cannot be read ({exc.strerror or exc}); check "
                         "the path and its permissions") from None
+
+
+def _check_size_is_content(path: str, fd: int) -> None:
+    """DataError unless the open file ``fd`` holds the bytes its size says: its last
+    byte can be read, and an empty one has none. A procfs or sysfs file reports 0 or
+    4096 bytes whatever it holds, and its content changes as it is read."""
+    size = os.fstat(fd).st_size
+    holds_its_size = len(os.pread(fd, 1, size - 1)) == 1 if size else not os.pread(fd, 1, 0)
+    if not holds_its_size:
+        raise DataError(f"data file '{path}' reports {size:,} bytes but holds "
+                        f"{'fewer' if size else 'some'} (a procfs or sysfs file, generated as "
+                        "it is read?); copy it to a regular file and pass that to --data")
 
 
 def _literal_prefix(pattern: str) -> str:
