@@ -95,3 +95,55 @@ def test_bad_folders_and_outputs_are_one_line(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     one_error_line(capsys, [str(tmp_path / "empty")], "holds no training records")
     one_error_line(capsys, [str(runs[0]), "-o", str(tmp_path / "no" / "x.png")], "cannot write")
+
+
+HUGE = int("9" * 400)      # a JSON integer no float holds
+
+
+@pytest.mark.parametrize("records, kept", [
+    ([{"step": 1, "loss": 1e308}, {"step": 2, "loss": -1e308}, {"step": 3, "loss": 2.0}], 1),
+    ([{"step": HUGE, "loss": 2.0}, {"step": 2, "loss": HUGE}, {"step": 3, "loss": 1.0}], 1),
+    ([{"step": 1, "loss": 1e300}, {"step": 2, "loss": -1e300}], 2),
+    ([{"step": 1, "loss": 2.0, "time_s": 1e308}, {"step": 2, "loss": 1.0, "time_s": -1e308}], 2),
+    ([{"step": 1, "loss": 2.0}, {"step": 2, "val_loss": 1.5, "unigram_baseline": 1e308,
+                                 "bigram_baseline": -1e308}], 2),
+    ([{"step": 1, "loss": 2.0}, {"step": 2, "val_loss": 1.5, "unigram_baseline": 1e300,
+                                 "bigram_baseline": -1e300}], 2),
+], ids=["loss-1e308", "400-digits", "loss-1e300", "time-1e308", "baselines-1e308",
+        "baselines-1e300"])
+def test_extreme_values_are_drawn_or_left_out_never_a_traceback(tmp_path, capsys, records,
+                                                               kept):
+    """A value within ±1e300 is drawn; one beyond (or an integer no float holds) is
+    left out with a note; the PNG is written either way."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curves = plot.read_run(str(run))
+    assert len(curves.train) + len(curves.valid) == kept
+    assert all(abs(v) <= plot.PLOT_LIMIT for p in curves.train + curves.valid
+               for v in (p[0], p[2]))
+    assert all(abs(v) <= plot.PLOT_LIMIT for v in curves.baselines.values())
+    assert plot.main([str(run), "-o", str(tmp_path / "c.png")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "c.png")
+    assert read_png(tmp_path / "c.png").shape[0] > 300
+    left_out = sum(1 for r in records for k in ("loss", "val_loss") if k in r) - kept
+    assert (f"note: {left_out} points" in err) if left_out else err == ""
+
+
+def test_only_values_no_axis_can_take_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1e308}\n{"step": 2, "loss": -1e308}\n')
+    one_error_line(capsys, [str(run)], "no training records with values a plot can show")
+
+
+def test_a_bad_mplbackend_is_one_line(runs, tmp_path):
+    import os
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "brainlike_np.plot", str(runs[0]), "-o",
+                           str(tmp_path / "c.png")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "MPLBACKEND": "bogus"})
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "MPLBACKEND" in proc.stderr, proc.stderr
+    assert not (tmp_path / "c.png").exists()
