@@ -523,6 +523,8 @@ def test_a_folder_trains_and_its_files_are_recorded(tmp_path, capsys):
     ("o/[dm]*", "the --data glob '{root}/o/[dm]*' matches 'metrics.jsonl'"),
     ("o/.*", "the --data glob '{root}/o/.*' matches '.lock'"),
     ("o/.t*", "the --data glob '{root}/o/.t*' matches '.tmp-"),
+    ("l*/*", "the --data glob '{root}/l*/*' matches 'ckpt.npz'"),      # through link -> o
+    ("l*/**", "the --data glob '{root}/l*/**' matches 'ckpt.npz'"),
 ])
 def test_a_data_folder_or_glob_holding_the_out_dir_is_refused(
         tmp_path, capsys, monkeypatch, corpus_text, spec, expected):
@@ -531,6 +533,7 @@ def test_a_data_folder_or_glob_holding_the_out_dir_is_refused(
     A single data file inside the out-dir is fine (the trainer never writes it)."""
     (tmp_path / "c.txt").write_bytes(corpus_text)
     (tmp_path / "o").mkdir()
+    os.symlink("o", tmp_path / "link")
     for name in ("d.txt", ".d.txt", ".t.txt"):
         (tmp_path / "o" / name).write_bytes(corpus_text)
     monkeypatch.chdir(tmp_path)
@@ -632,3 +635,22 @@ def test_a_sparse_50_gb_file_trains_within_200_mb_of_the_default_corpus(tmp_path
     assert "50,000,000,000" not in out and "45,000,000,000 train" in out
     assert "estimated from 100.0 MiB samples of train (41.9 GiB) and valid (4.7 GiB)" in out
     assert big_rss < small_rss + 200, (big_rss, small_rss)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/sys/kernel/mm/transparent_hugepage/enabled", "reports 4,096 bytes but holds fewer"),
+    ("/proc/self/status", "reports 0 bytes but holds some"),
+])
+def test_a_file_whose_size_is_not_its_content_is_refused_up_front(path, words):
+    """procfs and sysfs files: said so before any run, not 'was truncated during the run'."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not on this system")
+    with pytest.raises(data.DataError) as err:
+        data.open_corpus(path)
+    assert words in str(err.value) and "copy it to a regular file" in str(err.value)
+    assert "during the run" not in str(err.value)
+
+
+def test_a_data_spec_longer_than_any_path_is_refused(tmp_path):
+    with pytest.raises(data.DataError, match="longer than any path"):
+        data.open_corpus(str(tmp_path) + "/[ab]" * data.MAX_PATH_BYTES)
