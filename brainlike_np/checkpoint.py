@@ -67,6 +67,7 @@ GROUPS = {"params": "parameter", "adam_m": "AdamW first moment",
 # meta.json: a config, settings (--data: a path), an RNG state, one evaluation record
 # (64 KiB) and the data record: the largest the writer writes (save_npz_atomic refuses more)
 MAX_META_BYTES = (64 << 10) + JSON_PATH_BYTES + MAX_DATA_RECORD_BYTES
+MAX_NPY_HEADER_BYTES = 1024  # its .npy header (NumPy writes 128 bytes for a 1-D array)
 READ_CHUNK = 1 << 20        # bytes read at a time into an array
 
 
@@ -157,14 +158,15 @@ class CheckpointFile:
         info = self._entries.get(META_KEY + ".npy")
         if info is None:
             raise KeyError(f"no {META_KEY} entry")
-        if info.file_size > MAX_META_BYTES:
-            raise ValueError(f"{META_KEY} declares {info.file_size} bytes, more than "
-                             f"{MAX_META_BYTES}")
+        limit = MAX_META_BYTES + MAX_NPY_HEADER_BYTES
+        if info.file_size > limit:
+            raise ValueError(f"{META_KEY} declares {info.file_size} bytes, more than {limit}")
         with self._zip.open(info) as f:
-            raw = f.read(MAX_META_BYTES + 1)
+            raw = f.read(limit + 1)
         text = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
-        if text.dtype != np.uint8 or text.ndim != 1:
-            raise ValueError(f"{META_KEY} holds {text.dtype} {text.shape}, not UTF-8 bytes")
+        if text.dtype != np.uint8 or text.ndim != 1 or text.size > MAX_META_BYTES:
+            raise ValueError(f"{META_KEY} holds {text.dtype} {text.shape}, not UTF-8 bytes "
+                             f"(at most {MAX_META_BYTES})")
         return json.loads(text.tobytes().decode())
 
     def _check_names(self, shapes: dict) -> None:

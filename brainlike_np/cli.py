@@ -88,7 +88,7 @@ class ForgivingStream:
     def write(self, text: str) -> int:
         if not self.failed:
             try:
-                return self._stream.write(text)
+                return self._stream.write(printable(text, self._stream))
             except OSError as exc:
                 self._give_up(exc)
         return len(text)
@@ -114,6 +114,19 @@ class ForgivingStream:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def printable(text: str, stream) -> str:
+    """``text`` with what ``stream``'s encoding cannot write (a path's bytes that are
+    not UTF-8, held as surrogates; any letter on an ASCII stream) as backslash escapes."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
 
 
 def describe_os_error(exc: OSError) -> str:

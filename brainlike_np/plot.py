@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .cli import OneLineParser
+from .cli import OneLineParser, printable
 from .outdir import METRICS_NAME, read_metrics
 from .output import PNG_MAGIC, OutputPathError, check_output_path, replacing
 
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     if skipped:
         print(f"note: {skipped} points with values beyond ±{PLOT_LIMIT:g} were left out",
               file=sys.stderr)
-    print(output)
+    print(printable(output, sys.stdout))
     return 0
 
 

@@ -659,6 +659,20 @@ def test_a_non_utf8_prompt_is_taken_byte_for_byte(trained):
     assert proc.stdout.startswith("\ufffd\ufffdab".encode())
 
 
+@pytest.mark.parametrize("prompt", ["\u00e9t\u00e9", "\udcffab"], ids=["letters", "not-utf8"])
+def test_generate_writes_utf8_bytes_whatever_stdouts_encoding(trained, prompt):
+    """PYTHONIOENCODING=ascii: the prompt's letters and U+FFFD are written as UTF-8
+    bytes (they ended in UnicodeEncodeError)."""
+    command = [sys.executable, "-m", "brainlike_np.generate", "--checkpoint", trained,
+               "--max-new-bytes", "4", "--temperature", "0", "--prompt"]
+    proc = subprocess.run([os.fsencode(a) for a in command + [prompt]], capture_output=True,
+                          timeout=60, env={**cli_env(), "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    expected = os.fsencode(prompt).decode("utf-8", errors="replace").encode()
+    assert proc.stdout.startswith(expected) and proc.stdout.endswith(b"\n")
+    assert len(proc.stdout.decode()) >= len(expected.decode()) + 1
+
+
 def test_generate_streams_its_output_as_it_samples(trained):
     """--max-new-bytes far beyond what could ever finish: the bytes show as they come."""
     command = [sys.executable, "-m", "brainlike_np.generate", "--checkpoint", trained,

@@ -182,3 +182,22 @@ def test_the_metrics_file_is_written_through_the_same_mechanism(tmp_path):
         with outdir.OutDir(str(tmp_path)):
             pass
     assert not os.path.exists(tmp_path / "elsewhere.jsonl")
+
+
+def test_a_path_that_is_not_utf8_is_printed_escaped_never_a_traceback(tmp_path, capsys):
+    """The trainer's banner and plot's output line name paths whose bytes are not UTF-8
+    (held as surrogates): escaped, where printing them raised UnicodeEncodeError."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    target = os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff.png")
+    assert plot.main([str(run), "-o", target]) == 0
+    assert capsys.readouterr().out.strip().endswith("\\udcff.png")
+    assert os.path.exists(target)
+    corpus = os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xfe.txt")
+    with open(corpus, "wb") as f:
+        f.write(TEXT)
+    assert train.main(TINY + ["--max-iters", "1", "--eval-every", "1", "--data", corpus,
+                              "--out-dir", str(tmp_path / "o")]) == 0
+    out, err = capsys.readouterr()
+    assert "\\udcfe.txt" in out and "Traceback" not in err
