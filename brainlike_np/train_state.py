@@ -238,7 +238,7 @@ class TrainState:
                 if data_record and not isinstance(data_record.get("source"), (str, type(None))):
                     raise ValueError(f"data source {data_record['source']!r}")
                 config_origin = meta.get("config_origin")
-                _check_config_origin(config_origin)
+                _check_config_origin(config_origin, cfg)
                 if not isinstance(step, int) or step < 0 or optimizer.step != step:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -278,13 +278,19 @@ def _restored_rng(sampler, state):
     return sampler
 
 
-def _check_config_origin(origin) -> None:
-    """ValueError unless ``origin`` is None or {"preset": str, "overrides": {str: value}}."""
+def _check_config_origin(origin, cfg) -> None:
+    """ValueError unless ``origin`` is None or {"preset": str, "overrides": {field:
+    value}} whose every override is ``cfg``'s value of that field."""
     if origin is None:
         return
     if not (isinstance(origin, dict) and set(origin) == {"preset", "overrides"}
             and isinstance(origin["preset"], str) and isinstance(origin["overrides"], dict)):
         raise ValueError(f"config_origin {origin!r:.80}")
+    saved = cfg.to_dict()
+    for name, value in origin["overrides"].items():
+        if name not in saved or saved[name] != value:
+            raise ValueError(f"config_origin override {name}={value!r:.40} is not the "
+                             "config's")
 
 
 def _check_metrics(record: dict) -> None:

@@ -162,3 +162,19 @@ def test_every_variable_the_code_reads_is_listed(monkeypatch):
     assert named <= set(settings.ENV_VARIABLES), named - set(settings.ENV_VARIABLES)
     readme = (root / "README.md").read_text()
     assert all(name in readme for name in settings.ENV_VARIABLES)
+
+
+@pytest.mark.parametrize("origin", [
+    {"preset": 5, "overrides": {}}, {"preset": "tiny"}, [1],
+    {"preset": "tiny", "overrides": {"nonsense": 3}},
+    {"preset": "tiny", "overrides": {"context": "x"}},
+    {"preset": "tiny", "overrides": {"context": CFG.context + 1}},
+], ids=["preset-int", "no-overrides", "list", "unknown-field", "wrong-type", "not-the-config"])
+def test_a_crafted_config_origin_is_a_checkpoint_error(tmp_path, state, origin):
+    path = tmp_path / "ckpt.npz"
+    state.save(str(path))
+    arrays, meta = load_npz(path)
+    meta["config_origin"] = origin
+    save_npz_atomic(str(path), arrays, meta)
+    with pytest.raises(CheckpointError, match="config_origin"):
+        TrainState.load(str(path), get_backend("numpy"))
