@@ -16,9 +16,10 @@ Entries:
     meta = json.loads(ck["meta.json"].tobytes())
     W_dec = ck["params/W_dec"]
 
-Writes are atomic (temporary file, fsync, rename): a crash or a full disk mid-write
-leaves the previous checkpoint intact, and a state holding NaN or infinity is never
-written. A replaced checkpoint keeps its permissions (a read-only one stays read-only).
+Writes are atomic (``output.replacing``: temporary file, fsync, rename): a crash or a
+full disk mid-write leaves the previous checkpoint intact, and a state holding NaN or
+infinity is never written. A replaced checkpoint keeps its permissions (a read-only one
+stays read-only); only an absent path, an empty file or a zip is replaced.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@
   the process ends, however it ends, so a killed trainer never leaves it stuck.
 - Leftover temporary files of a killed write (``.tmp-*``) are removed.
 - Nothing outside the folder is ever created, truncated or written, whatever the folder
-  holds: every file is created with ``O_EXCL``/``O_NOFOLLOW`` (``mkstemp``) and put in
-  place by a rename, which replaces a planted symlink instead of following it; every
-  file read is checked to be a regular file first (a FIFO would block, ``/dev/zero``
-  never ends).
+  holds: every file is written by ``output.replacing`` (created with ``O_EXCL``, renamed
+  into place), and a checkpoint or metrics path that is a symlink, a FIFO, a device or
+  a folder is refused before the run starts, never followed or replaced; every file
+  read is checked to be a regular file first (a FIFO would block, ``/dev/zero`` never
+  ends).
 - One run per folder: a new run refuses a folder that holds a checkpoint, or the
   evaluations of a run whose checkpoint is gone; a resume refuses a folder that holds
   another run's checkpoint or metrics (records without the checkpoint's run id).
