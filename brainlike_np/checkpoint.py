@@ -37,7 +37,7 @@ import numpy as np
 
 from .data import (JSON_PATH_BYTES, MAX_DATA_RECORD_BYTES, NotRegularFileError,
                    open_regular_file)
-from .output import ZIP_MAGIC, replacing
+from .output import ZIP_MAGIC, check_output_path, replacing
 
 FORMAT = "brainlike-np/2"   # 2: execution path in the config, training settings in "train"
 
@@ -263,6 +263,7 @@ def save_npz_atomic(path: str, arrays: dict, meta: dict) -> None:
     if len(text) > MAX_META_BYTES:
         raise CheckpointError(f"not saving '{path}': its {META_KEY} would be {len(text):,} "
                               f"bytes, more than the {MAX_META_BYTES:,} a checkpoint may hold")
+    check_output_path(path, ZIP_MAGIC, own_name="ckpt.npz")    # before making its folder
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = dict(arrays)
     payload[META_KEY] = np.frombuffer(text, dtype=np.uint8)

@@ -37,7 +37,10 @@ def check_output_path(path: str, magic: bytes | None, own_name: str | None = Non
     """-> the permissions for the file that will replace ``path``. OutputPathError
     unless ``path`` is absent or a regular file that is empty or starts with ``magic``
     (None: any content), and is not a training run's file other than ``own_name``;
-    its message ends with ``fix``."""
+    its message ends with ``fix``; TypeError/ValueError for a path that is not one."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise (ValueError if path == "" else TypeError)(
+            f"the output path must be a file's path, got {path!r}")
     name = os.path.basename(path)
     if (name in RUN_FILE_NAMES and name != own_name) or name.startswith(TEMP_PREFIX):
         raise OutputPathError(f"'{path}' is named as a training run's own file; {fix} "

@@ -447,9 +447,11 @@ def test_train_step_refuses_bad_input_before_any_update(backend, corpus_file, ba
 def test_an_empty_batch_is_a_value_error(corpus_file):
     state = TrainState.create("brainlike", train.get_preset("brainlike", "tiny"),
                               get_backend("numpy"))
-    x, y = state.sample_batch(data.load_corpus(corpus_file).train, 0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        state.sample_batch(data.load_corpus(corpus_file).train, 0)
+    x = np.zeros((0, state.cfg.context), dtype=np.int64)
     with pytest.raises(ValueError, match="B > 0"):
-        state.train_step(x, y, lr=1e-3)
+        state.train_step(x, np.zeros(0, dtype=np.int64), lr=1e-3)
 
 
 # ---- sizes that cannot fit (guarantee (c)) --------------------------------------------

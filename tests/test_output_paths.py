@@ -201,3 +201,10 @@ def test_a_path_that_is_not_utf8_is_printed_escaped_never_a_traceback(tmp_path, 
                               "--out-dir", str(tmp_path / "o")]) == 0
     out, err = capsys.readouterr()
     assert "\\udcfe.txt" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path, error", [("", ValueError), (None, TypeError), (3, TypeError),
+                                         (b"x.npz", TypeError)])
+def test_save_names_a_path_that_is_not_one(state, path, error):
+    with pytest.raises(error, match="the output path must be a file's path"):
+        state.save(path)
