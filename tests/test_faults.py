@@ -1133,14 +1133,17 @@ def test_numba_refusing_its_thread_count_falls_back_to_the_reference_kernels(
 
 # ---- smaller points ------------------------------------------------------------------------
 def test_resume_accepts_the_same_preset_and_refuses_another(tmp_path, corpus_file, capsys):
-    """The command that started the run, with --resume appended, resumes it."""
+    """The command that started the run, with --resume appended, resumes it; so does
+    its preset alone (compared with the overrides the run started with, n_steps=3)."""
     first = TINY + ["--n-steps", 3, "--eval-every", 2, "--data", corpus_file,
                     "--out-dir", tmp_path / "run"]
     assert train_here(first + ["--max-iters", 2], capsys) == 0
     assert train_here(first + ["--max-iters", 4, "--resume"], capsys) == 0
     assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
-    main_error(train.main, ["--preset", "tiny", "--resume", "--out-dir", tmp_path / "run"],
-               capsys, "trained with n_steps=3, not 2 (--preset tiny)")
+    assert train_here(["--preset", "tiny", "--resume", "--max-iters", 4, "--out-dir",
+                       tmp_path / "run"], capsys) == 0
+    main_error(train.main, ["--preset", "tiny", "--n-steps", 2, "--resume", "--out-dir",
+                            tmp_path / "run"], capsys, "trained with n_steps=3, not 2 (--n-steps)")
     main_error(train.main, ["--preset", "default", "--resume", "--out-dir", tmp_path / "run"],
                capsys, "(--preset default)")
 
