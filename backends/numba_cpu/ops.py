@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import settings
+from ..settings import parallel_min_work as parallel_min_work_from_env
 from ..reference.ops import check_weighted_sum_backward_shapes, check_weighted_sum_shapes
 from .attention import NumbaCpuAttention
 from .rmsnorm import NumbaCpuRmsnorm
@@ -279,7 +279,7 @@ class NumbaCpuOps(NumbaCpuAttention, NumbaCpuRmsnorm, NumbaCpuStepTail):
 
     def __init__(self, parallel_min_work: float | None = None):
         if parallel_min_work is None:
-            parallel_min_work = settings.parallel_min_work()
+            parallel_min_work = parallel_min_work_from_env()
         self.parallel_min_work = parallel_min_work
 
     def _parts(self, work):
