@@ -37,7 +37,7 @@ MAX_PATH_BYTES = 4096     # PATH_MAX: no file can be opened by a longer path (no
 JSON_PATH_BYTES = 6 * MAX_PATH_BYTES + 256   # a path in JSON (a byte as "\udcff" at worst),
                                              # with a file entry's other fields
 MAX_DATA_RECORD_BYTES = (MAX_RECORDED_FILES + 2) * JSON_PATH_BYTES + 64 * MAX_RECORDED_FILES
-# the names the trainer writes in its --out-dir (outdir.py, checkpoint.new_temp_file)
+# the names the trainer writes in its --out-dir (outdir.py, output.replacing)
 OUT_DIR_NAMES = ("ckpt.npz", "metrics.jsonl", ".lock", ".tmp-x0y1z2.npz", ".tmp-x0y1z2.jsonl",
                  ".tmp-write-test-x0y1z2")
 
