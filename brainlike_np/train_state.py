@@ -13,6 +13,7 @@ The command line around it is ``train.py``.
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from dataclasses import dataclass, field
 
@@ -148,9 +149,10 @@ class TrainState:
         ``tokens``: bytes, a 1-D integer array of tokens in the vocabulary, or a corpus
         split (``corpus.train``), longer than the context; TypeError/ValueError else."""
         tokens = as_tokens(tokens, self.cfg.context, self.cfg.vocab_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+                or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return sample_windows(tokens, batch_size, self.cfg.context, self.sampler)
+        return sample_windows(tokens, int(batch_size), self.cfg.context, self.sampler)
 
     def train_step(self, x, y, lr: float) -> dict:
         """One AdamW step on host batch (x, y) (this rank's slice of the global batch when

@@ -39,7 +39,7 @@ def test_sample_batch_refuses_tokens_it_cannot_use(state, tokens, error, words):
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True, "4"])
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True, "4", np.int64(0)])
 def test_sample_batch_refuses_a_batch_size_that_is_not_positive(state, batch_size):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         state.sample_batch(b"x" * 100, batch_size)
@@ -178,3 +178,8 @@ def test_a_crafted_config_origin_is_a_checkpoint_error(tmp_path, state, origin):
     save_npz_atomic(str(path), arrays, meta)
     with pytest.raises(CheckpointError, match="config_origin"):
         TrainState.load(str(path), get_backend("numpy"))
+
+
+def test_a_numpy_integer_is_a_batch_size(state):
+    x, y = state.sample_batch(b"abcdefghijklmnop" * 4, np.int64(3))
+    assert x.shape == (3, CFG.context) and y.shape == (3,)
