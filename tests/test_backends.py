@@ -175,6 +175,9 @@ def test_round_trip_to_numpy(backend):
 
 
 def test_memory_accounting_sees_an_allocation(backend):
+    if backend.memory.mode == "resident":
+        pytest.skip("resident memory: the allocator may reuse pages this process holds; "
+                    "tests/test_torch_backend.py checks it in a fresh process")
     backend.memory.reset_peak()
     base = backend.memory.current_bytes()
     x = backend.zeros((1024, 1024), backend.dtype("float32"))   # 4 MiB
