@@ -78,6 +78,10 @@ class Backend:
     def _to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
+    def arrays_on_host(self) -> bool:
+        """Whether this backend's arrays live in host memory (NumPy can share it)."""
+        return True
+
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (host: nothing)."""
 
@@ -192,6 +196,9 @@ class CupyBackend(Backend):
         allocation (see memory.py)."""
         return MemoryTracker.for_cupy(self._cupy, exact_peak)
 
+    def arrays_on_host(self) -> bool:
+        return False
+
     def _to_numpy(self, x) -> np.ndarray:
         return self._cupy.asnumpy(x)
 
@@ -235,6 +242,9 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             return MemoryTracker.for_torch_cuda(self._torch, self.device)
         return MemoryTracker.for_resident()
+
+    def arrays_on_host(self) -> bool:
+        return self.device.type == "cpu"
 
     def _to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()

@@ -207,3 +207,26 @@ def test_train_resume_and_generate_on_torch(monkeypatch, capsys, tmp_path):
                      "--max-new-bytes", "12", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("def ") and len(text.encode()) >= 4 + 12
+
+
+# ---- data-parallel: gradients averaged through host buffers ----------------------------
+@pytest.mark.parametrize("on_host", [True, False], ids=["cpu", "device"])
+def test_allreduce_mean_goes_through_a_host_buffer(monkeypatch, on_host):
+    """On the CPU MPI sums the tensor's own memory; from a device (stood for by the CPU
+    tensor with ``arrays_on_host`` False) a host copy, one counted read, and back."""
+    import types
+    from brainlike_np.backends import host_reads
+    from brainlike_np.backends.distributed import MpiCommunicator
+
+    def allreduce(_in_place, host, op):    # two ranks holding rank 0's and rank 1's values
+        host[...] = host + np.arange(host.shape[0])
+    world = types.SimpleNamespace(Get_rank=lambda: 0, Get_size=lambda: 2, Allreduce=allreduce)
+    mpi = types.SimpleNamespace(IN_PLACE=None, SUM="sum")
+    backend = get_backend("torch")
+    monkeypatch.setattr(backend, "arrays_on_host", lambda: on_host)
+    flat = backend.asarray(np.array([2.0, 4.0, 6.0]))
+    reads = host_reads()
+    mean = MpiCommunicator(mpi, world, backend).allreduce_mean(flat)
+    assert isinstance(mean, torch.Tensor) and mean.device == backend.device
+    np.testing.assert_array_equal(mean.numpy(), [1.0, 2.5, 4.0])
+    assert host_reads() - reads == (0 if on_host else 1)
