@@ -136,9 +136,7 @@ def train_steps(state, tokens, n):
 def with_reproducible_ops(backend):
     """``backend``, on ops that give the same bits every run: the CUDA ops' scatter-adds
     add with float atomics, in an order that varies, unless made deterministic."""
-    if backend.ops.name == "numba-cuda" and not backend.ops.deterministic:
-        from brainlike_np.backends.numba_cuda import NumbaCudaOps
-        backend.ops = NumbaCudaOps(deterministic=True)
+    backend.ops = backend.ops.reproducible()
     return backend
 
 

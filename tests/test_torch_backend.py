@@ -71,6 +71,19 @@ def test_scatter_add_rows_matches_reference(rng, dtype_name, id_dtype, n, n_rows
                  REF.scatter_add_rows(ids, rows, n_rows), dtype_name)
 
 
+def test_reproducible_ops_sum_in_a_fixed_order(rng):
+    """``reproducible()``: on CUDA the reference's sort-based scatter-add replaces the
+    atomic ``index_add_``; on the CPU both give the same bits run after run."""
+    same = OPS.reproducible()
+    assert same.deterministic and same.reproducible() is same and not OPS.deterministic
+    assert REF.reproducible() is REF
+    ids, rows = on_torch(rng.integers(0, 7, 3000), normal(rng, (3000, 5), "float32"))
+    first, second = (same.scatter_add_rows(ids, rows, 7).numpy() for _ in range(2))
+    assert np.array_equal(first, second)
+    np.testing.assert_allclose(first, REF.scatter_add_rows(ids.numpy(), rows.numpy(), 7),
+                               **TOL["float32"])
+
+
 @pytest.mark.parametrize("k", [1, 5, 63])
 def test_topk_matches_reference(rng, dtype_name, k):
     z = normal(rng, (7, 63), dtype_name)

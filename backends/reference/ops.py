@@ -37,6 +37,10 @@ class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):
     def __init__(self, xp):
         self.xp = xp
 
+    def reproducible(self):
+        """These ops made to give the same bits on every run (the reference always does)."""
+        return self
+
     # ---- rows of a table ----------------------------------------------------------
     def gather_rows(self, table, ids):
         """``table[ids]``: table ``[R, *F]``, ids ``[*I]`` -> ``[*I, *F]``."""

@@ -6,7 +6,8 @@ for the conventions); only the ops where PyTorch has a faster native form are re
 - ``scatter_add_rows``: ``Tensor.index_add_`` into zeros, one pass over the rows instead
   of the reference's sort, running sum and two searches. Sums accumulate in the rows'
   dtype (float32 stays float32, like the Numba kernels); on CUDA the order of the sums,
-  hence the last bits of float32 results, can vary from run to run (atomic adds).
+  hence the last bits of the results, can vary from run to run (atomic adds), unless
+  ``deterministic`` (:meth:`TorchOps.reproducible`).
 - ``topk``: ``torch.topk`` finds the k-th largest value of each row, a partial
   selection instead of the reference's full sort. ``torch.topk`` promises neither which
   of several equal values it keeps nor their order, so the indices are then chosen by
@@ -25,10 +26,22 @@ from ..reference import ReferenceOps
 
 
 class TorchOps(ReferenceOps):
+    """``deterministic``: on CUDA, the reference's sort-based scatter-add instead of
+    ``index_add_``'s atomic adds (bitwise reproducible; the CPU's always is)."""
+
     name = "native"
+
+    def __init__(self, xp, deterministic: bool = False):
+        super().__init__(xp)
+        self.deterministic = deterministic
+
+    def reproducible(self):
+        return self if self.deterministic else TorchOps(self.xp, deterministic=True)
 
     def scatter_add_rows(self, ids, rows, n_rows):
         """``out[ids[i]] += rows[i]``: ids ``[n]``, rows ``[n, F]`` -> out ``[n_rows, F]``."""
+        if self.deterministic and rows.device.type == "cuda":
+            return super().scatter_add_rows(ids, rows, n_rows)
         out = torch.zeros((n_rows,) + tuple(rows.shape[1:]), dtype=rows.dtype,
                           device=rows.device)                                # [n_rows, F]
         return out.index_add_(0, ids, rows)
