@@ -157,10 +157,11 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(
 
 def test_two_ranks_on_torch_train_like_one_process(launcher, tmp_path, corpus_file,
                                                    monkeypatch):
-    """The torch backend's gradients averaged through host buffers (MPI)."""
+    """The torch backend's gradients averaged through host buffers (MPI), on the CPU."""
     if not importlib.util.find_spec("torch"):
         pytest.skip("needs PyTorch: pip install -e '.[torch]'")
     monkeypatch.setenv("BRAINLIKE_BACKEND", "torch")
+    monkeypatch.setenv("BRAINLIKE_DEVICE", "cpu")      # the ranks inherit it
     one = tmp_path / "one"
     assert train.main(RUN + ["--data", corpus_file, "--out-dir", str(one)]) == 0
     result = mpirun(launcher, trainer(*RUN, "--data", corpus_file, "--out-dir",

@@ -186,7 +186,7 @@ def test_cpu_memory_is_the_resident_memory_and_sees_an_allocation():
     code = """if True:
         import numpy as np
         from brainlike_np.backends import get_backend
-        backend = get_backend("torch")
+        backend = get_backend("torch", device="cpu")
         memory = backend.memory
         assert memory.mode == "resident" and "resident" in memory.label
         memory.reset_peak()
@@ -206,6 +206,7 @@ def test_cpu_memory_is_the_resident_memory_and_sees_an_allocation():
 
 # ---- the trainer and the generator end to end -----------------------------------------
 def test_train_resume_and_generate_on_torch(monkeypatch, capsys, tmp_path):
+    """On $BRAINLIKE_DEVICE (the CPU by default; bench/gpu_torch.py runs it on CUDA)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"def add(a, b):\n    return a + b\n" * 80)
     monkeypatch.setenv("BRAINLIKE_BACKEND", "torch")
@@ -215,7 +216,7 @@ def test_train_resume_and_generate_on_torch(monkeypatch, capsys, tmp_path):
     assert train.main(["--resume", "--max-iters", "5", "--out-dir", out_dir]) == 0
     out = capsys.readouterr().out
     assert "backend torch (kernels: native)" in out and "done: 5 steps" in out
-    assert "peak resident memory of the process" in out
+    assert f"peak {get_backend('torch').memory.label}" in out
     assert gen.main(["--checkpoint", f"{out_dir}/ckpt.npz", "--prompt", "def ",
                      "--max-new-bytes", "12", "--seed", "1"]) == 0
     text = capsys.readouterr().out
@@ -235,7 +236,7 @@ def test_allreduce_mean_goes_through_a_host_buffer(monkeypatch, on_host):
         host[...] = host + np.arange(host.shape[0])
     world = types.SimpleNamespace(Get_rank=lambda: 0, Get_size=lambda: 2, Allreduce=allreduce)
     mpi = types.SimpleNamespace(IN_PLACE=None, SUM="sum")
-    backend = get_backend("torch")
+    backend = get_backend("torch", device="cpu")
     monkeypatch.setattr(backend, "arrays_on_host", lambda: on_host)
     flat = backend.asarray(np.array([2.0, 4.0, 6.0]))
     reads = host_reads()
