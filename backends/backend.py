@@ -226,10 +226,14 @@ class TorchBackend(Backend):
     @classmethod
     def create(cls, kernels, device):
         """``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a GPU index
-        (default: ``$BRAINLIKE_DEVICE``, else the CPU; see torch_probe.py)."""
+        (default: ``$BRAINLIKE_DEVICE``, else the CPU; see torch_probe.py). A GPU named by
+        index is made CUDA's current device, as CuPy's is."""
         torch = import_torch()
+        device = torch_device(torch, device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         import array_api_compat.torch as xp
-        return cls(xp, torch_device(torch, device), choose_ops(cls, xp, kernels), torch)
+        return cls(xp, device, choose_ops(cls, xp, kernels), torch)
 
     @classmethod
     def kernel_ops(cls, xp):

@@ -204,6 +204,15 @@ def test_cpu_memory_is_the_resident_memory_and_sees_an_allocation():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_without_proc_the_peak_is_said_to_be_unknown(monkeypatch):
+    from brainlike_np.backends import memory
+    monkeypatch.setattr(memory.os.path, "exists", lambda path: False)
+    tracker = memory.MemoryTracker.for_resident()
+    tracker.reset_peak()
+    assert tracker.mode == "unknown" and tracker.peak_bytes() == 0
+    assert tracker.describe_peak(tracker.peak_bytes()).startswith("peak memory unknown")
+
+
 # ---- the trainer and the generator end to end -----------------------------------------
 def test_train_resume_and_generate_on_torch(monkeypatch, capsys, tmp_path):
     """On $BRAINLIKE_DEVICE (the CPU by default; bench/gpu_torch.py runs it on CUDA)."""
