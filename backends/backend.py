@@ -70,6 +70,12 @@ class Backend:
         x = self.xp.asarray(host, device=self.device)
         return x if dtype is None else self.xp.astype(x, dtype)
 
+    def asarray_ids(self, host_tokens):
+        """Host integer tokens or ids, of any integer dtype, as int64 ids on the device
+        (converted on the host: PyTorch indexes with nothing narrower than int32, and its
+        take_along_dim with nothing but int64)."""
+        return self.asarray(np.asarray(host_tokens, dtype=np.int64))
+
     def to_numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array: one counted device-to-host read (see host_reads)."""
         count_host_read()
