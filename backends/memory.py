@@ -32,7 +32,8 @@ import tracemalloc
 
 class MemoryTracker:
     """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``; ``mode`` says how it
-    counts: "tracemalloc" (host), "pool" (CuPy, sampled) or "hook" (CuPy, exact)."""
+    counts: "tracemalloc" (host), "pool" (CuPy, sampled), "hook" (CuPy, exact) or
+    "live arrays" (JAX, sampled)."""
 
     def __init__(self, mode: str, reset, current, peak, stop):
         self.mode = mode
@@ -110,6 +111,27 @@ class MemoryTracker:
                 hook.installed = False
 
         return cls("hook", reset, lambda: hook.current, lambda: hook.peak, stop)
+
+
+    @classmethod
+    def for_jax(cls, jax, device) -> "MemoryTracker":
+        """The bytes of JAX's live arrays on ``device``, sampled when read (XLA's buffers
+        are not Python allocations: tracemalloc does not see them)."""
+        peak = 0
+
+        def current():
+            return sum(a.nbytes for a in jax.live_arrays() if device in a.devices())
+
+        def reset():
+            nonlocal peak
+            peak = current()
+
+        def sample_peak():
+            nonlocal peak
+            peak = max(peak, current())
+            return peak
+
+        return cls("live arrays", reset, current, sample_peak, lambda: None)
 
 
 def _make_cupy_hook(cupy):

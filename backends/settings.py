@@ -7,11 +7,12 @@ import os
 
 from .errors import BackendError
 
-BACKEND_NAMES = ("numpy", "array_api_strict", "cupy")
+BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "jax")
 ALIASES = {"array-api-strict": "array_api_strict", "strict": "array_api_strict"}
 KERNEL_CHOICES = ("auto", "reference", "numba", "native")
 ENV_BACKEND = "BRAINLIKE_BACKEND"
 ENV_KERNELS = "BRAINLIKE_KERNELS"
+ENV_DEVICE = "BRAINLIKE_DEVICE"     # the torch and jax backends' device (default: cpu)
 
 
 def backend_name(name: str | None = None) -> str:

@@ -101,6 +101,7 @@ class TrainState:
     data_record: dict | None = None  # the corpus's identity (data.Corpus.record()); None: unknown
     run_id: str | None = None        # made when the run starts, in every metrics record;
                                      # None: a run started before run ids existed
+    _steps: dict = field(default_factory=dict, repr=False)   # the step function, per shaping settings
 
     @property
     def model(self):
@@ -144,24 +145,70 @@ class TrainState:
 
         Nothing is read from the device until the update is issued (a GPU runs the step
         without waiting; the clipping and the finiteness guard are device-side), then
-        the loss and the gradient norm are read together, once."""
+        the loss and the gradient norm are read together, once. The step is one function
+        of arrays (:meth:`_step_function`) that the backend may compile (jax)."""
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         self.check_windows(x, y)
         xb, yb = self.backend.asarray(x), self.backend.asarray(y)
-        loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
-        loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
-        stats = self.optimizer.clip_and_update(self.params, grads, lr,
-                                               self.settings.grad_clip, loss)
-        del grads
+        optimizer, order = self.optimizer, list(self.params)
+        rates = optimizer.upload_rates(optimizer.next_rates(lr), self.params)  # counts the step
+        try:
+            params, moments, stats = self._step_function()(
+                self.params, optimizer.moments(self.params), xb, yb, rates)
+        except BaseException:
+            optimizer.undo_count()                       # no step was taken
+            raise
+        if params is not self.params:                    # new arrays (jax): in the model's order
+            self.params = {name: params[name] for name in order}
+        optimizer.set_moments(moments)
         loss, norm = self.backend.to_numpy(stats).tolist()   # the step's one host read
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            self.optimizer.undo_count()                  # the update changed nothing
+            optimizer.undo_count()                       # the update changed nothing
             raise TrainingDiverged(
                 f"the loss became {loss} (gradient norm {norm}) at step {self.step + 1}; "
                 "lower --lr or raise --warmup, and resume from the last checkpoint")
         self.step += 1
         return {"loss": loss, "grad_norm": norm}
+
+    def _step_function(self):
+        """The training step as a function of arrays, (parameters, moments, x, y, rates)
+        -> (parameters, moments, ``[loss, norm]``): the model's loss and hand-written
+        gradients, averaged over the data-parallel ranks, then clipping and AdamW
+        (``AdamW.clip_and_step``), compiled by the backend (``Backend.compile_step``:
+        jax, one XLA program with the parameters and moments donated; elsewhere the
+        function itself, which updates numpy's flat buffers in place).
+
+        In one process the whole step is one function. Across ranks the gradients are
+        averaged on the host between two: the gradients, and the update. Made once per
+        setting that shapes it: the clipping norm, and whether weights decay."""
+        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0)
+        if key not in self._steps:
+            self._steps.clear()
+            self._steps[key] = self._make_step_function(self.settings.grad_clip)
+        return self._steps[key]
+
+    def _make_step_function(self, max_norm: float):
+        model, cfg, ops, optimizer = self.model, self.cfg, self.backend.ops, self.optimizer
+
+        def gradients(params, x, y):                     # -> (loss, grads)
+            return model.loss_and_grads(params, x, y, cfg, ops)
+
+        def update(params, moments, loss, grads, rates):
+            return optimizer.clip_and_step(params, moments, grads, loss, rates, max_norm)
+
+        compile_step = self.backend.compile_step
+        if self.comm.size == 1:                          # the mean over one rank: itself
+            return compile_step(lambda params, moments, x, y, rates:
+                                update(params, moments, *gradients(params, x, y), rates),
+                                donate_argnums=(0, 1))
+        compiled_gradients = compile_step(gradients)
+        compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3))
+
+        def step(params, moments, x, y, rates):
+            loss, grads = self.comm.average(*compiled_gradients(params, x, y))
+            return compiled_update(params, moments, loss, grads, rates)
+        return step
 
     def evaluate(self, windows) -> float:
         """Mean loss over a fixed, non-empty list of host batches."""
