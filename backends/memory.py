@@ -115,20 +115,23 @@ class MemoryTracker:
 
     @classmethod
     def for_jax(cls, jax, device) -> "MemoryTracker":
-        """The bytes of JAX's live arrays on ``device``, sampled when read (XLA's buffers
-        are not Python allocations: tracemalloc does not see them)."""
+        """The bytes of JAX's live arrays on ``device``, sampled whenever either figure is
+        read (XLA's buffers are not Python allocations: tracemalloc does not see them)."""
         peak = 0
 
         def current():
-            return sum(a.nbytes for a in jax.live_arrays() if device in a.devices())
+            nonlocal peak
+            live = sum(a.nbytes for a in jax.live_arrays() if device in a.devices())
+            peak = max(peak, live)
+            return live
 
         def reset():
             nonlocal peak
-            peak = current()
+            peak = 0
+            current()
 
         def sample_peak():
-            nonlocal peak
-            peak = max(peak, current())
+            current()
             return peak
 
         return cls("live arrays", reset, current, sample_peak, lambda: None)

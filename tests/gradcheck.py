@@ -43,7 +43,7 @@ def assert_model_gradients_match(backend, model, cfg, params, x, y, eps=1e-6, se
 
     def loss_at(values):
         p = {n: backend.asarray(v, f64) for n, v in values.items()}
-        return model.loss_and_grads(p, x, y, cfg, backend.ops)[0]
+        return float(model.loss_and_grads(p, x, y, cfg, backend.ops)[0])
 
     def central_difference(shifted):
         return (loss_at(shifted(eps)) - loss_at(shifted(-eps))) / (2 * eps)
