@@ -81,11 +81,13 @@ class Backend:
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (host: nothing)."""
 
-    def compile_step(self, fn, donate_argnums: tuple = ()):
+    def compile_step(self, fn, donate_argnums: tuple = (), key=None):
         """``fn``, a pure function of arrays (and dicts of arrays), compiled for this
         backend, its arguments at ``donate_argnums`` donated (their buffers may hold the
-        results: the caller must not use them again). Here: ``fn`` itself, run op by op;
-        the jax backend compiles it with ``jax.jit``."""
+        results: the caller must not use them again). ``key``, if given, is hashable and
+        names what ``fn`` computes: a later call with an equal key may get the function
+        compiled then. Here: ``fn`` itself, run op by op; the jax backend compiles it
+        with ``jax.jit``."""
         return fn
 
     def free_memory_bytes(self) -> int | None:
@@ -241,10 +243,19 @@ class JaxBackend(Backend):
         does not see); the peak is the largest seen when read (``exact_peak`` cannot be)."""
         return MemoryTracker.for_jax(self._jax, self.device)
 
-    def compile_step(self, fn, donate_argnums: tuple = ()):
+    _compiled = {}        # (key, donated, device) -> jitted function, for the whole process
+
+    def compile_step(self, fn, donate_argnums: tuple = (), key=None):
         """``jax.jit(fn)``: traced once per shape and dtype of its arguments, then run as
-        one XLA program, the donated arguments' buffers reused for its results."""
-        return self._jax.jit(fn, donate_argnums=donate_argnums)
+        one XLA program, the donated arguments' buffers reused for its results. With a
+        ``key``, one jitted function per key in the process (a new training state of the
+        same model reuses the programs compiled for the last: compiling takes seconds)."""
+        if key is None:
+            return self._jax.jit(fn, donate_argnums=donate_argnums)
+        full_key = (key, tuple(donate_argnums), self.device)
+        if full_key not in JaxBackend._compiled:
+            JaxBackend._compiled[full_key] = self._jax.jit(fn, donate_argnums=donate_argnums)
+        return JaxBackend._compiled[full_key]
 
     def synchronize(self) -> None:
         """JAX runs a device's work in order: waiting for a new array waits for it all."""

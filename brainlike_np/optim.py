@@ -142,6 +142,15 @@ class AdamW:
                                      clip_scale(norm, max_norm), xp.all(xp.isfinite(stats)))
         return params, moments, stats
 
+    def rule(self) -> "AdamW":
+        """What a step function calls :meth:`clip_and_step` on: this optimizer on the flat
+        path (its buffers are updated in place), else a copy with its hyper-parameters
+        and no arrays, whose :meth:`clip_and_step` depends on its arguments alone (so a
+        compiled step can outlive this optimizer and be shared)."""
+        if self.layout is not None:
+            return self
+        return AdamW(self.beta1, self.beta2, self.eps, self.weight_decay, self.no_decay)
+
     def undo_count(self) -> None:
         """The last step changed nothing (it was not finite): take its count back."""
         self.step -= 1

@@ -189,7 +189,7 @@ class TrainState:
         return self._steps[key]
 
     def _make_step_function(self, max_norm: float):
-        model, cfg, ops, optimizer = self.model, self.cfg, self.backend.ops, self.optimizer
+        model, cfg, ops, optimizer = self.model, self.cfg, self.backend.ops, self.optimizer.rule()
 
         def gradients(params, x, y):                     # -> (loss, grads)
             return model.loss_and_grads(params, x, y, cfg, ops)
@@ -198,12 +198,14 @@ class TrainState:
             return optimizer.clip_and_step(params, moments, grads, loss, rates, max_norm)
 
         compile_step = self.backend.compile_step
+        key = ("train step", self.model_name, cfg, ops.name, max_norm, optimizer.weight_decay != 0,
+               optimizer.no_decay)                       # what the functions compute
         if self.comm.size == 1:                          # the mean over one rank: itself
             return compile_step(lambda params, moments, x, y, rates:
                                 update(params, moments, *gradients(params, x, y), rates),
-                                donate_argnums=(0, 1))
-        compiled_gradients = compile_step(gradients)
-        compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3))
+                                donate_argnums=(0, 1), key=key)
+        compiled_gradients = compile_step(gradients, key=key + ("gradients",))
+        compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3), key=key + ("update",))
 
         def step(params, moments, x, y, rates):
             loss, grads = self.comm.average(*compiled_gradients(params, x, y))
