@@ -245,6 +245,11 @@ class JaxBackend(Backend):
 
     _compiled = {}        # (key, donated, device) -> jitted function, for the whole process
 
+    def _to_numpy(self, x) -> np.ndarray:
+        """A copy: NumPy's zero-copy view of a CPU buffer would keep a later compiled
+        step from donating that buffer (and would be read-only)."""
+        return np.array(x, copy=True)
+
     def compile_step(self, fn, donate_argnums: tuple = (), key=None):
         """``jax.jit(fn)``: traced once per shape and dtype of its arguments, then run as
         one XLA program, the donated arguments' buffers reused for its results. With a

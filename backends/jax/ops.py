@@ -6,8 +6,12 @@ job in one pass, it replaces the reference's array-API composition:
 
 - ``scatter_add_rows``: ``zeros.at[ids].add(rows)``, one XLA scatter, instead of the
   reference's sort, running sum and two searches;
-- ``topk``: ``lax.top_k``, a partial selection instead of a full stable sort. It keeps
-  the reference's order: descending value, ties by the lower index, NaN first.
+- ``topk`` in float32: ``lax.top_k``, a partial selection instead of a full stable sort.
+  On its own it does not keep the reference's order of ties (descending value, ties by
+  the lower index, NaN first): on the CPU (jax 0.10) tied values come out of order once
+  k exceeds about 10. So it selects on unique int64 keys, the value's bits made
+  order-preserving in the high half and the reversed index in the low half. float64
+  values leave no room for the index: they take the reference's stable sort.
 
 The gathers are the reference's ``take`` already (one XLA gather). Unlike the Numba
 kernels, nothing here checks that ids are in range: that would read them back to the
@@ -36,7 +40,22 @@ class JaxOps(ReferenceOps):
     def topk(self, z, k):
         """Indices of the k largest entries of each row: z ``[B, N]`` -> ``[B, k]`` int64
         (the reference's dtype)."""
+        xp = self.xp
         if not 0 <= k <= z.shape[-1]:
             raise ValueError(f"k must be in [0, {z.shape[-1]}] (the row's length), got {k}")
-        _values, indices = lax.top_k(z, k)                          # [B, k] int32
-        return self.xp.astype(indices, self.xp.int64)
+        if z.dtype != xp.float32:
+            return super().topk(z, k)
+        _keys, indices = lax.top_k(_unique_keys(xp, z), k)           # [B, k] int32
+        return xp.astype(indices, xp.int64)
+
+
+def _unique_keys(xp, z):
+    """float32 z ``[B, N]`` -> int64 keys ``[B, N]``, all different within a row, ordered
+    as the reference orders z: by value (-0.0 equal to 0.0, every NaN above +inf), then
+    the lower index first."""
+    n = z.shape[-1]
+    z = xp.where(xp.isnan(z), xp.nan, z + 0.0)                   # one NaN; -0.0 -> +0.0
+    bits = xp.astype(lax.bitcast_convert_type(z, xp.int32), xp.int64)      # [B, N]
+    ordered = xp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)        # negative floats reversed
+    reversed_index = n - 1 - xp.arange(n, dtype=xp.int64, device=device_of(z))  # [N]
+    return ordered * (2 ** 32) + reversed_index
