@@ -12,7 +12,8 @@ current before anything is allocated: the one GPU the launcher gave the rank, el
 GPU of the rank's index on its node), and picks the transport the backend names
 (``backend.transport``):
 
-- host arrays (numpy, array-api-strict): MPI's Allreduce through mpi4py;
+- host arrays (numpy, array-api-strict, jax on the CPU): MPI's Allreduce through
+  mpi4py, in place on the array's memory where it is writable, else on a host copy;
 - CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs, one GPU per rank; MPI only
   broadcasts NCCL's id, agrees on stopping and aborts.
 
@@ -80,6 +81,8 @@ class MpiCommunicator:
         """Element-wise mean over the ranks of a 1-d host-backend array ``[n]`` (``flat``
         is a scratch buffer: it may be overwritten)."""
         host = np.from_dlpack(flat)          # [n], on the CPU: shares flat's memory
+        if not host.flags.writeable:         # an immutable library's buffer (jax): a copy
+            host = host.copy()
         self.world.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
         host /= self.size
         return get_namespace(flat).asarray(host)

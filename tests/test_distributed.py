@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from brainlike_np import train
-from brainlike_np.backends import get_backend
+from brainlike_np.backends import backend_is_available, get_backend
 from brainlike_np.train_state import TrainState
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
@@ -64,9 +64,9 @@ def one_process(tmp_path_factory, corpus_file):
     return out_dir
 
 
-def start(command) -> subprocess.Popen:
+def start(command, backend="numpy") -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, BRAINLIKE_BACKEND="numpy"))
+                            env=dict(os.environ, BRAINLIKE_BACKEND=backend))
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
@@ -84,9 +84,9 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def mpirun(launcher, argv, timeout=60) -> subprocess.CompletedProcess:
-    """``mpirun -n 2 python ARGV``."""
-    return finish(start(launcher + ["-n", "2", sys.executable, *argv]), timeout)
+def mpirun(launcher, argv, timeout=60, backend="numpy") -> subprocess.CompletedProcess:
+    """``mpirun -n 2 python ARGV`` on ``backend``."""
+    return finish(start(launcher + ["-n", "2", sys.executable, *argv], backend), timeout)
 
 
 def trainer(*flags):
@@ -152,6 +152,21 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(
     assert [s for s, _ in losses] == [s for s, _ in ref_losses] == list(range(1, 11))
     np.testing.assert_allclose([l for _, l in losses], [l for _, l in ref_losses], rtol=1e-12)
     assert result.stdout.count("done: 10 steps") == 1 and "over 2 ranks" in result.stdout
+
+
+def test_two_jax_ranks_train_like_one_numpy_process(launcher, tmp_path, corpus_file,
+                                                    one_process):
+    """On jax each rank compiles its gradients and its update; the gradients are averaged
+    on the host between the two. float64: jax agrees with numpy to rounding."""
+    ok, reason = backend_is_available("jax")
+    if not ok:
+        pytest.skip(reason)
+    result = mpirun(launcher, trainer(*RUN, "--data", corpus_file, "--out-dir", str(tmp_path)),
+                    timeout=240, backend="jax")
+    assert result.returncode == 0, result.stderr
+    assert_same_training(tmp_path, one_process)
+    np.testing.assert_allclose([l for _, l in train_losses(tmp_path)],
+                               [l for _, l in train_losses(one_process)], rtol=1e-12)
 
 
 def test_batch_size_must_split_evenly_across_ranks(launcher, tmp_path, corpus_file):
