@@ -239,9 +239,11 @@ class TrainState:
 
     def next_logits(self, x):
         """Host logits ``[B, V]`` of the byte after each window in host x ``[B, T']``."""
-        logits = self.model.next_logits(self.params, self.backend.asarray(x), self.cfg,
-                                        self.backend.ops)
-        return self.backend.to_numpy(logits)
+        model, cfg, ops = self.model, self.cfg, self.backend.ops
+        logits_of = self.backend.compile_step(                   # jax: one program per shape
+            lambda params, x: model.next_logits(params, x, cfg, ops),
+            key=("next logits", self.model_name, cfg, ops.name))
+        return self.backend.to_numpy(logits_of(self.params, self.backend.asarray(x)))
 
     # ---- checkpoints ----------------------------------------------------------------
     def save(self, path: str) -> None:
