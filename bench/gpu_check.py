@@ -20,7 +20,9 @@ The stages, in order (``--stages`` picks some):
 6. performance (gpu_performance.py): step time and peak memory against PyTorch eager, up
    to the largest batch that fits 8 GiB; host reads per step; kernel bandwidth;
 7. nccl (gpu_stages.py): ``mpirun -n 1 ... --distributed`` for a few steps; skipped, never
-   failed, where NCCL (or MPI) is not installed.
+   failed, where NCCL (or MPI) is not installed;
+8. jax-gpu (gpu_stages.py): the jax backend on JAX's GPU, its ops against the reference
+   and tests/test_jax.py; skipped, never failed, where JAX with a GPU is not installed.
 
 A stage that fails or raises is recorded and the next one still runs. The report
 (``DIR/gpu_check.json`` and ``.md``) is rewritten before the first and after every stage
@@ -46,7 +48,8 @@ sys.path.insert(0, str(BENCH))           # gpu_*.py, kernels.py, measure.py: by 
 from brainlike_np.cli import OneLineParser  # noqa: E402
 from gpu_performance import stage_performance  # noqa: E402
 from gpu_report import Context, Deadline, report, run_stages, verdict, write_report  # noqa: E402
-from gpu_stages import stage_environment, stage_kernels, stage_model_tests, stage_nccl  # noqa: E402
+from gpu_stages import (stage_environment, stage_jax_gpu, stage_kernels,  # noqa: E402
+                        stage_model_tests, stage_nccl)
 from gpu_training import stage_agreement, stage_end_to_end  # noqa: E402
 
 GIB = 2**30
@@ -58,7 +61,7 @@ DEFAULT_DEADLINE_S = 7 * 60
 STAGES = {"environment": stage_environment, "kernels": stage_kernels,
           "model-tests": stage_model_tests, "end-to-end": stage_end_to_end,
           "agreement": stage_agreement, "performance": stage_performance,
-          "nccl": stage_nccl}
+          "nccl": stage_nccl, "jax-gpu": stage_jax_gpu}
 
 
 @dataclass
