@@ -8,7 +8,8 @@ hot-path ops (``backend.ops``), and how data-parallel ranks sum its arrays
 (``transport``). Each library is a subclass that carries its own behaviour:
 :class:`NumpyBackend`, :class:`ArrayApiStrictBackend`, :class:`CupyBackend`,
 :class:`JaxBackend`. A backend may also compile a pure function (``compile_step``: the
-training step on jax). :func:`get_backend` picks one by name, else ``$BRAINLIKE_BACKEND``, else numpy.
+training step on jax). :func:`get_backend` picks one by name, else ``$BRAINLIKE_BACKEND``,
+else numpy.
 """
 
 from __future__ import annotations

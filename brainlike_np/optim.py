@@ -6,6 +6,10 @@ A training step's clipping and update read nothing back to the host, so a GPU ca
 and a step whose loss or gradients are not finite changes nothing (its gradients are
 replaced by zeros and its rates by zero on the device). :meth:`AdamW.clip_and_update`
 returns ``[loss, norm]`` for the caller to read once, after the update is issued.
+:meth:`AdamW.clip_and_step` is the same step as a function of arrays (parameters,
+moments, gradients, loss and the step's rates in, their updates out), which a backend
+can compile with the model's step (``Backend.compile_step``: jax); the host keeps the
+step count and uploads the rates it implies (:meth:`AdamW.next_rates`).
 
 On backends whose views write through (numpy, cupy: ``views_alias``),
 :meth:`AdamW.adopt` keeps the parameters and both moments in one flat buffer each, every
@@ -108,8 +112,8 @@ class AdamW:
         caller owns and nothing else may share; after :meth:`adopt`, the views it
         returned) and the moments; returns ``params``."""
         rates = self.upload_rates(self.next_rates(lr)[:1], params)       # [1, 5]
-        new, moments = self._step(params, self.moments(params), self._gradient_buffers(params, grads),
-                                  rates, None, None)
+        buffers = self._gradient_buffers(params, grads)
+        new, moments = self._step(params, self.moments(params), buffers, rates, None, None)
         self.set_moments(moments)
         params.update(new)       # the same arrays where they update in place (numpy)
         return params
@@ -121,8 +125,8 @@ class AdamW:
         the caller, who reads the result, takes it back with :meth:`undo_count`).
         -> ``[loss, norm before clipping]``, a device array for the caller to read."""
         rates = self.upload_rates(self.next_rates(lr), params)
-        new, moments, stats = self.clip_and_step(params, self.moments(params), grads, loss, rates,
-                                                 max_norm)
+        new, moments, stats = self.clip_and_step(params, self.moments(params), grads, loss,
+                                                 rates, max_norm)
         self.set_moments(moments)
         params.update(new)       # the same arrays where they update in place (numpy)
         return stats

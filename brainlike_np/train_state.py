@@ -102,7 +102,7 @@ class TrainState:
     data_record: dict | None = None  # the corpus's identity (data.Corpus.record()); None: unknown
     run_id: str | None = None        # made when the run starts, in every metrics record;
                                      # None: a run started before run ids existed
-    _steps: dict = field(default_factory=dict, repr=False)   # the step function, per shaping settings
+    _steps: dict = field(default_factory=dict, repr=False)   # settings -> the step function
 
     @property
     def model(self):

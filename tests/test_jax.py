@@ -76,7 +76,8 @@ def test_topk_refuses_a_k_outside_the_row():
 @pytest.mark.parametrize("k", [1, 7, 64])
 def test_gather_weighted_sum_and_backward_match_reference(dtype_name, id_dtype, k):
     rng = np.random.default_rng(k)
-    table, weights = (on_jax(rng.standard_normal(s).astype(dtype_name)) for s in ((31, 64), (12, 64)))
+    table, weights = (on_jax(rng.standard_normal(shape).astype(dtype_name))
+                      for shape in ((31, 64), (12, 64)))
     ids = on_jax(rng.integers(0, 31, (5, 10)).astype(id_dtype))
     cols = on_jax(rng.integers(0, 64, (5, k)).astype(id_dtype))          # repeats when k > 1
     dout = on_jax(rng.standard_normal((5, k)).astype(dtype_name))
