@@ -182,8 +182,8 @@ class TrainState:
 
         In one process the whole step is one function. Across ranks the gradients are
         averaged on the host between two: the gradients, and the update. Made once per
-        setting that shapes it: the clipping norm, and whether weights decay."""
-        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0)
+        setting that shapes it: the clipping norm, whether weights decay, the ranks."""
+        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0, self.comm.size)
         if key not in self._steps:
             self._steps.clear()
             self._steps[key] = self._make_step_function(self.settings.grad_clip)
