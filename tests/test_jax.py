@@ -214,3 +214,12 @@ def test_the_trainer_and_generator_on_jax_match_numpy(tmp_path, monkeypatch, cap
         assert len(got) == len(want) > 0
         np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=key)
     assert texts["jax"] == texts["numpy"] and texts["jax"].startswith("def ")
+
+
+def test_importing_the_package_and_other_backends_never_imports_jax():
+    import subprocess
+    code = ("import sys, brainlike_np; from brainlike_np.backends import get_backend; "
+            "get_backend('numpy'); get_backend('array_api_strict'); "
+            "assert 'jax' not in sys.modules, 'jax imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
