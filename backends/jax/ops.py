@@ -5,7 +5,8 @@ for the conventions), on ``jax.numpy`` arrays; where JAX has an operation that d
 job in one pass, it replaces the reference's array-API composition:
 
 - ``scatter_add_rows``: ``zeros.at[ids].add(rows)``, one XLA scatter, instead of the
-  reference's sort, running sum and two searches;
+  reference's sort, running sum and two searches; it sums in the rows' dtype (float32
+  stays float32, as in the Numba kernels);
 - ``topk`` in float32: ``lax.top_k``, a partial selection instead of a full stable sort.
   On its own it does not keep the reference's order of ties (descending value, ties by
   the lower index, NaN first): on the CPU (jax 0.10) tied values come out of order once
