@@ -58,7 +58,8 @@ def test_adamw_matches_the_algorithm(backend):
     assert opt.step == 5
 
 
-@pytest.mark.parametrize("max_norm, clipped", [(1.0, True), (100.0, False), (0.0, False)])
+@pytest.mark.parametrize("max_norm, clipped", [(1.0, True), (100.0, False), (0.0, False),
+                                             (-1.0, False)])
 def test_clip_and_update_scales_to_the_global_norm(backend, max_norm, clipped):
     host, grads = host_problem(seed=2, steps=3)
     opt = AdamW(weight_decay=0.1, no_decay=frozenset({"g", "b"}))
@@ -207,6 +208,20 @@ def test_twenty_steps_at_the_defaults_match_the_textbook(backend, weight_decay):
         np.testing.assert_allclose(backend.to_numpy(params[name]), expected, rtol=1e-12,
                                    err_msg=name)
     assert opt.step == 20
+
+
+def test_betas_below_one_half_match_the_textbook(backend):
+    """``1 - beta`` for any beta in [0, 1), not only near 1 (where ``1 % beta`` agrees)."""
+    host, grads = host_problem(seed=8, steps=4)
+    opt = AdamW(beta1=0.3, beta2=0.45, eps=1e-6, weight_decay=0.1, no_decay=frozenset({"b"}))
+    params = adopted(backend, host, opt)
+    for g in grads:
+        params = opt.update(params, on_device(backend, g), lr=0.05)
+    for name in host:
+        expected = numpy_adamw(host[name], [g[name] for g in grads], 0.05, 0.3, 0.45, 1e-6,
+                               0.1, name != "b")
+        np.testing.assert_allclose(backend.to_numpy(params[name]), expected, rtol=1e-12,
+                                   err_msg=name)
 
 
 def test_an_undone_step_leaves_the_count_and_the_next_steps_as_if_it_never_was(backend):
