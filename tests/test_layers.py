@@ -190,6 +190,17 @@ def test_cross_entropy(backend):
     check_layer(backend, forward, lambda d, c: [L.cross_entropy_backward(d, c)], [logits])
 
 
+def test_cross_entropy_backward_scales_by_a_python_number(backend):
+    """The trainer passes 1 (the cache is the gradient); any other number scales it."""
+    logits, targets = RNG.standard_normal((3, 5)), np.array([4, 1, 1])
+    _, cache = L.cross_entropy_forward(backend.asarray(logits), backend.asarray(targets))
+    probs = np.exp(logits) / np.sum(np.exp(logits), axis=-1, keepdims=True)
+    gradient = (probs - np.eye(5)[targets]) / 3                        # [B, V]
+    for dloss in (1, 1.0, 0.25, -2.0, 3):
+        np.testing.assert_allclose(backend.to_numpy(L.cross_entropy_backward(dloss, cache)),
+                                   dloss * gradient, rtol=1e-12, atol=1e-15)
+
+
 def test_cross_entropy_is_stable_for_large_logits(backend):
     logits = backend.asarray(np.array([[1000.0, 0.0, -1000.0]]))
     loss, _ = L.cross_entropy_forward(logits, backend.asarray(np.array([0])))
