@@ -1,8 +1,9 @@
 """Checkpoints crafted to break the reader's rules, each refused with a CheckpointError
 before an array is trusted: a pickled entry (no code runs), an entry declaring fewer or
-more bytes than its shape needs, another format version, optimizer fields that are not
-finite numbers; and what a valid file must give: an entry larger than the read chunk
-read whole (C and Fortran order), a run saved at step 0 resumed, a new file's mode."""
+more bytes than its shape needs, a meta entry that is not uint8, another format version,
+optimizer fields that are not finite numbers; and what a valid file must give: an entry
+larger than two read chunks read whole (C and Fortran order), a run saved at step 0
+resumed, a new file's mode."""
 
 import io
 import json
@@ -79,6 +80,15 @@ def test_a_pickled_entry_runs_no_code(saved, tmp_path):
     assert not os.path.exists(marker)
 
 
+def test_a_meta_entry_of_other_bytes_than_uint8_is_refused(saved, tmp_path):
+    """Its JSON as int8 (the same bytes) is still not the UTF-8 byte array it must be."""
+    entries = raw_entries(saved[0])
+    meta = json.dumps(load_npz(saved[0])[1]).encode()
+    entries[META_KEY] = npy_bytes(np.frombuffer(meta, dtype=np.int8))
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", "holds int8")
+
+
 @pytest.mark.parametrize("change, says", [(-8, "declares"), (+8, "declares")],
                          ids=["under-declared", "over-declared"])
 def test_an_entry_whose_size_is_not_its_shapes_is_refused(saved, tmp_path, change, says):
@@ -128,11 +138,11 @@ def test_the_optimizer_step_must_be_the_runs(saved, tmp_path, value, says):
 
 @pytest.mark.parametrize("fortran", [False, True], ids=["C-order", "Fortran-order"])
 def test_an_entry_larger_than_the_read_chunk_is_read_whole(tmp_path, fortran):
-    """(61, 53, 47) float64 is 1.16 MiB: the chunked read loop runs twice, the second
-    time for a part chunk."""
-    table = np.random.default_rng(0).standard_normal((61, 53, 47))
+    """(67, 61, 71) float64 is 2.2 MiB: the chunked read loop runs three times, the
+    second for a whole chunk at an offset, the third for a part chunk."""
+    table = np.random.default_rng(0).standard_normal((67, 61, 71))
     table = np.asfortranarray(table) if fortran else table
-    assert READ_CHUNK < table.nbytes < 2 * READ_CHUNK and table.nbytes % READ_CHUNK
+    assert 2 * READ_CHUNK < table.nbytes < 3 * READ_CHUNK and table.nbytes % READ_CHUNK
     path = str(tmp_path / "big.npz")
     save_npz_atomic(path, {"params/E": table}, {"format": FORMAT})
     with CheckpointFile(path) as checkpoint:
