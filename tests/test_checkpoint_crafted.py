@@ -89,6 +89,14 @@ def test_a_meta_entry_of_other_bytes_than_uint8_is_refused(saved, tmp_path):
     refused(tmp_path / "ckpt.npz", "holds int8")
 
 
+def test_a_renamed_entry_is_named_missing_and_unexpected(saved, tmp_path):
+    entries = raw_entries(saved[0])
+    entries["adam_m/W_old"] = entries.pop("adam_m/W_dec")
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", r"does not match the model \(AdamW first moment\): "
+                                   r"missing \['W_dec'\], unexpected \['W_old'\]$")
+
+
 @pytest.mark.parametrize("change, says", [(-8, "declares"), (+8, "declares")],
                          ids=["under-declared", "over-declared"])
 def test_an_entry_whose_size_is_not_its_shapes_is_refused(saved, tmp_path, change, says):
