@@ -205,3 +205,16 @@ def test_a_new_checkpoint_gets_the_mode_the_umask_gives_a_new_file(saved, tmp_pa
     assert stat.S_IMODE(st.st_mode) == 0o666 & ~umask
     if before == "a symlink":
         assert target.read_bytes() == b"keep" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode, kept", [(0o640, 0o640), (0o444, 0o444), (0o6755, 0o755),
+                                        (0o1600, 0o600)])
+def test_a_replaced_checkpoint_keeps_its_permissions_but_no_special_bits(saved, tmp_path,
+                                                                         mode, kept):
+    """A read-only checkpoint stays read-only; setuid, setgid and sticky are dropped."""
+    path = tmp_path / "ckpt.npz"
+    path.write_bytes(b"old")
+    path.chmod(mode)
+    saved[1].save(str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == kept
+    assert load_npz(path)[1]["step"] == 1
