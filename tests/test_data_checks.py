@@ -1,8 +1,10 @@
-"""The data layer's guards that the mutation run of ``data.py`` found untested: a batch
-whose targets outnumber its windows, a FIFO swapped in after the regular-file check
-(opened without blocking, then refused), and the byte check of a small vocabulary at
-its edge."""
+"""What the mutation run of ``data.py`` found untested by test_data.py: a batch whose
+targets outnumber its windows or whose windows are 3-d, a FIFO swapped in after the
+regular-file check (opened without blocking, then refused), the byte check of a small
+vocabulary at its edge, the count-model baselines against a plain-Python count, and
+random_batch's default seed."""
 
+import math
 import os
 import signal
 import stat
@@ -19,6 +21,8 @@ def test_a_batch_needs_one_target_per_window(y_shape):
     x = np.zeros((3, 5), dtype=np.int64)                                   # [B, T]
     with pytest.raises(ValueError, match=r"x \[B, T\] and y \[B\] with B > 0"):
         data.check_batch(x, np.zeros(y_shape, dtype=np.int64), 256)
+    with pytest.raises(ValueError, match=r"x \[B, T\] and y \[B\] with B > 0"):
+        data.check_batch(x[:, :, None], np.zeros(3, dtype=np.int64), 256)
     data.check_batch(x, np.zeros(3, dtype=np.int64), 256)
 
 
@@ -58,3 +62,34 @@ def test_a_small_vocabulary_refuses_a_byte_it_lacks(vocab_size, refused):
             corpus.check_fits(8, vocab_size)
     else:
         corpus.check_fits(8, vocab_size)
+
+
+def plain_count_losses(train: bytes, valid: bytes) -> dict:
+    """Add-one smoothed unigram and bigram models of ``train``, scored on ``valid``
+    (nats per byte), by loops over the bytes."""
+    uni = {b: train.count(bytes([b])) for b in range(256)}
+    pairs = {}
+    for a, b in zip(train, train[1:]):
+        pairs[a, b] = pairs.get((a, b), 0) + 1
+    after = {a: sum(n for (first, _), n in pairs.items() if first == a) for a in range(256)}
+    unigram = -sum(math.log((uni[b] + 1) / (len(train) + 256)) for b in valid) / len(valid)
+    bigram = -sum(math.log((pairs.get((a, b), 0) + 1) / (after[a] + 256))
+                  for a, b in zip(valid, valid[1:])) / (len(valid) - 1)
+    return {"unigram": unigram, "bigram": bigram}
+
+
+def test_count_model_baselines_match_a_plain_count():
+    train, valid = b"abracadabra, a cadabra bar", b"a bar, cab abracad"
+    losses = data.count_model_losses(np.frombuffer(train, np.uint8),
+                                     np.frombuffer(valid, np.uint8))
+    expected = plain_count_losses(train, valid)
+    assert losses == pytest.approx(expected, rel=1e-12)
+    assert 0 < losses["unigram"] < math.log(256)          # better than uniform, not perfect
+
+
+def test_random_batch_defaults_to_seed_0():
+    x, y = data.random_batch(4, 7)
+    x0, y0 = data.random_batch(4, 7, vocab_size=256, seed=0)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    assert x.shape == (4, 7) and y.shape == (4,) and 0 <= x.min() and x.max() < 256
