@@ -1,8 +1,8 @@
 """What the mutation run of ``data.py`` found untested by test_data.py: a batch whose
 targets outnumber its windows or whose windows are 3-d, a FIFO swapped in after the
 regular-file check (opened without blocking, then refused), the byte check of a small
-vocabulary at its edge, the count-model baselines against a plain-Python count, and
-random_batch's default seed."""
+vocabulary at its edge, a split one byte too short, the count-model baselines against a
+plain-Python count, nats_to_bits, and random_batch's default seed."""
 
 import math
 import os
@@ -93,3 +93,22 @@ def test_random_batch_defaults_to_seed_0():
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(y, y0)
     assert x.shape == (4, 7) and y.shape == (4,) and 0 <= x.min() and x.max() < 256
+
+
+@pytest.mark.parametrize("n_valid, refused", [(3, True), (9, True), (10, False)])
+def test_a_split_needs_more_than_a_window_and_its_target(n_valid, refused):
+    """Windows of 8 bytes plus a target: a split of 9 bytes holds one window only, the
+    check asks for more (``n > context + 1``); 10 bytes hold two."""
+    tokens = np.frombuffer(b"0123456789abcdef" * 4, dtype=np.uint8)
+    corpus = data.Corpus("c", Tokens.of(tokens[:40]), Tokens.of(tokens[40:40 + n_valid]))
+    if refused:
+        with pytest.raises(data.DataError, match=f"the valid split has {n_valid} bytes, too "
+                                                 "short for windows of 8 bytes"):
+            corpus.check_fits(8)
+    else:
+        corpus.check_fits(8)
+
+
+def test_nats_to_bits():
+    assert data.nats_to_bits(math.log(2.0)) == pytest.approx(1.0, rel=1e-15)
+    assert data.nats_to_bits(3.0) == pytest.approx(3.0 / 0.6931471805599453, rel=1e-15)
