@@ -180,8 +180,9 @@ def test_cosine_schedule_warms_up_then_decays():
 # ---------------------------------------------------------------------------------
 # the published values and the edges: pinned against constants, not read back
 # ---------------------------------------------------------------------------------
-# Loshchilov & Hutter's (and PyTorch's) beta1 and eps; beta2 0.95, not PyTorch's 0.999,
-# is this trainer's choice (as GPT-3's and nanoGPT's), as is the weight decay 0.01
+# beta1 0.9 and eps 1e-8: Adam's published values (Kingma & Ba), kept by Loshchilov &
+# Hutter and by PyTorch's AdamW, whose default weight decay is 0.01 too; beta2 0.95, not
+# their 0.999, is this trainer's choice (GPT-3's and nanoGPT's)
 PUBLISHED = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.01}
 
 
