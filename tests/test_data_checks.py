@@ -2,8 +2,10 @@
 targets outnumber its windows or whose windows are 3-d, a FIFO swapped in after the
 regular-file check (opened without blocking, then refused), the byte check of a small
 vocabulary at its edge, a split one byte too short, the count-model baselines against a
-plain-Python count, nats_to_bits, and random_batch's default seed."""
+plain-Python count, nats_to_bits, random_batch's default seed, and the reason an unreadable
+file gives."""
 
+import errno
 import math
 import os
 import signal
@@ -112,3 +114,17 @@ def test_a_split_needs_more_than_a_window_and_its_target(n_valid, refused):
 def test_nats_to_bits():
     assert data.nats_to_bits(math.log(2.0)) == pytest.approx(1.0, rel=1e-15)
     assert data.nats_to_bits(3.0) == pytest.approx(3.0 / 0.6931471805599453, rel=1e-15)
+
+
+def test_an_unreadable_data_file_is_named_with_the_systems_reason(tmp_path, monkeypatch):
+    """As root no file is unreadable, so the open fails by hand: the message carries the
+    error's own words, not its repr."""
+    path = tmp_path / "text.txt"
+    path.write_bytes(b"some text")
+
+    def denied(*_):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(data, "DataFile", denied)
+    with pytest.raises(data.DataError, match=rf"^data file '{path}' cannot be read "
+                                             r"\(Permission denied\); check"):
+        data.open_corpus(str(path))
