@@ -103,6 +103,27 @@ def test_next_logits_is_one_row_of_byte_logits_per_window(backend, model_name, s
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
+def test_supervised_targets_is_what_the_loss_averages_over(model_name):
+    """Changing the byte after window 0 changes the training loss by the change of that
+    one target's loss over all B * supervised_targets targets it averages."""
+    backend = get_backend("numpy")
+    model = get_model(model_name)
+    cfg = get_preset(model_name, "tiny")
+    x, y = random_batch(4, cfg.context, cfg.vocab_size, seed=8)
+    params = perturbed_params(backend, model, cfg, seed=9)
+    logits = backend.to_numpy(model.next_logits(params, backend.asarray(x), cfg, backend.ops))
+    log_p = logits[0] - np.log(np.sum(np.exp(logits[0])))                  # [V]
+    y2 = y.copy()
+    y2[0] = (y[0] + 1) % cfg.vocab_size
+    def training_loss(targets):
+        return float(model.loss_and_grads(params, backend.asarray(x), backend.asarray(targets),
+                                          cfg, backend.ops)[0])
+    change = training_loss(y2) - training_loss(y)
+    assert change == pytest.approx((log_p[y[0]] - log_p[y2[0]]) /
+                                   (4 * model.supervised_targets(cfg)), rel=1e-9)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
 def test_every_model_has_odd_sizes_no_two_alike(model_name):
     """``ODD_SIZES``: an entry for each registered model, its sizes distinct and none a
     power of two, the head width included."""
