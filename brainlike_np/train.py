@@ -231,6 +231,7 @@ class Reporter:
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
         self.metrics = run.out.open_metrics(upto_step=state.step, last_eval=state.metrics,
                                             run_id=state.run_id) if root else None
+        self.best_val = run.out.best_val_loss(state.run_id) if root else math.inf
         # seconds of training, continued from the checkpoint's last evaluation
         self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
 
@@ -265,7 +266,8 @@ class Reporter:
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()},
                          "time_s": time.perf_counter() - self.clock}
-        state.save(self.run.out.checkpoint)
+        self.save(best=val < self.best_val)
+        self.best_val = min(val, self.best_val)
         self.metrics.write(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
                    f" | unigram {self.baselines['unigram']:.3f} | bigram "
@@ -274,6 +276,11 @@ class Reporter:
         if state.settings.sample_every and self.evaluations % state.settings.sample_every == 0:
             self.print_sample()
         return val
+
+    def save(self, best: bool = False) -> None:
+        """ckpt.npz, best.npz when ``best``, ckpt-STEP.npz with --keep-last (rank 0)."""
+        if self.root:
+            self.run.out.save(self.run.state, best, self.run.state.settings.keep_last)
 
     def print_sample(self) -> None:
         """A short continuation of the validation split's first bytes (a fixed prompt)."""
@@ -359,6 +366,8 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
                 # a signal during that evaluation: its checkpoint is the one to stop at
                 stopping = stopping or (state.step < s.max_iters
                                         and comm.any_rank(stop.requested))
+            elif s.save_every and state.step % s.save_every == 0:
+                reporter.save()
             if stopping:
                 if reporter.root:
                     print(f"interrupted at step {state.step}; resume with --resume "
@@ -366,8 +375,12 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
                 return stop.exit_code, None
     finally:
         bar.close()
-    if val is None:   # resumed at or past max_iters: report the current model
-        val = reporter.evaluate_and_save("checkpoint saved")
+    if val is None:   # resumed at or past max_iters: its evaluation, not a second one
+        if reporter.root:
+            print(f"note: this run already reached step {state.step} (--max-iters "
+                  f"{s.max_iters}); raise --max-iters to train on", file=sys.stderr)
+        val = (state.metrics["val_loss"] if state.metrics.get("step") == state.step
+               else reporter.evaluate_and_save("checkpoint saved"))
     return 0, val
 
 

@@ -52,16 +52,21 @@ class TrainSettings(ConfigDict):
     seed: int = _setting(0, "seed for the weights and the data order")
     dtype: str = _setting("float32", "parameter dtype: float32 or float64")
     sample_every: int = _setting(0, "print a short sample at every N-th evaluation (0: never)")
+    save_every: int = _setting(None, "steps between checkpoints without an evaluation "
+                                     "(default: at each evaluation only)")
+    keep_last: int = _setting(0, "also keep the last N checkpoints as ckpt-STEP.npz (0: none)")
+    log_every: int = _setting(20, "steps between progress lines when not on a terminal")
 
     FIXED = ("data", "seed", "dtype")
 
     def __post_init__(self):
         self.check_types()
-        for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
+        for name in ("batch_size", "max_iters", "eval_every", "eval_batches", "save_every",
+                     "log_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{flag(name)} must be positive, got {value}")
-        for name in ("warmup", "seed", "sample_every"):
+        for name in ("warmup", "seed", "sample_every", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip"):

@@ -839,7 +839,8 @@ def test_a_data_file_named_in_bytes_that_are_not_utf8_trains_and_resumes(tmp_pat
 
 # ---- nothing outside the out-dir is created, truncated or written ------------------------
 PLANTED = ["metrics.jsonl", "metrics.jsonl.tmp", ".lock", f".write-test-{os.getpid()}",
-           "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl"]
+           "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl", "best.npz",
+           "ckpt-000002.npz"]
 
 
 @pytest.mark.parametrize("target", ["precious", "missing"])

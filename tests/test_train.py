@@ -101,9 +101,13 @@ def test_resuming_a_finished_run_reports_it_without_training(tmp_path, corpus_fi
     out_dir = str(tmp_path / "run")
     assert run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file,
                                 "--out-dir", out_dir], capsys)[0] == 0
-    code, out, _ = run_main(["--resume", "--out-dir", out_dir], capsys)
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        logged = f.read()
+    code, out, err = run_main(["--resume", "--out-dir", out_dir], capsys)
     assert code == 0 and "done: 5 steps" in out
-    assert len(train_losses(out_dir)) == 5
+    assert "raise --max-iters" in err
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        assert f.read() == logged      # no second evaluation of the same step
 
 
 def one_line_error(capsys, argv, expected):
