@@ -39,6 +39,7 @@ from .models import get_model, get_preset  # noqa: E402
 from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
 from .output import OutputPathError  # noqa: E402
+from .progress import Progress, warm_up  # noqa: E402
 from .train_cli import TrainRequest, parse_request  # noqa: E402
 from .train_state import (TrainingDiverged, TrainSettings, TrainState,  # noqa: E402
                           default_batch_size)
@@ -221,7 +222,7 @@ def checksum(state: TrainState) -> str:
 class Reporter:
     """Evaluates, logs and saves on rank 0; does nothing on the other ranks."""
 
-    def __init__(self, run: Run, root: bool):
+    def __init__(self, run: Run, root: bool, request: TrainRequest, callbacks=()):
         self.run, self.root = run, root
         s, state = run.state.settings, run.state
         self.baselines = count_model_losses(run.corpus.train, run.corpus.valid) if root else {}
@@ -231,9 +232,14 @@ class Reporter:
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
         self.metrics = run.out.open_metrics(upto_step=state.step, last_eval=state.metrics,
                                             run_id=state.run_id) if root else None
+        self.progress = Progress(s.max_iters, state.step, s.log_every, request.log_csv,
+                                 request.tensorboard, callbacks,
+                                 run.out.read_metrics()) if root else None
         self.best_val = run.out.best_val_loss(state.run_id) if root else math.inf
-        # seconds of training, continued from the checkpoint's last evaluation
-        self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
+
+    def start_clock(self) -> None:
+        """Seconds of training from now, continued from the checkpoint's last evaluation."""
+        self.clock = time.perf_counter() - (self.run.state.metrics.get("time_s") or 0.0)
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -248,9 +254,12 @@ class Reporter:
               f"unigram {self.baselines['unigram']:.3f}, "
               f"bigram {self.baselines['bigram']:.3f}", flush=True)
 
-    def log_step(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
+        """A step's or an evaluation's record: to metrics.jsonl, then shown and tracked."""
         if self.root:
-            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock})
+            record = {"time_s": time.perf_counter() - self.clock, **record}
+            self.metrics.write(record)
+            self.progress.record(record)
 
     def evaluate_and_save(self, reason: str):
         """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
@@ -268,7 +277,7 @@ class Reporter:
                          "time_s": time.perf_counter() - self.clock}
         self.save(best=val < self.best_val)
         self.best_val = min(val, self.best_val)
-        self.metrics.write(state.metrics)
+        self.log(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
                    f" | unigram {self.baselines['unigram']:.3f} | bigram "
                    f"{self.baselines['bigram']:.3f} | {reason}")
@@ -293,6 +302,7 @@ class Reporter:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+            self.progress.close()
 
 
 # ---------------------------------------------------------------------------------
@@ -341,40 +351,32 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     state, s = run.state, run.state.settings
     backend = state.backend
     tokens_per_step = s.batch_size * state.cfg.context
-    bar = tqdm(total=s.max_iters, initial=state.step, disable=None if reporter.root else True,
-               mininterval=1.0, dynamic_ncols=True)
     val = None
-    try:
-        while state.step < s.max_iters:
-            lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
-            t0 = time.perf_counter()
-            x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
-            # returns once the step is done on the device: it reads its loss to the host
-            m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
-            dt = time.perf_counter() - t0
-            peak = backend.memory.peak_bytes()
-            reporter.log_step({"step": state.step, "loss": m["loss"], "lr": lr,
-                               "grad_norm": m["grad_norm"], "tokens_per_s": tokens_per_step / dt,
-                               "peak_bytes": peak})
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
-                            peak_mb=f"{peak / 2**20:.0f}", refresh=False)
-            stopping = comm.any_rank(stop.requested)    # every rank stops at the same step
-            if stopping or state.step % s.eval_every == 0 or state.step == s.max_iters:
-                val = reporter.evaluate_and_save("interrupted: checkpoint saved" if stopping
-                                                 else "checkpoint saved")
-                # a signal during that evaluation: its checkpoint is the one to stop at
-                stopping = stopping or (state.step < s.max_iters
-                                        and comm.any_rank(stop.requested))
-            elif s.save_every and state.step % s.save_every == 0:
-                reporter.save()
-            if stopping:
-                if reporter.root:
-                    print(f"interrupted at step {state.step}; resume with --resume "
-                          f"--out-dir {run.out.path}", file=sys.stderr)
-                return stop.exit_code, None
-    finally:
-        bar.close()
+    while state.step < s.max_iters:
+        lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
+        t0 = time.perf_counter()
+        x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+        # returns once the step is done on the device: it reads its loss to the host
+        m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
+        dt = time.perf_counter() - t0
+        reporter.log({"step": state.step, "loss": m["loss"], "lr": lr,
+                      "grad_norm": m["grad_norm"], "ms_per_step": dt * 1e3,
+                      "tokens_per_s": tokens_per_step / dt,
+                      "peak_bytes": backend.memory.peak_bytes()})
+        stopping = comm.any_rank(stop.requested)    # every rank stops at the same step
+        if stopping or state.step % s.eval_every == 0 or state.step == s.max_iters:
+            val = reporter.evaluate_and_save("interrupted: checkpoint saved" if stopping
+                                             else "checkpoint saved")
+            # a signal during that evaluation: its checkpoint is the one to stop at
+            stopping = stopping or (state.step < s.max_iters
+                                    and comm.any_rank(stop.requested))
+        elif s.save_every and state.step % s.save_every == 0:
+            reporter.save()
+        if stopping:
+            if reporter.root:
+                print(f"interrupted at step {state.step}; resume with --resume "
+                      f"--out-dir {run.out.path}", file=sys.stderr)
+            return stop.exit_code, None
     if val is None:   # resumed at or past max_iters: its evaluation, not a second one
         if reporter.root:
             print(f"note: this run already reached step {state.step} (--max-iters "
@@ -384,14 +386,17 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     return 0, val
 
 
-def train(request: TrainRequest, comm, backend) -> int:
-    """The whole command on this rank: prepare, train, report; -> the exit code."""
+def train(request: TrainRequest, comm, backend, callbacks=()) -> int:
+    """The whole command on this rank: prepare, train, report; -> the exit code.
+    ``callbacks``: callables given each record of metrics.jsonl (rank 0), for a tracker."""
     root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
     with OutDir(request.out_dir, writer=root) as out:
         run = prepare(request, backend, out)
         join_ranks(run, comm)
-        reporter = Reporter(run, root)
+        reporter = Reporter(run, root, request, callbacks)
         reporter.banner(comm)
+        warm_up(run.state, run.state.settings.batch_size // comm.size, announce=root)
+        reporter.start_clock()
         backend.memory.reset_peak()
         started = time.perf_counter()
         try:
@@ -448,14 +453,15 @@ def train_distributed(request: TrainRequest) -> int:
         comm.abort(1)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """The command; ``callbacks``: see :func:`train`."""
     startup_over()
     with forgiving_streams(), quiet_float_warnings():
         try:
             request = parse_request(argv)
             if request.distributed:
                 return train_distributed(request)
-            return train(request, SingleProcess(), get_backend())
+            return train(request, SingleProcess(), get_backend(), callbacks)
         except KeyboardInterrupt:
             # a second Ctrl-C in training, or the first one before training began
             print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)
