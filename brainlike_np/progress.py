@@ -107,8 +107,8 @@ class TensorBoardLog:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            raise ConfigError("--tensorboard needs tensorboardX: pip install -e "
-                              "'.[tensorboard]'") from None
+            raise ConfigError('--tensorboard needs tensorboardX: pip install -e ".[tensorboard]"'
+                              ) from None
         self._writer = SummaryWriter(folder)
 
     def write(self, record: dict) -> None:

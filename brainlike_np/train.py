@@ -90,9 +90,38 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
     overrides the run was started with, when the checkpoint records them)."""
     path = request.resume
     state = TrainState.load(path, backend)
+    check_model_flags(request, state, path)
+    flags = {name: value for name, value in request.settings.items() if name != "data"}
+    settings = replace(state.settings, **flags)                 # data: by its record
+    if settings.batch_size is None:     # saved through the library (TrainState.save)
+        preset = request.preset or preset_of(state.model_name, state.cfg)
+        settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
+    state.change_settings(settings)
+    return state
+
+
+def started_state(request: TrainRequest, backend, corpus) -> TrainState:
+    """--init-from CKPT: a new run from the checkpoint's parameters (its model: the model
+    flags may only repeat its values) on this run's data and settings."""
+    settings = TrainSettings(**request.settings)
+    state = TrainState.start_from(request.init_from, backend, settings, request.keep_optimizer)
+    check_model_flags(request, state, request.init_from, "start from it")
+    if settings.batch_size is None:
+        preset = request.preset or preset_of(state.model_name, state.cfg)
+        state.settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
+    corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
+    check_memory(state.cfg, state.model_name, state.settings, backend)
+    return state
+
+
+def check_model_flags(request: TrainRequest, state: TrainState, path: str,
+                      to: str = "resume it") -> None:
+    """CheckpointError unless --model, --preset and the config flags given repeat the
+    checkpoint's values (``--preset``: its fields', with the overrides its run was started
+    with, when the checkpoint records them)."""
     if request.model is not None and request.model != state.model_name:
         raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
-                              f"'{request.model}'; drop --model to resume it")
+                              f"'{request.model}'; drop --model to {to}")
     started_with = (state.config_origin or {}).get("overrides", {})
     expected = (configured(state.model_name, request.preset,
                            {**started_with, **request.config}).to_dict()
@@ -104,15 +133,8 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
                      else f"--{flag(name)}")
             raise CheckpointError(
                 f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value} "
-                f"({given}); drop {given} to resume it, or start a new run in another "
+                f"({given}); drop {given} to {to}, or start a new run in another "
                 "--out-dir")
-    flags = {name: value for name, value in request.settings.items() if name != "data"}
-    settings = replace(state.settings, **flags)                 # data: by its record
-    if settings.batch_size is None:     # saved through the library (TrainState.save)
-        preset = request.preset or preset_of(state.model_name, state.cfg)
-        settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
-    state.change_settings(settings)
-    return state
 
 
 def preset_of(model_name: str, cfg) -> str:
@@ -171,7 +193,8 @@ def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
         out.check_new_run()
         corpus = open_corpus(request.settings.get("data"))
         corpus.check_outside(out.path)
-        state = new_state(request, backend, corpus)
+        state = (started_state(request, backend, corpus) if request.init_from
+                 else new_state(request, backend, corpus))
     state.data_record = corpus.record()
     return Run(state, corpus, out)
 
@@ -236,6 +259,8 @@ class Reporter:
                                  request.tensorboard, callbacks,
                                  run.out.read_metrics()) if root else None
         self.best_val = run.out.best_val_loss(state.run_id) if root else math.inf
+        if root and state.init_from and state.step == 0:   # the first record: where it began
+            self.metrics.write({"step": 0, "init_from": state.init_from})
 
     def start_clock(self) -> None:
         """Seconds of training from now, continued from the checkpoint's last evaluation."""
@@ -257,7 +282,8 @@ class Reporter:
     def log(self, record: dict) -> None:
         """A step's or an evaluation's record: to metrics.jsonl, then shown and tracked."""
         if self.root:
-            record = {"time_s": time.perf_counter() - self.clock, **record}
+            record = {**record, "time_s": record.get("time_s",
+                                                     time.perf_counter() - self.clock)}
             self.metrics.write(record)
             self.progress.record(record)
 

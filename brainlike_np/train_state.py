@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -109,6 +110,8 @@ class TrainState:
                                      # None: a run started before run ids existed
     config_origin: dict | None = None   # {"preset": name, "overrides": {field: value}}: how
                                         # the trainer made cfg; None: unknown (the library)
+    init_from: dict | None = None    # where a run started from another's parameters
+                                     # (start_from); None: from its own initialisation
 
     @property
     def model(self):
@@ -132,6 +135,29 @@ class TrainState:
         optimizer = AdamW(weight_decay=settings.weight_decay, no_decay=model.NO_DECAY)
         return cls(model_name, cfg, settings, backend, optimizer.adopt(params, backend.xp),
                    optimizer, backend.rng(settings.seed + 1), run_id=secrets.token_hex(8))
+
+    @classmethod
+    def start_from(cls, path: str, backend, settings: TrainSettings = TrainSettings(),
+                   keep_optimizer: bool = False) -> "TrainState":
+        """A new run (step 0, a new run id, its data order from ``settings.seed``) from the
+        parameters of the checkpoint at ``path``: fresh AdamW moments, or with
+        ``keep_optimizer`` the saved ones with their step count (their bias correction
+        goes on). ``init_from`` records the checkpoint, its run and step."""
+        if not isinstance(settings, TrainSettings):
+            raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+        source = cls.load(path, backend)
+        if settings.dtype != source.settings.dtype:
+            raise ConfigError(f"checkpoint '{path}' holds {source.settings.dtype} parameters, "
+                              f"not {settings.dtype}; drop --dtype")
+        optimizer = source.optimizer if keep_optimizer else AdamW(no_decay=source.model.NO_DECAY)
+        optimizer.weight_decay = settings.weight_decay
+        params = (source.params if keep_optimizer
+                  else optimizer.adopt(source.params, backend.xp))
+        origin = {"checkpoint": os.path.abspath(path), "run_id": source.run_id,
+                  "step": source.step, "optimizer_step": optimizer.step}
+        return cls(source.model_name, source.cfg, settings, backend, params, optimizer,
+                   backend.rng(settings.seed + 1), run_id=secrets.token_hex(8),
+                   config_origin=source.config_origin, init_from=origin)
 
     def change_settings(self, settings: TrainSettings) -> None:
         """Continue under new settings, in place: those in ``TrainSettings.FIXED`` must
@@ -216,7 +242,7 @@ class TrainState:
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
             "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
-            "config_origin": self.config_origin,
+            "config_origin": self.config_origin, "init_from": self.init_from,
         }, self.backend)
 
     @classmethod
@@ -246,7 +272,9 @@ class TrainState:
                     raise ValueError(f"data source {data_record['source']!r}")
                 config_origin = meta.get("config_origin")
                 _check_config_origin(config_origin, cfg)
-                if not isinstance(step, int) or step < 0 or optimizer.step != step:
+                init_from = meta.get("init_from")
+                kept_steps = _check_init_from(init_from)     # counted by a kept optimizer
+                if not isinstance(step, int) or step < 0 or optimizer.step != step + kept_steps:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise CheckpointError(f"checkpoint '{path}' has incomplete or invalid metadata "
@@ -264,7 +292,7 @@ class TrainState:
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id,
-                   config_origin=config_origin)
+                   config_origin=config_origin, init_from=init_from)
 
 
 def _check_backend(backend, where: str) -> None:
@@ -283,6 +311,19 @@ def _restored_rng(sampler, state):
     if sampler.bit_generator.state != state:
         raise ValueError(f"rng state {state!r:.80} is not one NumPy gives back")
     return sampler
+
+
+def _check_init_from(origin) -> int:
+    """-> the optimizer steps counted before the run began; ValueError unless ``origin``
+    is None or what ``start_from`` records."""
+    if origin is None:
+        return 0
+    if not (isinstance(origin, dict) and isinstance(origin.get("checkpoint"), str)
+            and all(isinstance(origin.get(k), int) and not isinstance(origin.get(k), bool)
+                    and origin[k] >= 0 for k in ("step", "optimizer_step"))
+            and isinstance(origin.get("run_id"), (str, type(None)))):
+        raise ValueError(f"init_from {origin!r:.80}")
+    return origin["optimizer_step"]
 
 
 def _check_config_origin(origin, cfg) -> None:

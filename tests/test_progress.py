@@ -87,7 +87,7 @@ def test_tensorboard_event_files_and_the_missing_extra(tmp_path, corpus_file, ca
     assert train.main(TINY + ["--data", corpus_file, "--out-dir", str(tmp_path / "b"),
                               "--tensorboard", str(board)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "pip install -e '.[tensorboard]'" in err
+    assert err.startswith("error: ") and 'pip install -e ".[tensorboard]"' in err
 
 
 def test_the_warm_up_changes_neither_parameters_nor_data_order():
