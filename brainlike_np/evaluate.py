@@ -1,8 +1,8 @@
 """Evaluation only: ``python -m brainlike_np.evaluate --checkpoint CKPT --data FILE``.
 
-The loss of a checkpoint's model on any data, in nats and bits per byte, over every
-window of the chosen split (the ``context`` bytes before each byte, for every byte that
-has that many before it), or over ``--max-windows`` of them evenly spaced when there are
+The loss of a checkpoint's model on any data, in nats and bits per byte (per token for
+token files), over every window of the chosen split (the ``context`` tokens before each
+token, for every token that has that many before it), or over ``--max-windows`` of them evenly spaced when there are
 more (the output says which), beside the count-model baselines. The library function is
 :func:`evaluate_tokens`: it picks its windows by position, never from the training
 sampler, so evaluating a state in the middle of a run leaves its data order (and exact
@@ -128,6 +128,7 @@ def run(args) -> None:
     corpus = open_corpus(data)
     corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     splits = ("train", "valid") if args.split == "all" else (args.split,)
+    unit = getattr(corpus, "unit", "byte")     # what the data's tokens are
     print(f"checkpoint {args.checkpoint}: model {state.model_name} at step {state.step}; "
           f"data {corpus.name}", flush=True)
     results = {}
@@ -137,14 +138,14 @@ def run(args) -> None:
         base = count_model_losses(corpus.train, tokens)
         which = (f"{result.windows:,} of {result.total:,} windows, evenly spaced"
                  if result.sampled else f"all {result.total:,} windows")
-        print(f"{split}: {result.loss:.4f} nats/byte ({result.bits:.3f} bits/byte) over "
+        print(f"{split}: {result.loss:.4f} nats/{unit} ({result.bits:.3f} bits/{unit}) over "
               f"{which}; baselines unigram {base['unigram']:.3f}, bigram {base['bigram']:.3f} "
               f"(fit on the train split{baseline_note(corpus.train, tokens)})", flush=True)
         results[split] = result
     if len(results) > 1:
         n = sum(r.windows for r in results.values())
         loss = sum(r.loss * r.windows for r in results.values()) / n
-        print(f"all: {loss:.4f} nats/byte ({nats_to_bits(loss):.3f} bits/byte) over {n:,} "
+        print(f"all: {loss:.4f} nats/{unit} ({nats_to_bits(loss):.3f} bits/{unit}) over {n:,} "
               "windows", flush=True)
 
 

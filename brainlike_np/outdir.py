@@ -165,13 +165,16 @@ class OutDir:
                      run_id: str | None = None) -> None:
         """CheckpointError unless the checkpoint ``source`` (at ``step``, its last
         evaluation ``last_eval``, its ``run_id``) may continue in this folder: the
-        folder's own checkpoint, or no other checkpoint here and a metrics file of the
+        folder's own checkpoint or one of its run (ckpt.npz and best.npz of the same run
+        id), or no other checkpoint here and a metrics file of the
         same run (every record carries its run id; a run older than run ids: its last
         evaluation is logged, or nothing after its step is)."""
         if not self.writer:
             return
-        if os.path.lexists(self.checkpoint) and not _same_file(source, self.checkpoint) \
-                and (run_id is None or _run_id_of(self.checkpoint) != run_id):
+        others = [path for path in (self.checkpoint, self.best) if os.path.lexists(path)
+                  and not _same_file(source, path)
+                  and (run_id is None or _run_id_of(path) != run_id)]
+        if others:
             raise CheckpointError(
                 f"--out-dir '{self.path}' holds another run's checkpoint; resume '{source}' "
                 "into an empty --out-dir, or resume that run with --resume alone (nothing "

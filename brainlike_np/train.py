@@ -17,7 +17,6 @@ if __name__ == "__main__":    # a Ctrl-C while the libraries below load: one lin
 import hashlib  # noqa: E402  (the imports below take a while; the guard comes first)
 import json  # noqa: E402
 import math  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -40,11 +39,11 @@ from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
 from .output import OutputPathError  # noqa: E402
 from .progress import Progress, warm_up  # noqa: E402
+from .stop import EXIT_TERMINATED, StopFlag  # noqa: E402,F401  (EXIT_TERMINATED: for callers)
 from .train_cli import TrainRequest, parse_request  # noqa: E402
 from .train_state import (TrainingDiverged, TrainSettings, TrainState,  # noqa: E402
                           default_batch_size)
 
-EXIT_TERMINATED = 143       # SIGTERM (Slurm, Kubernetes, kill)
 SAMPLE_PROMPT_BYTES = 24    # --sample-every: the prompt is the validation split's first bytes
 SAMPLE_BYTES = 80           # ... and this many new bytes follow it
 
@@ -334,44 +333,6 @@ class Reporter:
 # ---------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------
-class StopFlag:
-    """Ctrl-C (SIGINT) and SIGTERM set a flag the loop checks after each step: it saves
-    and exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once, keeping the
-    last checkpoint on disk.
-
-    ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
-    every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
-    kills the ranks itself after its grace period. A signal ignored at start stays ignored."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, distributed=False):
-        self.signum = None
-        self.distributed = distributed
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
-
-    def __enter__(self):
-        kept = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-        self._previous = {s: signal.signal(s, self._handle) for s in kept}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and not self.distributed:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-
-
 def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     """Train up to max_iters; -> (exit code, last validation loss or None)."""
     state, s = run.state, run.state.settings
@@ -420,8 +381,8 @@ def train(request: TrainRequest, comm, backend, callbacks=()) -> int:
         run = prepare(request, backend, out)
         join_ranks(run, comm)
         reporter = Reporter(run, root, request, callbacks)
-        reporter.banner(comm)
         warm_up(run.state, run.state.settings.batch_size // comm.size, announce=root)
+        reporter.banner(comm)               # its last line: training starts
         reporter.start_clock()
         backend.memory.reset_peak()
         started = time.perf_counter()

@@ -119,3 +119,23 @@ def test_bad_save_and_log_intervals(tmp_path, corpus_file, capsys, flags, expect
                                       "--out-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err
+
+
+@pytest.mark.parametrize("kept", ["ckpt.npz", "best.npz"])
+def test_a_checkpoint_of_another_run_is_not_resumed_into_a_folder(tmp_path, corpus_file,
+                                                                  capsys, kept):
+    """Another run's ckpt.npz or best.npz in --out-dir: refused, nothing changed."""
+    for name, seed in (("a", "1"), ("b", "2")):
+        assert train.main(TINY + ["--max-iters", "2", "--eval-every", "2", "--seed", seed,
+                                  "--data", corpus_file, "--out-dir", str(tmp_path / name)]) == 0
+    target = tmp_path / "b"
+    if kept == "best.npz":      # b's best.npz stays, its ckpt.npz goes: only best.npz differs
+        os.remove(target / "ckpt.npz")
+        os.remove(target / "metrics.jsonl")
+    before = {p: (target / p).read_bytes() for p in os.listdir(target) if p != ".lock"}
+    capsys.readouterr()
+    assert train.main(["--resume", str(tmp_path / "a" / "best.npz"), "--max-iters", "4",
+                       "--out-dir", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "another run's checkpoint" in err
+    assert {p: (target / p).read_bytes() for p in os.listdir(target) if p != ".lock"} == before
