@@ -198,9 +198,11 @@ class OutDir:
         return os.path.join(self.path, f"ckpt-{step:06d}.npz")
 
     def numbered_checkpoints(self) -> dict:
-        """step -> path of the ``ckpt-STEP.npz`` files in the folder."""
+        """step -> path of the ``ckpt-STEP.npz`` files in the folder (none: no folder yet,
+        as another rank than the writer may see it)."""
+        names = os.listdir(self.path) if os.path.isdir(self.path) else []
         return {int(name[5:-4]): os.path.join(self.path, name)
-                for name in os.listdir(self.path) if NUMBERED_CHECKPOINT.match(name)}
+                for name in names if NUMBERED_CHECKPOINT.match(name)}
 
     def save(self, state, best: bool = False, keep_last: int = 0) -> None:
         """Write ``state`` as ckpt.npz; as best.npz too when ``best`` (its validation

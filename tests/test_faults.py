@@ -751,8 +751,9 @@ def test_resuming_another_runs_checkpoint_into_a_used_out_dir_is_refused(
     main_error(train.main, ["--resume", other / "ckpt.npz", "--max-iters", 8, "--out-dir", ours],
                capsys, "holds another run's checkpoint")
     assert _files(ours) == before
-    # its checkpoint moved away: the other run's checkpoint is still refused (metrics)
+    # its checkpoints moved away: the other run's checkpoint is still refused (metrics)
     os.rename(ours / "ckpt.npz", tmp_path / "moved.npz")
+    os.rename(ours / "best.npz", tmp_path / "moved-best.npz")
     before = _files(ours)
     main_error(train.main, ["--resume", other / "ckpt.npz", "--out-dir", ours], capsys,
                "holds the metrics of another run")
