@@ -780,6 +780,7 @@ def test_a_resume_refuses_the_metrics_of_another_run_that_stopped_earlier(
     ref = _finished_run(tmp_path, corpus_file, capsys, "ref", 3)
     other = _finished_run(tmp_path, corpus_file, capsys, "other", 2, "--seed", 7)
     os.remove(other / "ckpt.npz")
+    os.remove(other / "best.npz")
     before = _files(other)
     main_error(train.main, ["--resume", ref / "ckpt.npz", "--max-iters", 4, "--out-dir", other],
                capsys, "holds the metrics of another run")

@@ -108,3 +108,16 @@ def test_help_lists_the_choices(capsys):
     for choices in ("tiny, default, note", "one of replace, residual", "one of last, all",
                     "one of learned, random", "one of sparse, dense", "one of all, last"):
         assert choices in text
+
+
+def test_on_a_terminal_the_bar_replaces_the_lines(monkeypatch, capsys):
+    from brainlike_np.progress import Progress
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    seen = []
+    progress = Progress(total=9, initial=2, log_every=1, callbacks=[seen.append])
+    record = {"step": 3, "loss": 2.5, "ms_per_step": 4.0, "tokens_per_s": 10.0,
+              "peak_bytes": 2**20}
+    progress.record(record)
+    assert progress.bar is not None and progress.bar.n == 3 and seen == [record]
+    progress.close()
+    assert "ms/step" not in capsys.readouterr().out
