@@ -1,7 +1,6 @@
 """Evaluation only (brainlike_np.evaluate): the library function against an independent
 per-window loss, exact resume untouched, and the command's output and errors."""
 
-import os
 
 import numpy as np
 import pytest

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -121,3 +122,23 @@ def test_on_a_terminal_the_bar_replaces_the_lines(monkeypatch, capsys):
     assert progress.bar is not None and progress.bar.n == 3 and seen == [record]
     progress.close()
     assert "ms/step" not in capsys.readouterr().out
+
+
+def test_the_warm_up_stays_out_of_the_runs_seconds_and_peak_memory(tmp_path, corpus_file,
+                                                                   capsys, monkeypatch):
+    """A slow, memory-hungry warm-up (as a first run's compilation is) shows in neither
+    the first step's time_s nor its peak_bytes."""
+    real = train.warm_up
+
+    def slow_and_big(state, local_batch, announce=True):
+        real(state, local_batch, announce)
+        hog = state.backend.xp.ones(2**24, dtype=state.backend.xp.float32)   # 64 MiB
+        del hog
+        time.sleep(1.5)
+    monkeypatch.setattr(train, "warm_up", slow_and_big)
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--max-iters", "2", "--data", corpus_file,
+                              "--out-dir", str(out)]) == 0
+    first = metrics(out)[0]
+    assert first["step"] == 1 and first["time_s"] < 1.0
+    assert first["peak_bytes"] < 2**24 * 4 / 2
