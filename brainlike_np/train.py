@@ -256,7 +256,8 @@ class Reporter:
                                             run_id=state.run_id) if root else None
         self.progress = Progress(s.max_iters, state.step, s.log_every, request.log_csv,
                                  request.tensorboard, callbacks,
-                                 run.out.read_metrics()) if root else None
+                                 run.out.read_metrics() if request.log_csv else ()
+                                 ) if root else None
         self.best_val = run.out.best_val_loss(state.run_id) if root else math.inf
         if root and state.init_from and state.step == 0:   # the first record: where it began
             self.metrics.write({"step": 0, "init_from": state.init_from})

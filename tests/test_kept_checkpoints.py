@@ -139,3 +139,24 @@ def test_a_checkpoint_of_another_run_is_not_resumed_into_a_folder(tmp_path, corp
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "another run's checkpoint" in err
     assert {p: (target / p).read_bytes() for p in os.listdir(target) if p != ".lock"} == before
+
+
+def test_a_checkpoint_saved_between_evaluations_resumes_bit_for_bit(tmp_path, corpus_file,
+                                                                    capsys):
+    """ckpt-000004.npz of a --save-every 2 run (no evaluation at step 4), resumed in a copy
+    of its folder, ends at the same parameters and moments as the uninterrupted run."""
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--max-iters", "7", "--eval-every", "3", "--save-every", "2",
+                              "--keep-last", "9", "--data", corpus_file,
+                              "--out-dir", str(out)]) == 0
+    assert meta(out / "ckpt-000004.npz")["metrics"]["step"] == 3    # its last evaluation
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "ckpt.npz").write_bytes((out / "ckpt-000004.npz").read_bytes())
+    (again / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
+    assert train.main(["--resume", "--out-dir", str(again)]) == 0
+    capsys.readouterr()
+    with np.load(out / "ckpt.npz") as a, np.load(again / "ckpt.npz") as b:
+        arrays = [k for k in a.files if k != "meta.json"]
+        assert arrays and all(np.array_equal(a[k], b[k]) for k in arrays)
+    assert evaluations(again) == evaluations(out)
