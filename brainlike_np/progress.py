@@ -133,7 +133,7 @@ def warm_up(state, local_batch: int, announce: bool = True) -> None:
     started = time.perf_counter()
     x, y = random_batch(local_batch, state.cfg.context, state.cfg.vocab_size)
     b = state.backend
-    loss, _ = state.model.loss_and_grads(state.params, b.asarray(x), b.asarray(y), state.cfg,
-                                         b.ops)
+    loss, _ = state.model.loss_and_grads(state.params, b.asarray_ids(x), b.asarray_ids(y),
+                                         state.cfg, b.ops)
     b.to_numpy(loss)                     # done on the device too
     say(f" ready in {time.perf_counter() - started:.1f} s", flush=True)
