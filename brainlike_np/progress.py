@@ -35,8 +35,9 @@ class Progress:
                         dynamic_ncols=True) if on_terminal else None
         self.total, self.log_every = total, log_every
         self.first = None        # (seconds, step) of the first step shown: the ETA's origin
-        self.logs = ([CsvLog(csv_path, history)] if csv_path else []) + \
-            ([TensorBoardLog(tensorboard_dir)] if tensorboard_dir else [])
+        self.logs = [TensorBoardLog(tensorboard_dir)] if tensorboard_dir else []
+        if csv_path:            # after the check for tensorboardX: nothing written if missing
+            self.logs.append(CsvLog(csv_path, history))
         self.sinks = list(callbacks) + [log.write for log in self.logs]
 
     def record(self, record: dict) -> None:
