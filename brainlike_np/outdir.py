@@ -207,8 +207,9 @@ class OutDir:
     def save(self, state, best: bool = False, keep_last: int = 0) -> None:
         """Write ``state`` as ckpt.npz; as best.npz too when ``best`` (its validation
         loss is the lowest yet); as ckpt-STEP.npz when ``keep_last``, then remove the
-        numbered checkpoints older than the last ``keep_last`` (regular files only: a
-        symlink or anything else of that name is left alone). Each write is atomic."""
+        numbered checkpoints older than the last ``keep_last`` (this run's only: a
+        symlink, another run's file or anything else of that name is left alone). Each
+        write is atomic."""
         state.save(self.checkpoint)
         if best:
             state.save(self.best)
@@ -216,8 +217,9 @@ class OutDir:
             state.save(self.numbered(state.step))
             numbered = self.numbered_checkpoints()
             for step in sorted(numbered)[:-keep_last]:
-                if stat.S_ISREG(os.lstat(numbered[step]).st_mode):
-                    os.remove(numbered[step])
+                path = numbered[step]
+                if stat.S_ISREG(os.lstat(path).st_mode) and _run_id_of(path) == state.run_id:
+                    os.remove(path)
 
     def best_val_loss(self, run_id: str | None) -> float:
         """The validation loss of run ``run_id``'s best.npz; infinity when there is none

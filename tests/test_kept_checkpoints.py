@@ -49,6 +49,14 @@ def test_best_keep_last_and_save_every(tmp_path, corpus_file, capsys):
         "ckpt-000009.npz", "ckpt-000011.npz"]
     assert meta(out / "ckpt-000009.npz")["step"] == 9
     assert meta(out / "ckpt.npz")["step"] == 11
+    # a numbered checkpoint of another run, put in the folder, is never pruned
+    foreign = tmp_path / "foreign"
+    assert train.main(TINY + ["--max-iters", "1", "--eval-every", "1", "--keep-last", "1",
+                              "--data", corpus_file, "--out-dir", str(foreign)]) == 0
+    os.rename(foreign / "ckpt-000001.npz", out / "ckpt-000001.npz")
+    assert train.main(["--resume", "--max-iters", "13", "--out-dir", str(out)]) == 0
+    assert sorted(p for p in os.listdir(out) if p.startswith("ckpt-")) == [
+        "ckpt-000001.npz", "ckpt-000012.npz", "ckpt-000013.npz"]
 
 
 def test_best_is_never_replaced_by_a_worse_state(tmp_path, corpus_file, capsys):
