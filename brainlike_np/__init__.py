@@ -26,7 +26,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "ConfigError": "config", "load_corpus": "data",
     "MODELS": "models", "get_model": "models", "get_preset": "models",
     "TrainingDiverged": "train_state", "TrainSettings": "train_state",
-    "TrainState": "train_state",
+    "TrainState": "train_state", "evaluate_tokens": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import load_corpus
+    from .evaluate import evaluate_tokens
     from .models import MODELS, get_model, get_preset
     from .train_state import TrainingDiverged, TrainSettings, TrainState
 

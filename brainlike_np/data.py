@@ -39,7 +39,7 @@ JSON_PATH_BYTES = 6 * MAX_PATH_BYTES + 256   # a path in JSON (a byte as "\udcff
 MAX_DATA_RECORD_BYTES = (MAX_RECORDED_FILES + 2) * JSON_PATH_BYTES + 64 * MAX_RECORDED_FILES
 # the names the trainer writes in its --out-dir (outdir.py, output.replacing)
 OUT_DIR_NAMES = ("ckpt.npz", "metrics.jsonl", ".lock", ".tmp-x0y1z2.npz", ".tmp-x0y1z2.jsonl",
-                 ".tmp-write-test-x0y1z2")
+                 ".tmp-write-test-x0y1z2", "best.npz", "ckpt-000200.npz")
 
 
 # ---- corpora ------------------------------------------------------------------------

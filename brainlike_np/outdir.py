@@ -1,4 +1,6 @@
-"""The trainer's output folder: ``ckpt.npz``, ``metrics.jsonl`` and a lock.
+"""The trainer's output folder: ``ckpt.npz`` (the last state), ``best.npz`` (the state
+of the lowest validation loss), ``ckpt-STEP.npz`` (the last ``--keep-last`` states),
+``metrics.jsonl`` and a lock.
 
 - It is checked before any training time is spent: a usable path, a folder, writable.
   A run refused before writing anything removes the folder if it made it.
@@ -32,11 +34,13 @@ import os
 import stat
 import tempfile
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, CheckpointFile
 from .data import NotRegularFileError, open_regular_file
-from .output import ZIP_MAGIC, OutputPathError, check_output_path, replacing
+from .output import (NUMBERED_CHECKPOINT, ZIP_MAGIC, OutputPathError, check_output_path,
+                     replacing)
 
 CHECKPOINT_NAME = "ckpt.npz"
+BEST_NAME = "best.npz"
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".lock"
 
@@ -57,6 +61,7 @@ class OutDir:
             raise OutDirError("--out-dir is empty; name a folder for the checkpoint and metrics")
         self.path, self.writer = path, writer
         self.checkpoint = os.path.join(path, CHECKPOINT_NAME)
+        self.best = os.path.join(path, BEST_NAME)
         self.metrics_path = os.path.join(path, METRICS_NAME)
         self._lock = None
         self.created = False     # this run made the folder (removed if it writes nothing)
@@ -75,6 +80,7 @@ class OutDir:
         """OutDirError, before any training time is spent, unless the checkpoint and the
         metrics file can be written (absent, or regular files: see ``output.py``)."""
         for path, magic, name in ((self.checkpoint, ZIP_MAGIC, CHECKPOINT_NAME),
+                                  (self.best, ZIP_MAGIC, BEST_NAME),
                                   (self.metrics_path, None, METRICS_NAME)):
             try:
                 check_output_path(path, magic, own_name=name,
@@ -144,10 +150,11 @@ class OutDir:
     def check_new_run(self) -> None:
         """CheckpointError unless a new run may start here: no checkpoint, and no
         evaluation logged by a run whose checkpoint is gone (nothing is overwritten)."""
-        if os.path.lexists(self.checkpoint):
-            raise CheckpointError(
-                f"'{self.checkpoint}' already exists; pass --resume to continue that run, or "
-                "choose another --out-dir (nothing was overwritten)")
+        for path in [self.checkpoint, self.best, *self.numbered_checkpoints().values()]:
+            if os.path.lexists(path):
+                raise CheckpointError(
+                    f"'{path}' already exists; pass --resume to continue that run, or "
+                    "choose another --out-dir (nothing was overwritten)")
         if self.writer and any("val_loss" in r for r in self.read_metrics()):
             raise CheckpointError(
                 f"'{self.metrics_path}' holds the evaluations of an earlier run whose "
@@ -158,12 +165,16 @@ class OutDir:
                      run_id: str | None = None) -> None:
         """CheckpointError unless the checkpoint ``source`` (at ``step``, its last
         evaluation ``last_eval``, its ``run_id``) may continue in this folder: the
-        folder's own checkpoint, or no other checkpoint here and a metrics file of the
+        folder's own checkpoint or one of its run (ckpt.npz and best.npz of the same run
+        id), or no other checkpoint here and a metrics file of the
         same run (every record carries its run id; a run older than run ids: its last
         evaluation is logged, or nothing after its step is)."""
         if not self.writer:
             return
-        if os.path.lexists(self.checkpoint) and not _same_file(source, self.checkpoint):
+        others = [path for path in (self.checkpoint, self.best) if os.path.lexists(path)
+                  and not _same_file(source, path)
+                  and (run_id is None or _run_id_of(path) != run_id)]
+        if others:
             raise CheckpointError(
                 f"--out-dir '{self.path}' holds another run's checkpoint; resume '{source}' "
                 "into an empty --out-dir, or resume that run with --resume alone (nothing "
@@ -181,6 +192,47 @@ class OutDir:
                 f"'{self.metrics_path}' holds the metrics of another run than checkpoint "
                 f"'{source}' (step {step}); resume it into an empty --out-dir, or move "
                 "metrics.jsonl away (nothing was changed)")
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def numbered(self, step: int) -> str:
+        return os.path.join(self.path, f"ckpt-{step:06d}.npz")
+
+    def numbered_checkpoints(self) -> dict:
+        """step -> path of the ``ckpt-STEP.npz`` files in the folder (none: no folder yet,
+        as another rank than the writer may see it)."""
+        names = os.listdir(self.path) if os.path.isdir(self.path) else []
+        return {int(name[5:-4]): os.path.join(self.path, name)
+                for name in names if NUMBERED_CHECKPOINT.match(name)}
+
+    def save(self, state, best: bool = False, keep_last: int = 0) -> None:
+        """Write ``state`` as ckpt.npz; as best.npz too when ``best`` (its validation
+        loss is the lowest yet); as ckpt-STEP.npz when ``keep_last``, then remove the
+        numbered checkpoints older than the last ``keep_last`` (this run's only: a
+        symlink, another run's file or anything else of that name is left alone). Each
+        write is atomic."""
+        state.save(self.checkpoint)
+        if best:
+            state.save(self.best)
+        if keep_last:
+            state.save(self.numbered(state.step))
+            numbered = self.numbered_checkpoints()
+            for step in sorted(numbered)[:-keep_last]:
+                path = numbered[step]
+                if stat.S_ISREG(os.lstat(path).st_mode) and _run_id_of(path) == state.run_id:
+                    os.remove(path)
+
+    def best_val_loss(self, run_id: str | None) -> float:
+        """The validation loss of run ``run_id``'s best.npz; infinity when there is none
+        (no file, an unreadable one, or one without that run id: it is then replaced)."""
+        try:
+            with CheckpointFile(self.best) as checkpoint:
+                meta = checkpoint.meta
+            loss = meta["metrics"]["val_loss"]
+            if meta.get("run_id") == run_id and isinstance(loss, (int, float)):
+                return float(loss)
+        except (CheckpointError, OSError, KeyError, TypeError):
+            pass
+        return math.inf
 
     # ---- metrics ---------------------------------------------------------------------
     def read_metrics(self) -> list[dict]:
@@ -237,6 +289,15 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _run_id_of(path: str) -> str | None:
+    """The run id a checkpoint records; None if it records none or cannot be read."""
+    try:
+        with CheckpointFile(path) as checkpoint:
+            return checkpoint.meta.get("run_id")
+    except (CheckpointError, OSError, AttributeError):
+        return None
 
 
 def _as_logged(record: dict) -> dict:

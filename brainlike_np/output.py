@@ -8,21 +8,23 @@ writer writes (an empty one, or one that starts with the writer's magic bytes: a
 checkpoint is a zip, a plot a PNG). A symlink, a folder, a FIFO, a socket or a device
 is refused in one line, never replaced or written through (a stream such as
 ``/dev/stdout`` gets no atomic write, and a symlink may lead anywhere), and so is a
-name of a training run's files (``ckpt.npz``, ``metrics.jsonl``, ``.lock``, ``.tmp-*``)
-for a writer that does not own it. A replaced file keeps its permissions (a read-only
+name of a training run's files (``ckpt.npz``, ``best.npz``, ``ckpt-STEP.npz``,
+``metrics.jsonl``, ``.lock``, ``.tmp-*``) for a writer that does not own it. A replaced file keeps its permissions (a read-only
 checkpoint stays read-only); a new one gets those the umask gives (``0o666 & ~umask``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from contextlib import contextmanager
 
 from .data import file_kind
 
-RUN_FILE_NAMES = ("ckpt.npz", "metrics.jsonl", ".lock")   # what the trainer writes
+RUN_FILE_NAMES = ("ckpt.npz", "best.npz", "metrics.jsonl", ".lock")   # what the trainer
+NUMBERED_CHECKPOINT = re.compile(r"ckpt-\d+\.npz\Z")   # writes, and --keep-last's ckpt-STEP.npz
 TEMP_PREFIX = ".tmp-"                                      # ... and its temporary files
 ZIP_MAGIC = b"PK\x03\x04"          # a checkpoint (.npz)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"   # a plot
@@ -42,7 +44,8 @@ def check_output_path(path: str, magic: bytes | None, own_name: str | None = Non
         raise (ValueError if path == "" else TypeError)(
             f"the output path must be a file's path, got {path!r}")
     name = os.path.basename(path)
-    if (name in RUN_FILE_NAMES and name != own_name) or name.startswith(TEMP_PREFIX):
+    role = run_file_role(name)
+    if (role and role != run_file_role(own_name)) or name.startswith(TEMP_PREFIX):
         raise OutputPathError(f"'{path}' is named as a training run's own file; {fix} "
                               "(nothing was written)")
     try:
@@ -59,6 +62,14 @@ def check_output_path(path: str, magic: bytes | None, own_name: str | None = Non
     else:
         return stat.S_IMODE(st.st_mode)
     raise OutputPathError(f"'{path}' {problem}; {fix} (nothing was written)")
+
+
+def run_file_role(name: str | None) -> str | None:
+    """What a training run's file of that name is: 'checkpoint' for every checkpoint
+    (one writer writes them all), the name itself for the others; None: not a run's."""
+    if name in ("ckpt.npz", "best.npz") or NUMBERED_CHECKPOINT.match(name or ""):
+        return "checkpoint"
+    return name if name in RUN_FILE_NAMES else None
 
 
 def new_file_permissions() -> int:

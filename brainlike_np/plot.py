@@ -4,7 +4,7 @@ Left: training and validation loss (nats/byte) against the step; right: the same
 seconds of training (set-up excluded, continued across ``--resume``). The unigram and
 bigram count-model baselines are horizontal lines. Several out-dirs are overlaid, one
 colour each. Each ``metrics.jsonl`` is read as the trainer reads it (``read_metrics``: a
-torn or bad line is skipped). Needs matplotlib (``pip install 'brainlike-np[plot]'``);
+torn or bad line is skipped). Needs matplotlib (``pip install -e ".[plot]"``);
 without it, or without metrics to plot, the command ends with one ``error: ...`` line.
 """
 
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     try:
         import matplotlib  # noqa: F401  (only to say in one line that it is missing)
     except ImportError:
-        print("error: the plot needs matplotlib: pip install 'brainlike-np[plot]'",
+        print('error: the plot needs matplotlib: pip install -e ".[plot]"',
               file=sys.stderr)
         return 1
     except ValueError as exc:       # a bad rc setting, e.g. MPLBACKEND=bogus

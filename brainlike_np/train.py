@@ -17,7 +17,6 @@ if __name__ == "__main__":    # a Ctrl-C while the libraries below load: one lin
 import hashlib  # noqa: E402  (the imports below take a while; the guard comes first)
 import json  # noqa: E402
 import math  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -39,11 +38,12 @@ from .models import get_model, get_preset  # noqa: E402
 from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
 from .output import OutputPathError  # noqa: E402
+from .progress import Progress, warm_up  # noqa: E402
+from .stop import EXIT_TERMINATED, StopFlag  # noqa: E402,F401  (EXIT_TERMINATED: for callers)
 from .train_cli import TrainRequest, parse_request  # noqa: E402
 from .train_state import (TrainingDiverged, TrainSettings, TrainState,  # noqa: E402
                           default_batch_size)
 
-EXIT_TERMINATED = 143       # SIGTERM (Slurm, Kubernetes, kill)
 SAMPLE_PROMPT_BYTES = 24    # --sample-every: the prompt is the validation split's first bytes
 SAMPLE_BYTES = 80           # ... and this many new bytes follow it
 
@@ -89,9 +89,38 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
     overrides the run was started with, when the checkpoint records them)."""
     path = request.resume
     state = TrainState.load(path, backend)
+    check_model_flags(request, state, path)
+    flags = {name: value for name, value in request.settings.items() if name != "data"}
+    settings = replace(state.settings, **flags)                 # data: by its record
+    if settings.batch_size is None:     # saved through the library (TrainState.save)
+        preset = request.preset or preset_of(state.model_name, state.cfg)
+        settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
+    state.change_settings(settings)
+    return state
+
+
+def started_state(request: TrainRequest, backend, corpus) -> TrainState:
+    """--init-from CKPT: a new run from the checkpoint's parameters (its model: the model
+    flags may only repeat its values) on this run's data and settings."""
+    settings = TrainSettings(**request.settings)
+    state = TrainState.start_from(request.init_from, backend, settings, request.keep_optimizer)
+    check_model_flags(request, state, request.init_from, "start from it")
+    if settings.batch_size is None:
+        preset = request.preset or preset_of(state.model_name, state.cfg)
+        state.settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
+    corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
+    check_memory(state.cfg, state.model_name, state.settings, backend)
+    return state
+
+
+def check_model_flags(request: TrainRequest, state: TrainState, path: str,
+                      to: str = "resume it") -> None:
+    """CheckpointError unless --model, --preset and the config flags given repeat the
+    checkpoint's values (``--preset``: its fields', with the overrides its run was started
+    with, when the checkpoint records them)."""
     if request.model is not None and request.model != state.model_name:
         raise CheckpointError(f"checkpoint '{path}' holds a '{state.model_name}' model, not "
-                              f"'{request.model}'; drop --model to resume it")
+                              f"'{request.model}'; drop --model to {to}")
     started_with = (state.config_origin or {}).get("overrides", {})
     expected = (configured(state.model_name, request.preset,
                            {**started_with, **request.config}).to_dict()
@@ -103,15 +132,8 @@ def resumed_state(request: TrainRequest, backend) -> TrainState:
                      else f"--{flag(name)}")
             raise CheckpointError(
                 f"checkpoint '{path}' was trained with {name}={saved.get(name)}, not {value} "
-                f"({given}); drop {given} to resume it, or start a new run in another "
+                f"({given}); drop {given} to {to}, or start a new run in another "
                 "--out-dir")
-    flags = {name: value for name, value in request.settings.items() if name != "data"}
-    settings = replace(state.settings, **flags)                 # data: by its record
-    if settings.batch_size is None:     # saved through the library (TrainState.save)
-        preset = request.preset or preset_of(state.model_name, state.cfg)
-        settings = replace(settings, batch_size=default_batch_size(state.model_name, preset))
-    state.change_settings(settings)
-    return state
 
 
 def preset_of(model_name: str, cfg) -> str:
@@ -170,7 +192,8 @@ def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
         out.check_new_run()
         corpus = open_corpus(request.settings.get("data"))
         corpus.check_outside(out.path)
-        state = new_state(request, backend, corpus)
+        state = (started_state(request, backend, corpus) if request.init_from
+                 else new_state(request, backend, corpus))
     state.data_record = corpus.record()
     return Run(state, corpus, out)
 
@@ -221,7 +244,7 @@ def checksum(state: TrainState) -> str:
 class Reporter:
     """Evaluates, logs and saves on rank 0; does nothing on the other ranks."""
 
-    def __init__(self, run: Run, root: bool):
+    def __init__(self, run: Run, root: bool, request: TrainRequest, callbacks=()):
         self.run, self.root = run, root
         s, state = run.state.settings, run.state
         self.baselines = count_model_losses(run.corpus.train, run.corpus.valid) if root else {}
@@ -231,8 +254,17 @@ class Reporter:
                                             eval_rng) for _ in range(s.eval_batches)] if root else []
         self.metrics = run.out.open_metrics(upto_step=state.step, last_eval=state.metrics,
                                             run_id=state.run_id) if root else None
-        # seconds of training, continued from the checkpoint's last evaluation
-        self.clock = time.perf_counter() - (state.metrics.get("time_s") or 0.0)
+        self.progress = Progress(s.max_iters, state.step, s.log_every, request.log_csv,
+                                 request.tensorboard, callbacks,
+                                 run.out.read_metrics() if request.log_csv else ()
+                                 ) if root else None
+        self.best_val = run.out.best_val_loss(state.run_id) if root else math.inf
+        if root and state.init_from and state.step == 0:   # the first record: where it began
+            self.metrics.write({"step": 0, "init_from": state.init_from})
+
+    def start_clock(self) -> None:
+        """Seconds of training from now, continued from the checkpoint's last evaluation."""
+        self.clock = time.perf_counter() - (self.run.state.metrics.get("time_s") or 0.0)
 
     def banner(self, comm) -> None:
         if not self.root:
@@ -247,9 +279,13 @@ class Reporter:
               f"unigram {self.baselines['unigram']:.3f}, "
               f"bigram {self.baselines['bigram']:.3f}", flush=True)
 
-    def log_step(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
+        """A step's or an evaluation's record: to metrics.jsonl, then shown and tracked."""
         if self.root:
-            self.metrics.write({**record, "time_s": time.perf_counter() - self.clock})
+            record = {**record, "time_s": record.get("time_s",
+                                                     time.perf_counter() - self.clock)}
+            self.metrics.write(record)
+            self.progress.record(record)
 
     def evaluate_and_save(self, reason: str):
         """Evaluate, then save the checkpoint, then log the evaluation: the metrics file
@@ -265,8 +301,9 @@ class Reporter:
         state.metrics = {"step": state.step, "val_loss": val, "val_bits_per_byte": nats_to_bits(val),
                          **{f"{k}_baseline": v for k, v in self.baselines.items()},
                          "time_s": time.perf_counter() - self.clock}
-        state.save(self.run.out.checkpoint)
-        self.metrics.write(state.metrics)
+        self.save(best=val < self.best_val)
+        self.best_val = min(val, self.best_val)
+        self.log(state.metrics)
         tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
                    f" | unigram {self.baselines['unigram']:.3f} | bigram "
                    f"{self.baselines['bigram']:.3f} | {reason}")
@@ -274,6 +311,11 @@ class Reporter:
         if state.settings.sample_every and self.evaluations % state.settings.sample_every == 0:
             self.print_sample()
         return val
+
+    def save(self, best: bool = False) -> None:
+        """ckpt.npz, best.npz when ``best``, ckpt-STEP.npz with --keep-last (rank 0)."""
+        if self.root:
+            self.run.out.save(self.run.state, best, self.run.state.settings.keep_last)
 
     def print_sample(self) -> None:
         """A short continuation of the validation split's first bytes (a fixed prompt)."""
@@ -286,99 +328,63 @@ class Reporter:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+            self.progress.close()
 
 
 # ---------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------
-class StopFlag:
-    """Ctrl-C (SIGINT) and SIGTERM set a flag the loop checks after each step: it saves
-    and exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once, keeping the
-    last checkpoint on disk.
-
-    ``distributed``: a second signal does not abort (on Ctrl-C, Open MPI's mpirun sends
-    every rank SIGTERM, then SIGKILL; Slurm sends SIGINT, then SIGTERM): the launcher
-    kills the ranks itself after its grace period. A signal ignored at start stays ignored."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, distributed=False):
-        self.signum = None
-        self.distributed = distributed
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
-
-    def __enter__(self):
-        kept = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-        self._previous = {s: signal.signal(s, self._handle) for s in kept}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and not self.distributed:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-
-
 def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     """Train up to max_iters; -> (exit code, last validation loss or None)."""
     state, s = run.state, run.state.settings
     backend = state.backend
     tokens_per_step = s.batch_size * state.cfg.context
-    bar = tqdm(total=s.max_iters, initial=state.step, disable=None if reporter.root else True,
-               mininterval=1.0, dynamic_ncols=True)
     val = None
-    try:
-        while state.step < s.max_iters:
-            lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
-            t0 = time.perf_counter()
-            x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
-            # returns once the step is done on the device: it reads its loss to the host
-            m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
-            dt = time.perf_counter() - t0
-            peak = backend.memory.peak_bytes()
-            reporter.log_step({"step": state.step, "loss": m["loss"], "lr": lr,
-                               "grad_norm": m["grad_norm"], "tokens_per_s": tokens_per_step / dt,
-                               "peak_bytes": peak})
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}",
-                            peak_mb=f"{peak / 2**20:.0f}", refresh=False)
-            stopping = comm.any_rank(stop.requested)    # every rank stops at the same step
-            if stopping or state.step % s.eval_every == 0 or state.step == s.max_iters:
-                val = reporter.evaluate_and_save("interrupted: checkpoint saved" if stopping
-                                                 else "checkpoint saved")
-                # a signal during that evaluation: its checkpoint is the one to stop at
-                stopping = stopping or (state.step < s.max_iters
-                                        and comm.any_rank(stop.requested))
-            if stopping:
-                if reporter.root:
-                    print(f"interrupted at step {state.step}; resume with --resume "
-                          f"--out-dir {run.out.path}", file=sys.stderr)
-                return stop.exit_code, None
-    finally:
-        bar.close()
-    if val is None:   # resumed at or past max_iters: report the current model
-        val = reporter.evaluate_and_save("checkpoint saved")
+    while state.step < s.max_iters:
+        lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
+        t0 = time.perf_counter()
+        x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+        # returns once the step is done on the device: it reads its loss to the host
+        m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
+        dt = time.perf_counter() - t0
+        reporter.log({"step": state.step, "loss": m["loss"], "lr": lr,
+                      "grad_norm": m["grad_norm"], "ms_per_step": dt * 1e3,
+                      "tokens_per_s": tokens_per_step / dt,
+                      "peak_bytes": backend.memory.peak_bytes()})
+        stopping = comm.any_rank(stop.requested)    # every rank stops at the same step
+        if stopping or state.step % s.eval_every == 0 or state.step == s.max_iters:
+            val = reporter.evaluate_and_save("interrupted: checkpoint saved" if stopping
+                                             else "checkpoint saved")
+            # a signal during that evaluation: its checkpoint is the one to stop at
+            stopping = stopping or (state.step < s.max_iters
+                                    and comm.any_rank(stop.requested))
+        elif s.save_every and state.step % s.save_every == 0:
+            reporter.save()
+        if stopping:
+            if reporter.root:
+                print(f"interrupted at step {state.step}; resume with --resume "
+                      f"--out-dir {run.out.path}", file=sys.stderr)
+            return stop.exit_code, None
+    if val is None:   # resumed at or past max_iters: its evaluation, not a second one
+        if reporter.root:
+            print(f"note: this run already reached step {state.step} (--max-iters "
+                  f"{s.max_iters}); raise --max-iters to train on", file=sys.stderr)
+        val = (state.metrics["val_loss"] if state.metrics.get("step") == state.step
+               else reporter.evaluate_and_save("checkpoint saved"))
     return 0, val
 
 
-def train(request: TrainRequest, comm, backend) -> int:
-    """The whole command on this rank: prepare, train, report; -> the exit code."""
+def train(request: TrainRequest, comm, backend, callbacks=()) -> int:
+    """The whole command on this rank: prepare, train, report; -> the exit code.
+    ``callbacks``: callables given each record of metrics.jsonl (rank 0), for a tracker."""
     root = comm.rank == 0      # rank 0 alone logs, evaluates and writes checkpoints
     with OutDir(request.out_dir, writer=root) as out:
         run = prepare(request, backend, out)
         join_ranks(run, comm)
-        reporter = Reporter(run, root)
-        reporter.banner(comm)
+        reporter = Reporter(run, root, request, callbacks)
+        warm_up(run.state, run.state.settings.batch_size // comm.size, announce=root)
+        reporter.banner(comm)               # its last line: training starts
+        reporter.start_clock()
         backend.memory.reset_peak()
         started = time.perf_counter()
         try:
@@ -435,14 +441,15 @@ def train_distributed(request: TrainRequest) -> int:
         comm.abort(1)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """The command; ``callbacks``: see :func:`train`."""
     startup_over()
     with forgiving_streams(), quiet_float_warnings():
         try:
             request = parse_request(argv)
             if request.distributed:
                 return train_distributed(request)
-            return train(request, SingleProcess(), get_backend())
+            return train(request, SingleProcess(), get_backend(), callbacks)
         except KeyboardInterrupt:
             # a second Ctrl-C in training, or the first one before training began
             print("error: interrupted; the last checkpoint on disk is intact", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -53,16 +54,21 @@ class TrainSettings(ConfigDict):
     seed: int = _setting(0, "seed for the weights and the data order")
     dtype: str = _setting("float32", "parameter dtype: float32 or float64")
     sample_every: int = _setting(0, "print a short sample at every N-th evaluation (0: never)")
+    save_every: int = _setting(None, "steps between checkpoints without an evaluation "
+                                     "(default: at each evaluation only)")
+    keep_last: int = _setting(0, "also keep the last N checkpoints as ckpt-STEP.npz (0: none)")
+    log_every: int = _setting(20, "steps between progress lines when not on a terminal")
 
     FIXED = ("data", "seed", "dtype")
 
     def __post_init__(self):
         self.check_types()
-        for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
+        for name in ("batch_size", "max_iters", "eval_every", "eval_batches", "save_every",
+                     "log_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{flag(name)} must be positive, got {value}")
-        for name in ("warmup", "seed", "sample_every"):
+        for name in ("warmup", "seed", "sample_every", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{flag(name)} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip"):
@@ -105,6 +111,8 @@ class TrainState:
                                      # None: a run started before run ids existed
     config_origin: dict | None = None   # {"preset": name, "overrides": {field: value}}: how
                                         # the trainer made cfg; None: unknown (the library)
+    init_from: dict | None = None    # where a run started from another's parameters
+                                     # (start_from); None: from its own initialisation
     _steps: dict = field(default_factory=dict, repr=False)   # settings -> the step function
 
     @property
@@ -129,6 +137,29 @@ class TrainState:
         optimizer = AdamW(weight_decay=settings.weight_decay, no_decay=model.NO_DECAY)
         return cls(model_name, cfg, settings, backend, optimizer.adopt(params, backend.xp),
                    optimizer, backend.rng(settings.seed + 1), run_id=secrets.token_hex(8))
+
+    @classmethod
+    def start_from(cls, path: str, backend, settings: TrainSettings = TrainSettings(),
+                   keep_optimizer: bool = False) -> "TrainState":
+        """A new run (step 0, a new run id, its data order from ``settings.seed``) from the
+        parameters of the checkpoint at ``path``: fresh AdamW moments, or with
+        ``keep_optimizer`` the saved ones with their step count (their bias correction
+        goes on). ``init_from`` records the checkpoint, its run and step."""
+        if not isinstance(settings, TrainSettings):
+            raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}")
+        source = cls.load(path, backend)
+        if settings.dtype != source.settings.dtype:
+            raise ConfigError(f"checkpoint '{path}' holds {source.settings.dtype} parameters, "
+                              f"not {settings.dtype}; drop --dtype")
+        optimizer = source.optimizer if keep_optimizer else AdamW(no_decay=source.model.NO_DECAY)
+        optimizer.weight_decay = settings.weight_decay
+        params = (source.params if keep_optimizer
+                  else optimizer.adopt(source.params, backend.xp))
+        origin = {"checkpoint": os.path.abspath(path), "run_id": source.run_id,
+                  "step": source.step, "optimizer_step": optimizer.step}
+        return cls(source.model_name, source.cfg, settings, backend, params, optimizer,
+                   backend.rng(settings.seed + 1), run_id=secrets.token_hex(8),
+                   config_origin=source.config_origin, init_from=origin)
 
     def change_settings(self, settings: TrainSettings) -> None:
         """Continue under new settings, in place: those in ``TrainSettings.FIXED`` must
@@ -269,7 +300,7 @@ class TrainState:
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
             "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
-            "config_origin": self.config_origin,
+            "config_origin": self.config_origin, "init_from": self.init_from,
         }, self.backend)
 
     @classmethod
@@ -299,7 +330,9 @@ class TrainState:
                     raise ValueError(f"data source {data_record['source']!r}")
                 config_origin = meta.get("config_origin")
                 _check_config_origin(config_origin, cfg)
-                if not isinstance(step, int) or step < 0 or optimizer.step != step:
+                init_from = meta.get("init_from")
+                kept_steps = _check_init_from(init_from)     # counted by a kept optimizer
+                if not isinstance(step, int) or step < 0 or optimizer.step != step + kept_steps:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise CheckpointError(f"checkpoint '{path}' has incomplete or invalid metadata "
@@ -317,7 +350,7 @@ class TrainState:
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id,
-                   config_origin=config_origin)
+                   config_origin=config_origin, init_from=init_from)
 
 
 def _check_backend(backend, where: str) -> None:
@@ -336,6 +369,19 @@ def _restored_rng(sampler, state):
     if sampler.bit_generator.state != state:
         raise ValueError(f"rng state {state!r:.80} is not one NumPy gives back")
     return sampler
+
+
+def _check_init_from(origin) -> int:
+    """-> the optimizer steps counted before the run began; ValueError unless ``origin``
+    is None or what ``start_from`` records."""
+    if origin is None:
+        return 0
+    if not (isinstance(origin, dict) and isinstance(origin.get("checkpoint"), str)
+            and all(isinstance(origin.get(k), int) and not isinstance(origin.get(k), bool)
+                    and origin[k] >= 0 for k in ("step", "optimizer_step"))
+            and isinstance(origin.get("run_id"), (str, type(None)))):
+        raise ValueError(f"init_from {origin!r:.80}")
+    return origin["optimizer_step"]
 
 
 def _check_config_origin(origin, cfg) -> None:

@@ -151,7 +151,7 @@ def losses(out_dir) -> list[tuple]:
 def deterministic(records) -> list[dict]:
     """The records without the timing and memory fields and the run id, which vary from
     run to run."""
-    varying = ("tokens_per_s", "peak_bytes", "time_s", "run")
+    varying = ("tokens_per_s", "ms_per_step", "peak_bytes", "time_s", "run")
     return [{k: v for k, v in r.items() if k not in varying} for r in records]
 
 
@@ -190,8 +190,7 @@ def test_a_chain_of_resumes_loads_generates_and_logs_each_step_once(tmp_path, co
 
 # ---- SIGKILL at random points (guarantees (a), (e)) ----------------------------------
 def evaluations(out_dir) -> dict:
-    """step -> the evaluation record without its seconds (a resume of a finished run
-    logs it again)."""
+    """step -> the evaluation record without its seconds."""
     return {r["step"]: deterministic([r])[0] for r in strict_records(out_dir) if "val_loss" in r}
 
 
@@ -752,8 +751,9 @@ def test_resuming_another_runs_checkpoint_into_a_used_out_dir_is_refused(
     main_error(train.main, ["--resume", other / "ckpt.npz", "--max-iters", 8, "--out-dir", ours],
                capsys, "holds another run's checkpoint")
     assert _files(ours) == before
-    # its checkpoint moved away: the other run's checkpoint is still refused (metrics)
+    # its checkpoints moved away: the other run's checkpoint is still refused (metrics)
     os.rename(ours / "ckpt.npz", tmp_path / "moved.npz")
+    os.rename(ours / "best.npz", tmp_path / "moved-best.npz")
     before = _files(ours)
     main_error(train.main, ["--resume", other / "ckpt.npz", "--out-dir", ours], capsys,
                "holds the metrics of another run")
@@ -780,6 +780,7 @@ def test_a_resume_refuses_the_metrics_of_another_run_that_stopped_earlier(
     ref = _finished_run(tmp_path, corpus_file, capsys, "ref", 3)
     other = _finished_run(tmp_path, corpus_file, capsys, "other", 2, "--seed", 7)
     os.remove(other / "ckpt.npz")
+    os.remove(other / "best.npz")
     before = _files(other)
     main_error(train.main, ["--resume", ref / "ckpt.npz", "--max-iters", 4, "--out-dir", other],
                capsys, "holds the metrics of another run")
@@ -839,7 +840,8 @@ def test_a_data_file_named_in_bytes_that_are_not_utf8_trains_and_resumes(tmp_pat
 
 # ---- nothing outside the out-dir is created, truncated or written ------------------------
 PLANTED = ["metrics.jsonl", "metrics.jsonl.tmp", ".lock", f".write-test-{os.getpid()}",
-           "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl"]
+           "ckpt.npz", ".tmp-planted.npz", ".tmp-planted.jsonl", "best.npz",
+           "ckpt-000002.npz"]
 
 
 @pytest.mark.parametrize("target", ["precious", "missing"])

@@ -87,7 +87,7 @@ def one_error_line(capsys, argv, expected):
 
 def test_without_matplotlib_it_says_so_in_one_line(runs, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib fails
-    one_error_line(capsys, [str(runs[0])], "pip install 'brainlike-np[plot]'")
+    one_error_line(capsys, [str(runs[0])], 'pip install -e ".[plot]"')
 
 
 def test_bad_folders_and_outputs_are_one_line(runs, tmp_path, capsys):

@@ -101,9 +101,13 @@ def test_resuming_a_finished_run_reports_it_without_training(tmp_path, corpus_fi
     out_dir = str(tmp_path / "run")
     assert run_main(TINY_RUN + ["--max-iters", "5", "--data", corpus_file,
                                 "--out-dir", out_dir], capsys)[0] == 0
-    code, out, _ = run_main(["--resume", "--out-dir", out_dir], capsys)
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        logged = f.read()
+    code, out, err = run_main(["--resume", "--out-dir", out_dir], capsys)
     assert code == 0 and "done: 5 steps" in out
-    assert len(train_losses(out_dir)) == 5
+    assert "raise --max-iters" in err
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        assert f.read() == logged      # no second evaluation of the same step
 
 
 def one_line_error(capsys, argv, expected):
@@ -307,3 +311,17 @@ def test_the_training_loop_never_waits_for_the_device_beyond_the_steps_read(
     with open(tmp_path / "metrics.jsonl") as f:
         steps = [json.loads(line) for line in f if '"loss"' in line]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(r["tokens_per_s"] > 0 for r in steps)
+
+
+def test_the_readme_library_snippet_records_the_settings_its_loop_used(tmp_path, monkeypatch):
+    """README "Library use": the checkpoint holds the lr, warmup, steps and batch size
+    that the loop trained with, not TrainSettings' defaults."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    snippet = readme.split("## Library use")[1].split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    meta = read_checkpoint(str(tmp_path / "tiny.npz"))[1]
+    used = {"lr": scope["s"].lr, "warmup": scope["s"].warmup, "batch_size": 16,
+            "max_iters": scope["step"] + 1}
+    assert {k: meta["train"][k] for k in used} == used and meta["step"] == used["max_iters"]

@@ -65,6 +65,8 @@ PATHS = ("sparse", "dense")
 SELECTIONS = ("learned", "random")
 ACT_UPDATES = ("replace", "residual")
 DECODER_READS = ("last", "all")
+CHOICES = {"path": PATHS, "selection": SELECTIONS, "act_update": ACT_UPDATES,   # for --help
+           "decoder_reads": DECODER_READS}
 
 
 # ---------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from ..config import ConfigDict, ConfigError, choose
 
 # which positions' next bytes the training loss supervises
 TARGETS = ("all", "last")
+CHOICES = {"targets": TARGETS}    # for --help
 
 
 # ---------------------------------------------------------------------------------
