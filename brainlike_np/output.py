@@ -10,7 +10,8 @@ is refused in one line, never replaced or written through (a stream such as
 ``/dev/stdout`` gets no atomic write, and a symlink may lead anywhere), and so is a
 name of a training run's files (``ckpt.npz``, ``metrics.jsonl``, ``.lock``, ``.tmp-*``)
 for a writer that does not own it. A replaced file keeps its permission bits (a
-read-only checkpoint stays read-only; setuid, setgid and sticky are dropped); a new one gets those the umask gives (``0o666 & ~umask``).
+read-only checkpoint stays read-only; setuid, setgid and sticky are dropped); a new one
+gets those the umask gives (``0o666 & ~umask``).
 """
 
 from __future__ import annotations
