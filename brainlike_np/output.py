@@ -9,8 +9,9 @@ checkpoint is a zip, a plot a PNG). A symlink, a folder, a FIFO, a socket or a d
 is refused in one line, never replaced or written through (a stream such as
 ``/dev/stdout`` gets no atomic write, and a symlink may lead anywhere), and so is a
 name of a training run's files (``ckpt.npz``, ``best.npz``, ``ckpt-STEP.npz``,
-``metrics.jsonl``, ``.lock``, ``.tmp-*``) for a writer that does not own it. A replaced file keeps its permissions (a read-only
-checkpoint stays read-only); a new one gets those the umask gives (``0o666 & ~umask``).
+``metrics.jsonl``, ``.lock``, ``.tmp-*``) for a writer that does not own it. A replaced
+file keeps its permission bits (a read-only checkpoint stays read-only; setuid, setgid
+and sticky are dropped); a new one gets those the umask gives (``0o666 & ~umask``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def check_output_path(path: str, magic: bytes | None, own_name: str | None = Non
     elif magic is not None and st.st_size and not _starts_with(path, magic):
         problem = "holds something other than what is written here, so it is not replaced"
     else:
-        return stat.S_IMODE(st.st_mode)
+        return stat.S_IMODE(st.st_mode) & 0o777        # never setuid, setgid or sticky
     raise OutputPathError(f"'{path}' {problem}; {fix} (nothing was written)")
 
 
