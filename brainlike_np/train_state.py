@@ -21,7 +21,7 @@ from .backends.distributed import SingleProcess
 from .backends import Backend
 from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
-from .data import as_tokens, check_batch, sample_windows
+from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows
 from .models import get_model
 from .optim import AdamW
 
@@ -52,8 +52,12 @@ class TrainSettings(ConfigDict):
     seed: int = _setting(0, "seed for the weights and the data order")
     dtype: str = _setting("float32", "parameter dtype: float32 or float64")
     sample_every: int = _setting(0, "print a short sample at every N-th evaluation (0: never)")
+    token_dtype: str = _setting(None, "--data holds raw little-endian token ids of this type: "
+                                      "uint16 or uint32 (default: bytes; a folder with "
+                                      "nanoGPT's train.bin and val.bin: uint16, or its "
+                                      "tokens.json's)")
 
-    FIXED = ("data", "seed", "dtype")
+    FIXED = ("data", "seed", "dtype", "token_dtype")
 
     def __post_init__(self):
         self.check_types()
@@ -72,6 +76,8 @@ class TrainSettings(ConfigDict):
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         choose(DTYPES, self.dtype, "dtype")
+        if self.token_dtype is not None:
+            choose(TOKEN_DTYPES, self.token_dtype, "--token-dtype")
 
 
 DEFAULT_BATCH_SIZE = 32     # for presets whose model names none
