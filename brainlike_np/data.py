@@ -511,6 +511,9 @@ def _record_problem(saved) -> str | None:
     if not isinstance(split, (dict, type(None))) or (
             split and not isinstance(split.get("valid_files", []), list)):
         return f"split {split!r:.40}"
+    problem = tokens_problem(saved.get("tokens"))
+    if problem:
+        return problem
     if "n_files" in saved:
         n_files = saved["n_files"]
         if not (is_int(n_files) and n_files >= 0 and isinstance(saved.get("listing"), str)
@@ -519,6 +522,18 @@ def _record_problem(saved) -> str | None:
         if len(files) != min(n_files, MAX_RECORDED_FILES):     # those hash_budget hashes
             return f"{len(files)} file entries for {n_files} files"
     return None
+
+
+def tokens_problem(tokens) -> str | None:
+    """What is wrong with a data record's ``tokens`` entry (None: bytes); None if nothing."""
+    if tokens is None:
+        return None
+    ok = (isinstance(tokens, dict) and set(tokens) == {"dtype", "vocab_size", "tokenizer"}
+          and tokens["dtype"] in TOKEN_DTYPES
+          and isinstance(tokens["tokenizer"], (str, type(None)))
+          and (tokens["vocab_size"] is None or (isinstance(tokens["vocab_size"], int)
+                                                and tokens["vocab_size"] > 0)))
+    return None if ok else f"tokens {tokens!r:.60}"
 
 
 def _compare_records(saved: dict, current: dict) -> str | None:

@@ -21,7 +21,7 @@ from .backends.distributed import SingleProcess
 from .backends import Backend
 from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
-from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows
+from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows, tokens_problem
 from .models import get_model
 from .optim import AdamW
 
@@ -245,6 +245,8 @@ class TrainState:
                     raise ValueError(f"data record {data_record!r}")
                 if data_record and not isinstance(data_record.get("source"), (str, type(None))):
                     raise ValueError(f"data source {data_record['source']!r}")
+                if data_record and tokens_problem(data_record.get("tokens")):
+                    raise ValueError(tokens_problem(data_record.get("tokens")))
                 config_origin = meta.get("config_origin")
                 _check_config_origin(config_origin, cfg)
                 if not isinstance(step, int) or step < 0 or optimizer.step != step:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import brainlike_np.generate as gen
+from brainlike_np.checkpoint import save_npz_atomic
+from npz import load_npz
 from brainlike_np import data, train, tokenizer
 from brainlike_np.backends import get_backend
 from brainlike_np.train_state import TrainState
@@ -204,3 +206,21 @@ def test_generate_refuses_ids_for_a_byte_model_and_ids_outside_the_vocabulary(
     assert gen.main(["--checkpoint", os.path.join(bytes_dir, "ckpt.npz"),
                      "--prompt-ids", "1 2"]) == 1
     assert "trained on bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokens", ["uint16", {"dtype": "int8", "vocab_size": None,
+                                                "tokenizer": None},
+                                    {"dtype": "uint16", "vocab_size": -3, "tokenizer": None}])
+def test_a_crafted_tokens_record_is_refused_by_generate_and_resume(tmp_path, nanogpt_dir,
+                                                                   capsys, tokens):
+    out_dir = tmp_path / "run"
+    assert run_main(TINY_RUN + ["--data", str(nanogpt_dir), "--max-iters", "2",
+                                "--out-dir", str(out_dir)], capsys)[0] == 0
+    arrays, meta = load_npz(str(out_dir / "ckpt.npz"))
+    meta["data"]["tokens"] = tokens
+    save_npz_atomic(str(out_dir / "ckpt.npz"), arrays, meta)
+    assert gen.main(["--checkpoint", str(out_dir / "ckpt.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "invalid metadata" in err and "tokens" in err and err.count("\n") == 1
+    code, _, err = run_main(["--resume", "--max-iters", "4", "--out-dir", str(out_dir)], capsys)
+    assert code == 1 and "tokens" in err and err.count("\n") == 1
