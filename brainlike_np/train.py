@@ -36,7 +36,6 @@ from .data import (DataError, baseline_note, check_same_data,  # noqa: E402
                    count_model_losses, nats_to_bits, open_corpus, sample_windows)
 from .generate import generate, generate_tokens  # noqa: E402
 from .models import get_model, get_preset  # noqa: E402
-from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
 from .output import OutputPathError  # noqa: E402
 from .train_cli import TrainRequest, parse_request  # noqa: E402
@@ -352,7 +351,7 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     val = None
     try:
         while state.step < s.max_iters:
-            lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
+            lr = state.learning_rate()
             t0 = time.perf_counter()
             x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
             # returns once the step is done on the device: it reads its loss to the host

@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
 from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows, tokens_problem
 from .models import get_model
-from .optim import AdamW
+from .optim import SCHEDULES, AdamW, continued_lr, scheduled_lr
 
 DTYPES = ("float32", "float64")
 
@@ -42,7 +42,7 @@ class TrainSettings(ConfigDict):
     max_iters: int = _setting(1200, "the step to train up to")
     lr: float = _setting(3e-3, "peak learning rate")
     warmup: int = _setting(100, "linear warmup steps")
-    min_lr_ratio: float = _setting(0.1, "final lr / peak lr of the cosine decay, in [0, 1]")
+    min_lr_ratio: float = _setting(0.1, "final lr / peak lr of the decay, in [0, 1]")
     weight_decay: float = _setting(0.01, "AdamW decoupled weight decay")
     grad_clip: float = _setting(1.0, "global gradient norm limit (0: off)")
     eval_every: int = _setting(200, "steps between evaluations and checkpoints")
@@ -57,7 +57,13 @@ class TrainSettings(ConfigDict):
                                       "nanoGPT's train.bin and val.bin: uint16, or its "
                                       "tokens.json's)")
 
+    schedule: str = _setting("cosine", "learning-rate schedule after the warmup: cosine, "
+                                       "linear, constant or wsd (warmup-stable-decay)")
+    decay_fraction: float = _setting(0.2, "wsd: the last fraction of --max-iters that decays, "
+                                          "in [0, 1]")
+
     FIXED = ("data", "seed", "dtype", "token_dtype")
+    SCHEDULE = ("lr", "warmup", "max_iters", "min_lr_ratio", "schedule", "decay_fraction")
 
     def __post_init__(self):
         self.check_types()
@@ -73,8 +79,10 @@ class TrainSettings(ConfigDict):
             if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
                 raise ConfigError(f"--{flag(name)} must be a finite number "
                                   f"{'above' if name == 'lr' else 'at least'} 0, got {value}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        choose(SCHEDULES, self.schedule, "--schedule")
         choose(DTYPES, self.dtype, "dtype")
         if self.token_dtype is not None:
             choose(TOKEN_DTYPES, self.token_dtype, "--token-dtype")
@@ -110,6 +118,8 @@ class TrainState:
                                      # None: a run started before run ids existed
     config_origin: dict | None = None   # {"preset": name, "overrides": {field: value}}: how
                                         # the trainer made cfg; None: unknown (the library)
+    lr_continuation: dict | None = None  # {"step", "lr"}: the schedule changed on resume at
+                                         # that step, after that rate (see learning_rate)
 
     @property
     def model(self):
@@ -146,8 +156,24 @@ class TrainState:
                 raise ConfigError(f"this run was trained with --{flag(name)} {old}, not {new}; "
                                   f"drop --{flag(name)} to resume it, or start a new run in "
                                   "another --out-dir")
+        if self.step and any(getattr(self.settings, name) != getattr(settings, name)
+                             for name in TrainSettings.SCHEDULE):
+            self.lr_continuation = {"step": self.step, "lr": self.learning_rate(self.step - 1)}
         self.settings = settings
         self.optimizer.weight_decay = settings.weight_decay
+
+    def learning_rate(self, step: int | None = None) -> float:
+        """The rate of ``step`` (default: the next one) under the settings' schedule. After
+        a change of the schedule's settings on resume (``change_settings``), the rate moves
+        linearly from the last one used to the new schedule's over ``--warmup`` steps (0:
+        at once) instead of jumping, then follows the new schedule."""
+        s, step = self.settings, self.step if step is None else step
+        rate = scheduled_lr(s.schedule, step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio,
+                            s.decay_fraction)
+        if self.lr_continuation is None:
+            return rate
+        c = self.lr_continuation
+        return continued_lr(rate, step, c["step"], c["lr"], s.warmup)
 
     # ---- steps ------------------------------------------------------------------------
     def sample_batch(self, tokens, batch_size):
@@ -217,7 +243,7 @@ class TrainState:
             "model": self.model_name, "config": self.cfg.to_dict(), "step": self.step,
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
             "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
-            "config_origin": self.config_origin,
+            "config_origin": self.config_origin, "lr_continuation": self.lr_continuation,
         }, self.backend)
 
     @classmethod
@@ -249,6 +275,8 @@ class TrainState:
                     raise ValueError(tokens_problem(data_record.get("tokens")))
                 config_origin = meta.get("config_origin")
                 _check_config_origin(config_origin, cfg)
+                lr_continuation = meta.get("lr_continuation")
+                _check_lr_continuation(lr_continuation, meta["step"])
                 if not isinstance(step, int) or step < 0 or optimizer.step != step:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -267,7 +295,7 @@ class TrainState:
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id,
-                   config_origin=config_origin)
+                   config_origin=config_origin, lr_continuation=lr_continuation)
 
 
 def _check_backend(backend, where: str) -> None:
@@ -301,6 +329,21 @@ def _check_config_origin(origin, cfg) -> None:
         if name not in saved or saved[name] != value:
             raise ValueError(f"config_origin override {name}={value!r:.40} is not the "
                              "config's")
+
+
+def _check_lr_continuation(continuation, step) -> None:
+    """ValueError unless ``continuation`` is None or {"step": an int in [1, step], "lr": a
+    finite number >= 0}."""
+    if continuation is None:
+        return
+    ok = (isinstance(continuation, dict) and set(continuation) == {"step", "lr"}
+          and isinstance(continuation["step"], int) and not isinstance(continuation["step"], bool)
+          and isinstance(step, int) and 1 <= continuation["step"] <= step
+          and isinstance(continuation["lr"], (int, float))
+          and not isinstance(continuation["lr"], bool)
+          and math.isfinite(continuation["lr"]) and continuation["lr"] >= 0)
+    if not ok:
+        raise ValueError(f"lr_continuation {continuation!r:.60}")
 
 
 def _check_metrics(record: dict) -> None:
