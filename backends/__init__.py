@@ -1,5 +1,5 @@
-"""The hardware-abstraction layer: everything that differs between NumPy, CuPy and
-array-api-strict lives here, and nowhere in the math.
+"""The hardware-abstraction layer: everything that differs between NumPy, CuPy,
+array-api-strict and PyTorch lives here, and nowhere in the math.
 
 This file only hands names on. One folder per target, each with the same ops
 (``ops.py``: the ops class with the sparse hot path; ``attention.py``, ``rmsnorm.py``,
@@ -8,16 +8,19 @@ This file only hands names on. One folder per target, each with the same ops
 - ``reference/``: the portable array-API definition every kernel is tested against;
 - ``numba_cpu/``: NumPy arrays with Numba CPU kernels;
 - ``numba_cuda/``: CuPy arrays with Numba CUDA kernels (``target.py`` imports Numba's
-  CUDA target).
+  CUDA target);
+- ``torch/``: PyTorch tensors with PyTorch's own operations where they help.
 
 Beside them, the modules that make a backend, each with one job (none imports this one):
 
 - ``backend``: the :class:`Backend` classes (one per array library: namespace and
   device, host RNG, moving arrays, synchronising, free memory, memory accounting, ops,
   data-parallel transport) and their choice, :func:`get_backend`;
-- ``settings``: ``$BRAINLIKE_BACKEND`` and ``$BRAINLIKE_KERNELS``, read and checked;
+- ``settings``: ``$BRAINLIKE_BACKEND`` and ``$BRAINLIKE_KERNELS``, read and checked
+  (``$BRAINLIKE_DEVICE``: the torch backend's device);
 - ``kernel_choice``: reference ops or Numba kernels, and why the kernels cannot run;
-- ``cupy_probe``: CuPy installed, a GPU visible, cuBLAS loadable;
+- ``cupy_probe``: CuPy installed, a GPU visible, cuBLAS loadable; ``torch_probe``:
+  PyTorch installed, the asked-for device there;
 - ``errors``: the exceptions, one-line warnings, NumPy's float warnings switched off;
 - ``host_reads``: device-to-host reads, counted (:func:`to_float`, :func:`host_reads`);
 - ``namespace``: the namespace and device of arrays (:func:`get_namespace`, ``device_of``);
@@ -30,19 +33,19 @@ Beside them, the modules that make a backend, each with one job (none imports th
 """
 
 from .backend import (ArrayApiStrictBackend, Backend, CupyBackend, NumpyBackend,
-                      backend_class, backend_is_available, get_backend)
+                      TorchBackend, backend_class, backend_is_available, get_backend)
 from .errors import BackendError, KernelsMissing, KernelsUnavailable, quiet_float_warnings
 from .host_memory import host_free_memory_bytes
 from .host_reads import host_reads, to_float
 from .namespace import device_of, get_namespace
-from .settings import BACKEND_NAMES, ENV_BACKEND, ENV_KERNELS, KERNEL_CHOICES
+from .settings import BACKEND_NAMES, ENV_BACKEND, ENV_DEVICE, ENV_KERNELS, KERNEL_CHOICES
 
 __all__ = [
-    "ArrayApiStrictBackend", "Backend", "CupyBackend", "NumpyBackend",
+    "ArrayApiStrictBackend", "Backend", "CupyBackend", "NumpyBackend", "TorchBackend",
     "backend_class", "backend_is_available", "get_backend",
     "BackendError", "KernelsMissing", "KernelsUnavailable", "quiet_float_warnings",
     "host_free_memory_bytes",
     "host_reads", "to_float",
     "device_of", "get_namespace",
-    "BACKEND_NAMES", "ENV_BACKEND", "ENV_KERNELS", "KERNEL_CHOICES",
+    "BACKEND_NAMES", "ENV_BACKEND", "ENV_DEVICE", "ENV_KERNELS", "KERNEL_CHOICES",
 ]

@@ -6,7 +6,8 @@ seed, the same weights on every backend), moving arrays to and from NumPy (count
 :mod:`.host_reads`), synchronising, free memory and memory accounting, the sparse
 hot-path ops (``backend.ops``), and how data-parallel ranks sum its arrays
 (``transport``). Each library is a subclass that carries its own behaviour:
-:class:`NumpyBackend`, :class:`ArrayApiStrictBackend`, :class:`CupyBackend`.
+:class:`NumpyBackend`, :class:`ArrayApiStrictBackend`, :class:`CupyBackend`,
+:class:`TorchBackend`.
 :func:`get_backend` picks one by name, else ``$BRAINLIKE_BACKEND``, else numpy.
 """
 
@@ -21,6 +22,7 @@ from .host_reads import count_host_read
 from .kernel_choice import choose_ops, importing_kernels
 from .memory import MemoryTracker
 from .settings import backend_name, check_environment, kernels_choice
+from .torch_probe import import_torch, torch_device
 
 
 class Backend:
@@ -68,6 +70,12 @@ class Backend:
         x = self.xp.asarray(host, device=self.device)
         return x if dtype is None else self.xp.astype(x, dtype)
 
+    def asarray_ids(self, host_tokens):
+        """Host integer tokens or ids, of any integer dtype, as int64 ids on the device
+        (converted on the host: PyTorch indexes with nothing narrower than int32, and its
+        take_along_dim with nothing but int64)."""
+        return self.asarray(np.asarray(host_tokens, dtype=np.int64))
+
     def to_numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array: one counted device-to-host read (see host_reads)."""
         count_host_read()
@@ -75,6 +83,10 @@ class Backend:
 
     def _to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
+
+    def arrays_on_host(self) -> bool:
+        """Whether this backend's arrays live in host memory (NumPy can share it)."""
+        return True
 
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (host: nothing)."""
@@ -190,6 +202,9 @@ class CupyBackend(Backend):
         allocation (see memory.py)."""
         return MemoryTracker.for_cupy(self._cupy, exact_peak)
 
+    def arrays_on_host(self) -> bool:
+        return False
+
     def _to_numpy(self, x) -> np.ndarray:
         return self._cupy.asnumpy(x)
 
@@ -202,7 +217,66 @@ class CupyBackend(Backend):
         return int(free) + int(self._cupy.get_default_memory_pool().free_bytes())
 
 
-BACKENDS = {cls.name: cls for cls in (NumpyBackend, ArrayApiStrictBackend, CupyBackend)}
+class TorchBackend(Backend):
+    """PyTorch on the CPU (the default), a CUDA GPU (``cuda:N``) or Apple's GPU (``mps``),
+    with PyTorch's own operations on the hot path (``torch/``); data-parallel ranks sum
+    through host buffers with MPI."""
+
+    name = "torch"
+    kernels = "native"
+
+    def __init__(self, xp, device, ops, torch):
+        self._torch = torch
+        super().__init__(xp, device, ops)
+
+    @classmethod
+    def create(cls, kernels, device):
+        """``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a GPU index
+        (default: ``$BRAINLIKE_DEVICE``, else the CPU; see torch_probe.py). A GPU named by
+        index is made CUDA's current device, as CuPy's is."""
+        torch = import_torch()
+        device = torch_device(torch, device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
+        import array_api_compat.torch as xp
+        return cls(xp, device, choose_ops(cls, xp, kernels), torch)
+
+    @classmethod
+    def kernel_ops(cls, xp):
+        from .torch import TorchOps
+        return TorchOps(xp)
+
+    def memory_tracker(self, exact_peak: bool = False) -> MemoryTracker:
+        """CUDA: PyTorch's allocator statistics (exact); elsewhere nothing counts PyTorch's
+        arrays, so: the process's resident memory (see memory.py)."""
+        if self.device.type == "cuda":
+            return MemoryTracker.for_torch_cuda(self._torch, self.device)
+        return MemoryTracker.for_resident()
+
+    def arrays_on_host(self) -> bool:
+        return self.device.type == "cpu"
+
+    def _to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            self._torch.mps.synchronize()
+
+    def free_memory_bytes(self) -> int | None:
+        """CUDA: the GPU's free memory plus what PyTorch's cache holds unused; CPU: the
+        host's; MPS: None (not told)."""
+        if self.device.type == "cuda":
+            cuda = self._torch.cuda
+            free, _total = cuda.mem_get_info(self.device)
+            return int(free) + cuda.memory_reserved(self.device) - cuda.memory_allocated(self.device)
+        return host_free_memory_bytes() if self.device.type == "cpu" else None
+
+
+BACKENDS = {cls.name: cls for cls in (NumpyBackend, ArrayApiStrictBackend, CupyBackend,
+                                          TorchBackend)}
 
 
 def backend_class(name: str | None = None) -> type[Backend]:
@@ -212,7 +286,7 @@ def backend_class(name: str | None = None) -> type[Backend]:
 
 
 def get_backend(name: str | None = None, kernels: str | None = None,
-                device: int | None = None) -> Backend:
+                device: int | str | None = None) -> Backend:
     """The backend called ``name`` (default: ``$BRAINLIKE_BACKEND``, else ``numpy``).
 
     ``kernels`` picks the sparse hot-path implementation: ``"reference"`` (portable
@@ -221,7 +295,8 @@ def get_backend(name: str | None = None, kernels: str | None = None,
     kernels where they run, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
 
     ``device``: for cupy, the index of the GPU to use (default: CUDA's current device);
-    the host backends have one device, the CPU, and ignore it.
+    for torch, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (default: ``$BRAINLIKE_DEVICE``, else
+    the CPU); the host backends have one device, the CPU, and ignore it.
     """
     check_environment()          # every BRAINLIKE_* variable, as a flag is checked
     cls = backend_class(name)

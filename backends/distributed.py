@@ -12,7 +12,8 @@ current before anything is allocated: the one GPU the launcher gave the rank, el
 GPU of the rank's index on its node), and picks the transport the backend names
 (``backend.transport``):
 
-- host arrays (numpy, array-api-strict): MPI's Allreduce through mpi4py;
+- host arrays (numpy, array-api-strict, torch on the CPU): MPI's Allreduce through
+  mpi4py, in the arrays' own memory; torch on a GPU: the same, through a copy on the host;
 - CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs, one GPU per rank; MPI only
   broadcasts NCCL's id, agrees on stopping and aborts.
 
@@ -58,10 +59,11 @@ class SingleProcess:
 
 
 class MpiCommunicator:
-    """The ranks of ``MPI.COMM_WORLD``, reducing host buffers with MPI."""
+    """The ranks of ``MPI.COMM_WORLD``, reducing host buffers with MPI; ``backend`` (None:
+    one whose arrays live on the host) moves a device's buffers to the host and back."""
 
-    def __init__(self, MPI, world):
-        self.MPI, self.world = MPI, world
+    def __init__(self, MPI, world, backend=None):
+        self.MPI, self.world, self.backend = MPI, world, backend
         self.rank, self.size = world.Get_rank(), world.Get_size()
 
     def local_part(self, batch):
@@ -77,12 +79,14 @@ class MpiCommunicator:
         return flat[-1], unflatten(flat[:-1], shapes)
 
     def allreduce_mean(self, flat):
-        """Element-wise mean over the ranks of a 1-d host-backend array ``[n]`` (``flat``
-        is a scratch buffer: it may be overwritten)."""
-        host = np.from_dlpack(flat)          # [n], on the CPU: shares flat's memory
+        """Element-wise mean over the ranks of a 1-d array ``[n]`` (``flat`` is a scratch
+        buffer: it may be overwritten), summed in a host buffer."""
+        on_host = self.backend is None or self.backend.arrays_on_host()
+        # [n]: on the host, flat's own memory; from a device (torch on a GPU), a copy
+        host = np.from_dlpack(flat) if on_host else self.backend.to_numpy(flat)
         self.world.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
         host /= self.size
-        return get_namespace(flat).asarray(host)
+        return get_namespace(flat).asarray(host) if on_host else self.backend.asarray(host)
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one."""
@@ -172,7 +176,7 @@ def communicator(backend, MPI, world):
     if backend.transport == "nccl":
         import cupy
         return NcclCommunicator(MPI, world, cupy, nccl_module())
-    return MpiCommunicator(MPI, world)
+    return MpiCommunicator(MPI, world, backend)
 
 
 def _mpi():

@@ -18,6 +18,14 @@ CuPy has two modes, chosen when the tracker is made (``exact_peak``):
   counts the blocks allocated since it was installed, so ``current_bytes()`` never
   goes negative and the peak is that of the arrays made since the reset.
 
+PyTorch: on CUDA, its caching allocator's own statistics (``memory_allocated``, and
+``max_memory_allocated`` since ``reset_peak_memory_stats``), exact like CuPy's hook and,
+like the pool, counting the arrays made before the reset. On the CPU (and Apple's MPS)
+nothing counts its arrays: tracemalloc never sees PyTorch's allocator. There the tracker
+reads the process's resident memory (Linux's VmRSS, and VmHWM reset through
+``/proc/self/clear_refs``), everything the process holds, and says so in its ``label``;
+where that cannot be reset, the peak is the process's since it started.
+
 Call ``stop()`` when done (in a ``finally``): it removes the hook / stops tracemalloc.
 
 The host tracker and CuPy's exact one start counting at the first ``reset_peak()``
@@ -27,15 +35,22 @@ on behind a user's back).
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 
 
 class MemoryTracker:
     """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``; ``mode`` says how it
-    counts: "tracemalloc" (host), "pool" (CuPy, sampled) or "hook" (CuPy, exact)."""
+    counts: "tracemalloc" (host), "pool" (CuPy, sampled), "hook" (CuPy, exact),
+    "torch_cuda" (PyTorch's CUDA allocator), "resident" (the process's resident memory) or
+    "unknown" (nothing counts: zeros); ``label`` and :meth:`describe_peak` say what the
+    figures are, for the user."""
+
+    LABELS = {"resident": "resident memory of the process", "unknown": "memory"}
 
     def __init__(self, mode: str, reset, current, peak, stop):
         self.mode = mode
+        self.label = self.LABELS.get(mode, "array memory")
         self._reset, self._current, self._peak, self._stop = reset, current, peak, stop
         self._at_stop = None          # (current, peak) when stopped, until counting restarts
 
@@ -49,6 +64,12 @@ class MemoryTracker:
 
     def peak_bytes(self) -> int:
         return int(self._peak()) if self._at_stop is None else self._at_stop[1]
+
+    def describe_peak(self, peak: int) -> str:
+        """``peak`` (from :meth:`peak_bytes`) in words, saying what was counted."""
+        if self.mode == "unknown":
+            return "peak memory unknown (nothing here counts this backend's arrays)"
+        return f"peak {self.label} {peak / 2**20:.1f} MiB"
 
     def stop(self) -> None:
         """Stop counting (removes the hook, frees tracemalloc's own bookkeeping); the
@@ -72,6 +93,32 @@ class MemoryTracker:
             return tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else 0
 
         return cls("tracemalloc", reset, current, peak, tracemalloc.stop)
+
+    @classmethod
+    def for_torch_cuda(cls, torch, device) -> "MemoryTracker":
+        def reset():
+            torch.cuda.reset_peak_memory_stats(device)
+
+        return cls("torch_cuda", reset, lambda: torch.cuda.memory_allocated(device),
+                   lambda: torch.cuda.max_memory_allocated(device), lambda: None)
+
+    @classmethod
+    def for_resident(cls) -> "MemoryTracker":
+        """The process's resident memory: VmRSS, and VmHWM as the peak (reset through
+        ``/proc/self/clear_refs``); mode "unknown" (zeros) where Linux's ``/proc`` is not
+        there."""
+        if not os.path.exists("/proc/self/status"):
+            return cls("unknown", lambda: None, lambda: 0, lambda: 0, lambda: None)
+
+        def reset():
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")                 # VmHWM := VmRSS
+            except OSError:
+                pass                             # the peak is then the process's so far
+
+        return cls("resident", reset, lambda: _proc_status_bytes("VmRSS"),
+                   lambda: _proc_status_bytes("VmHWM"), lambda: None)
 
     @classmethod
     def for_cupy(cls, cupy, exact_peak: bool = False) -> "MemoryTracker":
@@ -110,6 +157,18 @@ class MemoryTracker:
                 hook.installed = False
 
         return cls("hook", reset, lambda: hook.current, lambda: hook.peak, stop)
+
+
+def _proc_status_bytes(field: str) -> int:
+    """``field`` (VmRSS, VmHWM) of ``/proc/self/status`` in bytes; 0 where it is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _make_cupy_hook(cupy):

@@ -7,11 +7,12 @@ import os
 
 from .errors import BackendError
 
-BACKEND_NAMES = ("numpy", "array_api_strict", "cupy")
+BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch")
 ALIASES = {"array-api-strict": "array_api_strict", "strict": "array_api_strict"}
 KERNEL_CHOICES = ("auto", "reference", "numba", "native")
 ENV_BACKEND = "BRAINLIKE_BACKEND"
 ENV_KERNELS = "BRAINLIKE_KERNELS"
+ENV_DEVICE = "BRAINLIKE_DEVICE"     # the torch backend's device: cpu (default), cuda[:N], mps
 
 
 def backend_name(name: str | None = None) -> str:
@@ -47,6 +48,7 @@ ENV_VARIABLES = {       # the README's list ("Environment variables") follows th
                            "parallel, a number >= 0 (default: never)",
     ENV_HOST_MALLOC: "reuse (keep freed host memory for the next step) or system (the C "
                      "library's defaults); default reuse",
+    ENV_DEVICE: "the torch backend's device: cpu (default), cuda, cuda:N or mps",
 }
 
 

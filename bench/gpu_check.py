@@ -20,7 +20,10 @@ The stages, in order (``--stages`` picks some):
 6. performance (gpu_performance.py): step time and peak memory against PyTorch eager, up
    to the largest batch that fits 8 GiB; host reads per step; kernel bandwidth;
 7. nccl (gpu_stages.py): ``mpirun -n 1 ... --distributed`` for a few steps; skipped, never
-   failed, where NCCL (or MPI) is not installed.
+   failed, where NCCL (or MPI) is not installed;
+8. torch-cuda (gpu_torch.py): the torch backend on CUDA: its ops against the reference,
+   training, --resume and generation, ``pytest -k torch``; skipped, with the reason, where
+   PyTorch is not installed or sees no GPU.
 
 A stage that fails or raises is recorded and the next one still runs. The report
 (``DIR/gpu_check.json`` and ``.md``) is rewritten before the first and after every stage
@@ -47,6 +50,7 @@ from brainlike_np.cli import OneLineParser  # noqa: E402
 from gpu_performance import stage_performance  # noqa: E402
 from gpu_report import Context, Deadline, report, run_stages, verdict, write_report  # noqa: E402
 from gpu_stages import stage_environment, stage_kernels, stage_model_tests, stage_nccl  # noqa: E402
+from gpu_torch import stage_torch  # noqa: E402
 from gpu_training import stage_agreement, stage_end_to_end  # noqa: E402
 
 GIB = 2**30
@@ -58,7 +62,7 @@ DEFAULT_DEADLINE_S = 7 * 60
 STAGES = {"environment": stage_environment, "kernels": stage_kernels,
           "model-tests": stage_model_tests, "end-to-end": stage_end_to_end,
           "agreement": stage_agreement, "performance": stage_performance,
-          "nccl": stage_nccl}
+          "nccl": stage_nccl, "torch-cuda": stage_torch}
 
 
 @dataclass

@@ -236,7 +236,8 @@ def softmax_backward(probs, dprobs):
 # softmax cross-entropy (mean over the batch)
 # ---------------------------------------------------------------------------------
 def cross_entropy_forward(logits, targets):
-    """logits ``[B, V]``, targets ``[B]`` int -> (mean loss, cache).
+    """logits ``[B, V]``, targets ``[B]`` int64 (PyTorch's take_along_dim takes no other
+    index dtype) -> (mean loss, cache).
 
     One pass gives the loss and its gradient, ``(softmax - onehot) / B``, which the cache
     keeps (``[B, V]``, the only array kept): the backward only scales it."""

@@ -7,7 +7,7 @@ and a step whose loss or gradients are not finite changes nothing (its gradients
 replaced by zeros and its rates by zero on the device). :meth:`AdamW.clip_and_update`
 returns ``[loss, norm]`` for the caller to read once, after the update is issued.
 
-On backends whose views write through (numpy, cupy: ``views_alias``),
+On backends whose views write through (numpy, cupy, torch: ``views_alias``),
 :meth:`AdamW.adopt` keeps the parameters and both moments in one flat buffer each, every
 parameter a view into it (the decayed ones first), and each step copies the gradients
 into one flat buffer: the norm is one reduction and the update a few passes over the

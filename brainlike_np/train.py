@@ -402,8 +402,8 @@ def train(request: TrainRequest, comm, backend) -> int:
             backend.memory.stop()
     if root and code == 0:
         b, unit = reporter.baselines, run.corpus.unit
-        print(f"done: {run.state.step} steps in {time.perf_counter() - started:.1f} s, peak "
-              f"array memory {peak / 2**20:.1f} MiB; valid loss "
+        print(f"done: {run.state.step} steps in {time.perf_counter() - started:.1f} s, "
+              f"{backend.memory.describe_peak(peak)}; valid loss "
               f"{val:.4f} nats/{unit} ({nats_to_bits(val):.3f} bits/{unit}) vs unigram "
               f"{b['unigram']:.3f}, bigram {b['bigram']:.3f}; checkpoint {out.checkpoint}")
     return code

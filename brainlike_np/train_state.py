@@ -197,7 +197,7 @@ class TrainState:
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         self.check_windows(x, y)
-        xb, yb = self.backend.asarray(x), self.backend.asarray(y)
+        xb, yb = self.backend.asarray_ids(x), self.backend.asarray_ids(y)
         loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
         loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
         stats = self.optimizer.clip_and_update(self.params, grads, lr,
@@ -219,8 +219,8 @@ class TrainState:
         total = 0.0
         for x, y in windows:
             self.check_windows(x, y)
-            total += self.model.loss(self.params, self.backend.asarray(x),
-                                     self.backend.asarray(y), self.cfg, self.backend.ops)
+            total += self.model.loss(self.params, self.backend.asarray_ids(x),
+                                     self.backend.asarray_ids(y), self.cfg, self.backend.ops)
         return total / len(windows)
 
     def check_windows(self, x, y) -> None:
@@ -233,7 +233,7 @@ class TrainState:
 
     def next_logits(self, x):
         """Host logits ``[B, V]`` of the byte after each window in host x ``[B, T']``."""
-        logits = self.model.next_logits(self.params, self.backend.asarray(x), self.cfg,
+        logits = self.model.next_logits(self.params, self.backend.asarray_ids(x), self.cfg,
                                         self.backend.ops)
         return self.backend.to_numpy(logits)
 

@@ -1,5 +1,5 @@
 """The cross-backend test matrix: every test that takes ``backend`` runs on numpy,
-array-api-strict and (where a GPU is usable) cupy."""
+array-api-strict, torch (where PyTorch is installed) and (where a GPU is usable) cupy."""
 
 import importlib.util
 from pathlib import Path
@@ -25,7 +25,17 @@ def backend(request):
     ok, reason = backend_is_available(request.param)
     if not ok:
         pytest.skip(reason)
+    if request.param == "torch":
+        single_threaded_torch()
     return get_backend(request.param)
+
+
+def single_threaded_torch():
+    """PyTorch on one thread: the tests' tensors are tiny, where its thread pool only adds
+    a wait at each op's barrier, and on a loaded machine a wait for a descheduled thread
+    (milliseconds an op: a test ran 50x slower)."""
+    import torch
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(params=["float32", "float64"])

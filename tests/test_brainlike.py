@@ -119,7 +119,7 @@ def test_a_shorter_context_than_trained_works(backend):
     x, y = device_batch(backend, TINY)
     params = brainlike.init_params(TINY, backend, seed=0)
     loss, grads = brainlike.loss_and_grads(params, x[:, :5], y, TINY, backend.ops)
-    assert np.isfinite(loss)
+    assert np.isfinite(backend.to_numpy(loss))
     assert grads["P"].shape == params["P"].shape
     np.testing.assert_array_equal(backend.to_numpy(grads["P"])[5:], 0.0)
 

@@ -64,9 +64,10 @@ def one_process(tmp_path_factory, corpus_file):
     return out_dir
 
 
-def start(command) -> subprocess.Popen:
+def start(command, backend="numpy") -> subprocess.Popen:
+    threads = {"OMP_NUM_THREADS": "1"} if backend == "torch" else {}   # tiny tensors
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, BRAINLIKE_BACKEND="numpy"))
+                            env=dict(os.environ, BRAINLIKE_BACKEND=backend, **threads))
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
@@ -84,9 +85,9 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def mpirun(launcher, argv, timeout=60) -> subprocess.CompletedProcess:
+def mpirun(launcher, argv, timeout=60, backend="numpy") -> subprocess.CompletedProcess:
     """``mpirun -n 2 python ARGV``."""
-    return finish(start(launcher + ["-n", "2", sys.executable, *argv]), timeout)
+    return finish(start(launcher + ["-n", "2", sys.executable, *argv], backend), timeout)
 
 
 def trainer(*flags):
@@ -152,6 +153,22 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(
     assert [s for s, _ in losses] == [s for s, _ in ref_losses] == list(range(1, 11))
     np.testing.assert_allclose([l for _, l in losses], [l for _, l in ref_losses], rtol=1e-12)
     assert result.stdout.count("done: 10 steps") == 1 and "over 2 ranks" in result.stdout
+
+
+def test_two_ranks_on_torch_train_like_one_process(launcher, tmp_path, corpus_file,
+                                                   monkeypatch):
+    """The torch backend's gradients averaged through host buffers (MPI), on the CPU."""
+    if not importlib.util.find_spec("torch"):
+        pytest.skip("needs PyTorch: pip install -e '.[torch]'")
+    monkeypatch.setenv("BRAINLIKE_BACKEND", "torch")
+    monkeypatch.setenv("BRAINLIKE_DEVICE", "cpu")      # the ranks inherit it
+    one = tmp_path / "one"
+    assert train.main(RUN + ["--data", corpus_file, "--out-dir", str(one)]) == 0
+    result = mpirun(launcher, trainer(*RUN, "--data", corpus_file, "--out-dir",
+                                      str(tmp_path / "two")), backend="torch")
+    assert result.returncode == 0, result.stderr
+    assert "backend torch" in result.stdout and "over 2 ranks" in result.stdout
+    assert_same_training(tmp_path / "two", one)
 
 
 def test_batch_size_must_split_evenly_across_ranks(launcher, tmp_path, corpus_file):

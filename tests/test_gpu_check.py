@@ -266,3 +266,22 @@ def test_a_wrong_loss_on_the_device_fails_the_comparison():
     st = Stage("agreement")
     gpu_training.compare_training(device, numpy_backend(), brainlike.PRESETS["tiny"], 5, 4, st)
     assert not st.checks[0]["ok"], st.figures
+
+
+# ---- the PyTorch route ---------------------------------------------------------------------------
+def test_the_torch_stage_is_skipped_with_the_reason_without_pytorch(tmp_path, monkeypatch):
+    import gpu_torch
+    monkeypatch.setitem(sys.modules, "torch", None)               # as if not installed
+    results = run_stages(dry_context(tmp_path, Deadline(60)),
+                         [("torch-cuda", gpu_torch.stage_torch)], lambda results: None)
+    assert results[0].status == "skipped" and "pip install -e '.[torch]'" in results[0].error
+    assert verdict(results) == "passed"
+
+
+def test_the_torch_stage_is_skipped_on_a_gpu_where_pytorch_sees_none(tmp_path, monkeypatch):
+    import gpu_torch
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ctx = Context("cupy", tmp_path, gpu_check.GPU, Deadline(60))
+    results = run_stages(ctx, [("torch-cuda", gpu_torch.stage_torch)], lambda results: None)
+    assert results[0].status == "skipped" and "sees no CUDA GPU" in results[0].error

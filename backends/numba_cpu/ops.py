@@ -277,6 +277,11 @@ class NumbaCpuOps(NumbaCpuAttention, NumbaCpuRmsnorm, NumbaCpuStepTail):
 
     name = "numba"
 
+    def reproducible(self):
+        """These ops made to give the same bits on every run (serial and parallel already
+        do, whatever the thread count)."""
+        return self
+
     def __init__(self, parallel_min_work: float | None = None):
         if parallel_min_work is None:
             parallel_min_work = parallel_min_work_from_env()

@@ -222,6 +222,10 @@ class NumbaCudaOps(NumbaCudaAttention, NumbaCudaRmsnorm, NumbaCudaStepTail):
         self.xp = array_namespace(array_module.empty(0))
         self._check_kernels_load()
 
+    def reproducible(self):
+        """These ops made to give the same bits on every run: sort-based scatter-adds."""
+        return self if self.deterministic else NumbaCudaOps(True, self._cp)
+
     # ---- helpers --------------------------------------------------------------------
     def _contiguous(self, *arrays):
         return tuple(self._cp.ascontiguousarray(a) for a in arrays)

@@ -37,6 +37,10 @@ class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):
     def __init__(self, xp):
         self.xp = xp
 
+    def reproducible(self):
+        """These ops made to give the same bits on every run (the reference always does)."""
+        return self
+
     # ---- rows of a table ----------------------------------------------------------
     def gather_rows(self, table, ids):
         """``table[ids]``: table ``[R, *F]``, ids ``[*I]`` -> ``[*I, *F]``."""
@@ -88,7 +92,7 @@ class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):
         check_weighted_sum_backward_shapes(dout, cols, table, ids, weights)
         R, F = table.shape
         B, T = ids.shape
-        k = cols.shape[1]
+        T_max, k = weights.shape[0], cols.shape[1]
         cols = xp.astype(cols, xp.int64)
         ids = xp.astype(ids, xp.int64)
         at_table = ids[:, :, None] * F + cols[:, None, :]                 # [B, T, k] into table.flat
@@ -101,7 +105,7 @@ class ReferenceOps(ReferenceAttention, ReferenceRmsnorm, ReferenceStepTail):
         dtable = self.scatter_add_rows(xp.reshape(at_table, (n,)),
                                        xp.reshape(dout_t * weights_at, (n, 1)), R * F)
         dweights = self.scatter_add_rows(xp.reshape(at_weights, (n,)),  # rows past T stay zero
-                                         xp.reshape(dout_t * table_at, (n, 1)), weights.size)
+                                         xp.reshape(dout_t * table_at, (n, 1)), T_max * F)
         return xp.reshape(dtable, (R, F)), xp.reshape(dweights, weights.shape)
 
 
