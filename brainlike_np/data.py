@@ -602,6 +602,13 @@ def sample_windows(tokens, batch_size: int, context: int,
     return np.ascontiguousarray(windows[:, :-1]), windows[:, -1].copy()       # [B, T], [B]
 
 
+def rank_parts(batch: np.ndarray, n: int, local_part) -> np.ndarray:
+    """A global host batch ``[n * b, ...]`` of ``n`` micro-batches -> this rank's part of
+    each, joined in order ``[n * b / P, ...]`` (``local_part``: the communicator's slice
+    of one micro-batch ``[b, ...]`` -> ``[b / P, ...]``)."""
+    return np.concatenate([local_part(part) for part in np.split(batch, n)])
+
+
 def count_model_losses(train, valid, max_bytes: int | None = None,
                        vocab_size: int = 256) -> dict:
     """Validation cross-entropy (nats/token) of unigram and bigram count models fit on

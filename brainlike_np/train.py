@@ -33,7 +33,7 @@ from .cli import (EXIT_INTERRUPTED, describe_os_error, forgiving_streams,  # noq
                   startup_over)
 from .config import ConfigError, flag  # noqa: E402
 from .data import (DataError, baseline_note, check_same_data,  # noqa: E402
-                   count_model_losses, nats_to_bits, open_corpus, sample_windows)
+                   count_model_losses, nats_to_bits, open_corpus, rank_parts, sample_windows)
 from .generate import generate, generate_tokens  # noqa: E402
 from .models import get_model, get_preset  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
@@ -245,7 +245,8 @@ class Reporter:
         state, s, corpus = self.run.state, self.run.state.settings, self.run.corpus
         print(f"model {state.model_name} {state.cfg}\n"
               f"backend {state.backend.name} (kernels: {state.backend.ops.name}), batch "
-              f"{s.batch_size}{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
+              f"{s.batch_size}{f' x {s.grad_accum} micro-batches' if s.grad_accum > 1 else ''}"
+              f"{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
               f"{state.step}->{s.max_iters}, corpus {corpus.name}: {corpus.train.shape[0]:,} "
               f"train / {corpus.valid.shape[0]:,} valid {corpus.unit}s\n"
               f"baselines (valid, nats/{corpus.unit}"
@@ -345,7 +346,7 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     """Train up to max_iters; -> (exit code, last validation loss or None)."""
     state, s = run.state, run.state.settings
     backend = state.backend
-    tokens_per_step = s.batch_size * state.cfg.context
+    tokens_per_step = s.batch_size * s.grad_accum * state.cfg.context
     bar = tqdm(total=s.max_iters, initial=state.step, disable=None if reporter.root else True,
                mininterval=1.0, dynamic_ncols=True)
     val = None
@@ -353,9 +354,11 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
         while state.step < s.max_iters:
             lr = state.learning_rate()
             t0 = time.perf_counter()
-            x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+            # the global batch: --grad-accum micro-batches of --batch-size
+            x, y = state.sample_batch(run.corpus.train, s.batch_size * s.grad_accum)
             # returns once the step is done on the device: it reads its loss to the host
-            m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
+            m = state.train_step(rank_parts(x, s.grad_accum, comm.local_part),
+                                 rank_parts(y, s.grad_accum, comm.local_part), lr)
             dt = time.perf_counter() - t0
             peak = backend.memory.peak_bytes()
             reporter.log_step({"step": state.step, "loss": m["loss"], "lr": lr,

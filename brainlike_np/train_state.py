@@ -37,8 +37,12 @@ class TrainSettings(ConfigDict):
     """How a model is trained; saved in the checkpoint (``meta["train"]``). The fields in
     ``FIXED`` define the run and cannot change on resume; the others can."""
 
-    batch_size: int = _setting(None, "windows per step, the global batch when distributed "
-                                     "(default: the preset's)")
+    batch_size: int = _setting(None, "windows per step (per micro-batch with --grad-accum), "
+                                     "the global batch when distributed (default: the "
+                                     "preset's)")
+    grad_accum: int = _setting(1, "micro-batches of --batch-size windows per step, their "
+                                  "gradients accumulated: the update of a batch this many "
+                                  "times larger, at the memory of one micro-batch")
     max_iters: int = _setting(1200, "the step to train up to")
     lr: float = _setting(3e-3, "peak learning rate")
     warmup: int = _setting(100, "linear warmup steps")
@@ -67,7 +71,7 @@ class TrainSettings(ConfigDict):
 
     def __post_init__(self):
         self.check_types()
-        for name in ("batch_size", "max_iters", "eval_every", "eval_batches"):
+        for name in ("batch_size", "max_iters", "eval_every", "eval_batches", "grad_accum"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{flag(name)} must be positive, got {value}")
@@ -158,15 +162,21 @@ class TrainState:
                                   "another --out-dir")
         if self.step and any(getattr(self.settings, name) != getattr(settings, name)
                              for name in TrainSettings.SCHEDULE):
-            self.lr_continuation = {"step": self.step, "lr": self.learning_rate(self.step - 1)}
+            last = self.learning_rate(self.step - 1)        # the rate last used
+            new = scheduled_lr(settings.schedule, self.step - 1, settings.lr, settings.warmup,
+                               settings.max_iters, settings.min_lr_ratio,
+                               settings.decay_fraction)
+            # the new schedule takes over as it is where it gave that step the same rate
+            self.lr_continuation = None if new == last else {"step": self.step, "lr": last}
         self.settings = settings
         self.optimizer.weight_decay = settings.weight_decay
 
     def learning_rate(self, step: int | None = None) -> float:
         """The rate of ``step`` (default: the next one) under the settings' schedule. After
-        a change of the schedule's settings on resume (``change_settings``), the rate moves
-        linearly from the last one used to the new schedule's over ``--warmup`` steps (0:
-        at once) instead of jumping, then follows the new schedule."""
+        a change of the schedule's settings on resume (``change_settings``) that would make
+        the rate jump (the new schedule gives the last step another rate than it had), the
+        rate moves linearly from the last one used to the new schedule's over ``--warmup``
+        steps (0: at once), then follows the new schedule."""
         s, step = self.settings, self.step if step is None else step
         rate = scheduled_lr(s.schedule, step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio,
                             s.decay_fraction)
@@ -197,8 +207,7 @@ class TrainState:
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         self.check_windows(x, y)
-        xb, yb = self.backend.asarray_ids(x), self.backend.asarray_ids(y)
-        loss, grads = self.model.loss_and_grads(self.params, xb, yb, self.cfg, self.backend.ops)
+        loss, grads = self.accumulated_loss_and_grads(x, y)
         loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
         stats = self.optimizer.clip_and_update(self.params, grads, lr,
                                                self.settings.grad_clip, loss)
@@ -211,6 +220,32 @@ class TrainState:
                 "lower --lr or raise --warmup, and resume from the last checkpoint")
         self.step += 1
         return {"loss": loss, "grad_norm": norm}
+
+    def accumulated_loss_and_grads(self, x, y) -> tuple:
+        """Mean loss and gradients over host x ``[n * b, T]``, y ``[n * b]``: n =
+        ``settings.grad_accum`` micro-batches of b windows, one after another, so that only
+        one micro-batch's activations are alive at a time. Equal micro-batches: the mean
+        of their means is the mean over the whole batch."""
+        n = self.settings.grad_accum
+        if len(x) % n:
+            raise ValueError(f"a batch of {len(x)} windows cannot be split into "
+                             f"--grad-accum {n} equal micro-batches")
+        size = len(x) // n
+        for i in range(n):
+            xb = self.backend.asarray_ids(x[i * size:(i + 1) * size])      # [b, T]
+            yb = self.backend.asarray_ids(y[i * size:(i + 1) * size])      # [b]
+            part_loss, part = self.model.loss_and_grads(self.params, xb, yb, self.cfg,
+                                                        self.backend.ops)
+            if i == 0:
+                loss, grads = part_loss, part
+                continue
+            loss = loss + part_loss
+            for name, g in part.items():
+                grads[name] += g
+            del part, part_loss                 # this micro-batch's arrays go here
+        if n == 1:                              # (no extra launch for the usual step)
+            return loss, grads
+        return loss / n, {name: g / n for name, g in grads.items()}
 
     def evaluate(self, windows) -> float:
         """Mean loss over a fixed, non-empty list of host batches."""

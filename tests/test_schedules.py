@@ -105,6 +105,20 @@ def test_a_second_change_continues_from_the_rate_reached(tmp_path, corpus_file, 
     assert (s.lr, s.warmup, s.schedule, s.max_iters) == (0.01, 4, "linear", 14)
 
 
+def test_a_change_that_keeps_the_last_rate_takes_over_directly(tmp_path, corpus_file, capsys):
+    """Inside the warmup a longer --max-iters gives the steps so far the same rates: the
+    new schedule simply continues (no continuation recorded)."""
+    out_dir = str(tmp_path / "run")
+    assert run_main(TINY_RUN + ["--data", corpus_file, "--max-iters", "4", "--warmup", "10",
+                                "--out-dir", out_dir], capsys)[0] == 0
+    assert run_main(["--resume", "--max-iters", "8", "--out-dir", out_dir], capsys)[0] == 0
+    got = rates(out_dir)
+    assert [got[s + 1] for s in range(8)] == [scheduled_lr("cosine", s, 3e-3, 10, 8)
+                                              for s in range(8)]
+    state = TrainState.load(os.path.join(out_dir, "ckpt.npz"), get_backend("numpy"))
+    assert state.lr_continuation is None
+
+
 def test_resume_without_a_change_keeps_the_schedule(tmp_path, corpus_file, capsys):
     out_dir = str(tmp_path / "run")
     assert run_main(TINY_RUN + ["--data", corpus_file, "--max-iters", "4", "--lr", "0.005",
