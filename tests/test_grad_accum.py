@@ -16,10 +16,12 @@ from brainlike_np.train_state import TrainSettings, TrainState
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 
 
-def state_with(grad_accum: int, grad_clip: float, model="brainlike") -> TrainState:
+def state_with(grad_accum: int, grad_clip: float, model="brainlike",
+               backend=None) -> TrainState:
     settings = TrainSettings(seed=3, dtype="float64", grad_accum=grad_accum,
                              grad_clip=grad_clip)
-    return TrainState.create(model, get_preset(model, "tiny"), get_backend("numpy"), settings)
+    return TrainState.create(model, get_preset(model, "tiny"),
+                             backend or get_backend("numpy"), settings)
 
 
 @pytest.mark.parametrize("model", ["brainlike", "transformer"])
@@ -43,6 +45,16 @@ def test_accumulated_steps_equal_the_large_batch_to_1e_12(model, grad_clip):
         for name, value in getattr(large.optimizer, moments).items():
             np.testing.assert_allclose(getattr(accumulated.optimizer, moments)[name], value,
                                        rtol=0, atol=1e-12, err_msg=f"{moments} {name}")
+
+
+def test_accumulation_matches_the_large_batch_on_every_backend(backend):
+    large, accumulated = (state_with(n, 0.05, backend=backend) for n in (1, 2))
+    x, y = large.sample_batch(TEXT, 14)
+    a, b = large.train_step(x, y, lr=2e-3), accumulated.train_step(x, y, lr=2e-3)
+    assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-12, abs=0)
+    for name, p in large.params.items():
+        np.testing.assert_allclose(backend.to_numpy(accumulated.params[name]),
+                                   backend.to_numpy(p), rtol=0, atol=1e-12, err_msg=name)
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused():
