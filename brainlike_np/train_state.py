@@ -223,29 +223,18 @@ class TrainState:
 
     def accumulated_loss_and_grads(self, x, y) -> tuple:
         """Mean loss and gradients over host x ``[n * b, T]``, y ``[n * b]``: n =
-        ``settings.grad_accum`` micro-batches of b windows, one after another, so that only
-        one micro-batch's activations are alive at a time. Equal micro-batches: the mean
-        of their means is the mean over the whole batch."""
+        ``settings.grad_accum`` micro-batches of b windows, each sent to the device and
+        differentiated in turn (``accumulate``)."""
         n = self.settings.grad_accum
         if len(x) % n:
             raise ValueError(f"a batch of {len(x)} windows cannot be split into "
                              f"--grad-accum {n} equal micro-batches")
         size = len(x) // n
-        for i in range(n):
-            xb = self.backend.asarray_ids(x[i * size:(i + 1) * size])      # [b, T]
-            yb = self.backend.asarray_ids(y[i * size:(i + 1) * size])      # [b]
-            part_loss, part = self.model.loss_and_grads(self.params, xb, yb, self.cfg,
-                                                        self.backend.ops)
-            if i == 0:
-                loss, grads = part_loss, part
-                continue
-            loss = loss + part_loss
-            for name, g in part.items():
-                grads[name] += g
-            del part, part_loss                 # this micro-batch's arrays go here
-        if n == 1:                              # (no extra launch for the usual step)
-            return loss, grads
-        return loss / n, {name: g / n for name, g in grads.items()}
+        micro_batches = ((self.backend.asarray_ids(x[i * size:(i + 1) * size]),   # [b, T]
+                          self.backend.asarray_ids(y[i * size:(i + 1) * size]))   # [b]
+                         for i in range(n))
+        return accumulate(lambda xb, yb: self.model.loss_and_grads(
+            self.params, xb, yb, self.cfg, self.backend.ops), micro_batches, n)
 
     def evaluate(self, windows) -> float:
         """Mean loss over a fixed, non-empty list of host batches."""
@@ -331,6 +320,25 @@ class TrainState:
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id,
                    config_origin=config_origin, lr_continuation=lr_continuation)
+
+
+def accumulate(loss_and_grads, micro_batches, n: int) -> tuple:
+    """The mean loss and gradients of ``loss_and_grads(x, y)`` over ``n`` equal
+    micro-batches (an iterable of device (x, y), consumed in turn), so that one
+    micro-batch's activations are alive at a time, plus one gradient accumulator. The mean
+    of equal micro-batches' means is the mean over their union: the large batch's."""
+    for i, (x, y) in enumerate(micro_batches):
+        part_loss, part = loss_and_grads(x, y)
+        if i == 0:
+            loss, grads = part_loss, part
+            continue
+        loss = loss + part_loss
+        for name, g in part.items():
+            grads[name] += g
+        del part, part_loss                     # this micro-batch's arrays go here
+    if n == 1:                                  # (no extra launch for the usual step)
+        return loss, grads
+    return loss / n, {name: g / n for name, g in grads.items()}
 
 
 def _check_backend(backend, where: str) -> None:
