@@ -6,6 +6,10 @@ that is not valid UTF-8, such as ``$'\\xff'`` in bash, is taken byte for byte, a
 to stdout as each byte is sampled, as UTF-8 text with any byte sequence that is not
 UTF-8 shown as U+FFFD, written as bytes whatever stdout's encoding is.
 
+A model trained on token files (``--data`` with token ids) takes and prints token ids
+instead (``--prompt-ids``; the ids on one line), and their text on the next line when a
+tokenizer is named (``--tokenizer gpt2``, or the data's ``tokens.json``'s; tiktoken).
+
 Bad input (a temperature that is not a finite number >= 0, a negative --max-new-bytes,
 --top-k or --seed, a missing or damaged checkpoint, an unusable backend) ends with one
 ``error: ...`` line and exit code 1; the library function ``generate`` raises ValueError
