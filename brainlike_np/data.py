@@ -31,6 +31,7 @@ SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlel
 VALID_FRACTION = 0.1      # a single file: its last 10% of bytes are the validation split
 VALID_ONE_IN = 10         # several files: those whose path's CRC-32 is 0 mod 10
 COUNT_CHUNK = 1 << 18     # bytes the baselines count at a time: their extra memory is O(this)
+DENSE_PAIRS = 1 << 20     # the baselines count pairs in a dense table up to this many codes
 BASELINE_SAMPLE_BYTES = 100 * 2**20   # the baselines read at most this much of each split
 MAX_HASH_BLOCKS = 512     # the record's content hashes read at most this many 64 KiB blocks
 MAX_RECORDED_FILES = MAX_HASH_BLOCKS // 2   # files recorded one by one (those hashed)
@@ -646,18 +647,27 @@ def _size(n_bytes: int) -> str:
 def _counts(tokens: Tokens, max_bytes: int, V: int):
     """How often each token occurs, float64 ``[V]``, and the pairs seen: their codes
     ``a * V + b`` (sorted, int64 ``[P]``) and how often b followed a (float64 ``[P]``).
-    A piece that continues the previous one adds the pair across their edge; the pieces'
-    pairs are merged once they outnumber those merged, so merging costs O(P log P) overall."""
+    A piece that continues the previous one adds the pair across their edge. Pairs are
+    counted in a dense table when there are at most DENSE_PAIRS codes (bytes: 65,536),
+    else sorted per piece and merged once the pieces' outnumber those merged (O(P log P))."""
     tokens_seen = np.zeros(V, dtype=np.int64)
+    dense = np.zeros(V * V, dtype=np.int64) if V * V <= DENSE_PAIRS else None
     merged = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))   # (codes, counts)
     pending, last = [], None
     for piece, continues in tokens.chunks(max_bytes, COUNT_CHUNK):
         tokens_seen += np.bincount(piece, minlength=V)
         run = (np.concatenate([last, piece]) if continues else piece).astype(np.int64)
-        pending.append(np.unique(run[:-1] * V + run[1:], return_counts=True))
-        if sum(len(c) for c, _ in pending) > max(len(merged[0]), COUNT_CHUNK):
-            merged, pending = _merge_counts([merged, *pending]), []
+        codes = run[:-1] * V + run[1:]                                        # [piece]
+        if dense is not None:
+            dense += np.bincount(codes, minlength=V * V)
+        else:
+            pending.append(np.unique(codes, return_counts=True))
+            if sum(len(c) for c, _ in pending) > max(len(merged[0]), COUNT_CHUNK):
+                merged, pending = _merge_counts([merged, *pending]), []
         last = piece[-1:]
+    if dense is not None:
+        codes = np.flatnonzero(dense)
+        return tokens_seen.astype(np.float64), codes, dense[codes].astype(np.float64)
     codes, counts = _merge_counts([merged, *pending])
     return tokens_seen.astype(np.float64), codes, counts.astype(np.float64)
 

@@ -76,15 +76,18 @@ def test_uint32_single_file_and_its_size_check(tmp_path):
         data.open_corpus(str(path), token_dtype="uint32")
 
 
-def test_sparse_bigram_baseline_matches_a_dense_count():
+@pytest.mark.parametrize("ids, vocab", [(37, 41), (1500, 1503)])   # a dense and a sorted count
+@pytest.mark.parametrize("chunk", [97, 1 << 18])         # pairs across pieces, merged often
+def test_the_bigram_baseline_matches_a_direct_count(monkeypatch, ids, vocab, chunk):
+    monkeypatch.setattr(data, "COUNT_CHUNK", chunk)
     rng = np.random.default_rng(3)
-    train_ids, valid_ids = rng.integers(0, 37, 5003), rng.integers(0, 37, 611)
-    got = data.count_model_losses(train_ids, valid_ids, vocab_size=41)
-    dense = np.zeros((41, 41))
-    np.add.at(dense, (train_ids[:-1], train_ids[1:]), 1)
-    p = (dense + 1) / (dense + 1).sum(axis=1, keepdims=True)
+    train_ids, valid_ids = rng.integers(0, ids, 5003), rng.integers(0, ids, 611)
+    got = data.count_model_losses(train_ids, valid_ids, vocab_size=vocab)
+    table = np.zeros((vocab, vocab))
+    np.add.at(table, (train_ids[:-1], train_ids[1:]), 1)
+    p = (table + 1) / (table + 1).sum(axis=1, keepdims=True)
     bigram = -np.mean(np.log(p[valid_ids[:-1], valid_ids[1:]]))
-    uni = np.bincount(train_ids, minlength=41) + 1.0
+    uni = np.bincount(train_ids, minlength=vocab) + 1.0
     unigram = -np.mean(np.log(uni[valid_ids] / uni.sum()))
     assert got["bigram"] == pytest.approx(bigram, rel=1e-12)
     assert got["unigram"] == pytest.approx(unigram, rel=1e-12)
