@@ -227,3 +227,13 @@ def test_a_crafted_tokens_record_is_refused_by_generate_and_resume(tmp_path, nan
     assert "invalid metadata" in err and "tokens" in err and err.count("\n") == 1
     code, _, err = run_main(["--resume", "--max-iters", "4", "--out-dir", str(out_dir)], capsys)
     assert code == 1 and "tokens" in err and err.count("\n") == 1
+
+
+def test_sample_every_prints_token_ids_for_token_data(tmp_path, nanogpt_dir, capsys):
+    code, out, _ = run_main(TINY_RUN + ["--data", str(nanogpt_dir), "--max-iters", "4",
+                                        "--sample-every", "1", "--out-dir",
+                                        str(tmp_path / "run")], capsys)
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("sample at step 4 (token ids): "))
+    prompt = np.fromfile(nanogpt_dir / "val.bin", dtype=np.uint16)[:24].tolist()
+    assert line.split(": ", 1)[1].startswith(f"{prompt} + [")
