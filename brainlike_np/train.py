@@ -72,7 +72,8 @@ def new_state(request: TrainRequest, backend, corpus) -> TrainState:
     model_name = "brainlike" if request.model is None else request.model
     preset = "default" if request.preset is None else request.preset
     from_data = {} if corpus.tokens is None else {"vocab_size": corpus.vocab_size}
-    cfg = configured(model_name, preset, {**from_data, **request.config})
+    overrides = {**from_data, **request.config}     # the command line's win
+    cfg = configured(model_name, preset, overrides)
     settings = TrainSettings(**request.settings)
     if corpus.tokens:           # resolved (nanoGPT's folder: uint16 or its sidecar's)
         settings = replace(settings, token_dtype=corpus.tokens["dtype"])
@@ -81,7 +82,7 @@ def new_state(request: TrainRequest, backend, corpus) -> TrainState:
     corpus.check_fits(cfg.context, cfg.vocab_size)
     check_memory(cfg, model_name, settings, backend)
     state = TrainState.create(model_name, cfg, backend, settings)
-    state.config_origin = {"preset": preset, "overrides": request.config}
+    state.config_origin = {"preset": preset, "overrides": overrides}
     return state
 
 

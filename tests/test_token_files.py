@@ -121,8 +121,9 @@ def test_a_nanogpt_pair_trains_resumes_bit_for_bit_and_generates_ids(tmp_path, n
     code, out, _ = run_main(args + ["--out-dir", whole], capsys)
     assert code == 0 and "3,001 train / 701 valid tokens" in out and "nats/token" in out
     assert run_main(args[:-1] + ["4", "--out-dir", split], capsys)[0] == 0
-    code, out, _ = run_main(["--resume", "--max-iters", "8", "--out-dir", split], capsys)
-    assert code == 0
+    code, out, _ = run_main(["--resume", "--max-iters", "8", "--preset", "tiny",  # repeated
+                             "--out-dir", split], capsys)
+    assert code == 0, _
     a = np.load(os.path.join(whole, "ckpt.npz"))
     b = np.load(os.path.join(split, "ckpt.npz"))
     assert a["params/W_dec"].shape == (32, VOCAB)             # the vocabulary of the data
