@@ -97,8 +97,9 @@ class Corpus:
                     "longer file or a smaller --context")
             if self.tokens and self.max_id() >= vocab_size:
                 raise DataError(f"corpus '{self.name}' holds token id {self.max_id()}, but "
-                                f"the model's vocab_size is {vocab_size}; leave --vocab-size "
-                                "out (the data's is taken) or raise it")
+                                f"the model's vocab_size is {vocab_size}; raise --vocab-size "
+                                f"or the vocab_size of its {TOKENS_SIDECAR}, or leave both "
+                                "out (the largest id + 1 is taken)")
             if not self.tokens and vocab_size < 256:      # every byte is below 256
                 top = max(int(piece.max()) for piece, _ in
                           tokens.chunks(BASELINE_SAMPLE_BYTES, COUNT_CHUNK))

@@ -238,3 +238,15 @@ def test_sample_every_prints_token_ids_for_token_data(tmp_path, nanogpt_dir, cap
     line = next(l for l in out.splitlines() if l.startswith("sample at step 4 (token ids): "))
     prompt = np.fromfile(nanogpt_dir / "val.bin", dtype=np.uint16)[:24].tolist()
     assert line.split(": ", 1)[1].startswith(f"{prompt} + [")
+
+
+@pytest.mark.parametrize("where", ["flag", "sidecar"])
+def test_a_vocabulary_smaller_than_the_data_is_one_error_line(tmp_path, nanogpt_dir, capsys,
+                                                              where):
+    flags = ["--vocab-size", "300"] if where == "flag" else []
+    if where == "sidecar":
+        (nanogpt_dir / "tokens.json").write_text(json.dumps({"vocab_size": 300}))
+    code, _, err = run_main(TINY_RUN + flags + ["--data", str(nanogpt_dir), "--max-iters", "2",
+                                                "--out-dir", str(tmp_path / "run")], capsys)
+    assert code == 1 and f"holds token id {VOCAB - 1}, but the model's vocab_size is 300" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run" / "ckpt.npz").exists()
