@@ -80,16 +80,15 @@ def config_file_args(parser: argparse.ArgumentParser, argv: list) -> list:
 
 def _flag_args(parser, path: str, key: str, name: str, action, value) -> list:
     """``--name value`` (``--name`` / ``--no-name`` for an on/off flag) for one key."""
-    on_off = action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction)
+    on_off = action.nargs == 0                  # --recompute/--no-recompute, --distributed
     if on_off != isinstance(value, bool) or isinstance(value, (dict, list)):
         parser.error(f"--config {path}: key '{key}' must be "
                      f"{'true or false' if on_off else 'a number or a string'}, got {value!r}")
-    if isinstance(value, bool):
-        if not value and action.nargs == 0 and not isinstance(action,
-                                                              argparse.BooleanOptionalAction):
-            return []                       # --distributed = false: the default
+    if not on_off:
+        return [f"--{name}", str(value)]
+    if isinstance(action, argparse.BooleanOptionalAction):
         return [f"--{name}" if value else f"--no-{name}"]
-    return [f"--{name}", str(value)]
+    return [f"--{name}"] if value else []        # --distributed = false: the default
 
 
 def read_toml(parser: argparse.ArgumentParser, path: str) -> dict:
