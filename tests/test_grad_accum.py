@@ -100,3 +100,25 @@ def test_the_trainer_takes_grad_accum_and_matches_the_large_batch(tmp_path, caps
             np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-12, err_msg=name)
     meta = json.loads(b["meta.json"].tobytes())
     assert meta["train"]["grad_accum"] == 3 and meta["train"]["batch_size"] == 4
+
+
+def test_the_benchs_accumulated_largest_batch_fits_its_budget(monkeypatch):
+    """bench/claims.py's --grad-accum row: the micro-batch it finds, accumulated 8 times,
+    fits the budget (measured), and it is the largest: one window more would not fit
+    beside the gradient accumulator."""
+    from conftest import BENCH, load_bench_module
+    monkeypatch.syspath_prepend(str(BENCH))           # claims.py imports lab, measure
+    claims = load_bench_module("claims")
+    lab = claims.Lab(get_backend("numpy"))
+    subject = claims.Subject("tiny", "brainlike", get_preset("brainlike", "tiny"))
+    for B in (4, 16):                                 # the line the bisection starts from
+        lab.step_peak(subject, B)
+    budget = lab.fixed_bytes(subject) + 2 * lab.step_peak(subject, 16)
+    got = claims.accumulated_max_batch(lab, subject, budget, tolerance=0.0)
+    assert got["n"] == claims.GRAD_ACCUM and got["micro_batch"] > 16
+    assert got["training_bytes"] <= budget
+    measured = lab.fixed_bytes(subject) + lab.accumulated_peak(subject, got["micro_batch"], 8)
+    assert measured == pytest.approx(got["training_bytes"], rel=0.05)
+    accumulator = sum(p.nbytes for p in lab.params(subject).values())
+    over = lab.fixed_bytes(subject) + lab.step_peak(subject, got["micro_batch"] + 1)
+    assert over > budget - accumulator
