@@ -7,8 +7,9 @@ seed, the same weights on every backend), moving arrays to and from NumPy (count
 hot-path ops (``backend.ops``), and how data-parallel ranks sum its arrays
 (``transport``). Each library is a subclass that carries its own behaviour:
 :class:`NumpyBackend`, :class:`ArrayApiStrictBackend`, :class:`CupyBackend`,
-:class:`TorchBackend`.
-:func:`get_backend` picks one by name, else ``$BRAINLIKE_BACKEND``, else numpy.
+:class:`TorchBackend`, :class:`JaxBackend`. A backend may also compile a pure function
+(``compile_step``: the training step on jax). :func:`get_backend` picks one by name, else
+``$BRAINLIKE_BACKEND``, else numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .cupy_probe import check_cublas, gpu_index, import_cupy
 from .errors import BackendError, KernelsMissing
 from .host_memory import host_free_memory_bytes, keep_freed_memory
 from .host_reads import count_host_read
+from .jax_probe import import_jax, jax_device
 from .kernel_choice import choose_ops, importing_kernels
 from .memory import MemoryTracker
 from .settings import backend_name, check_environment, kernels_choice
@@ -90,6 +92,15 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (host: nothing)."""
+
+    def compile_step(self, fn, donate_argnums: tuple = (), key=None):
+        """``fn``, a pure function of arrays (and dicts of arrays), compiled for this
+        backend, its arguments at ``donate_argnums`` donated (their buffers may hold the
+        results: the caller must not use them again). ``key``, if given, is hashable and
+        names what ``fn`` computes: a later call with an equal key may get the function
+        compiled then. Here: ``fn`` itself, run op by op; the jax backend compiles it
+        with ``jax.jit``."""
+        return fn
 
     def free_memory_bytes(self) -> int | None:
         """Memory that new arrays can still take on this backend's device (host: the
@@ -275,8 +286,72 @@ class TorchBackend(Backend):
         return host_free_memory_bytes() if self.device.type == "cpu" else None
 
 
+class JaxBackend(Backend):
+    """JAX on the CPU (the default) or a GPU (``gpu:N``), with JAX's own operations on the
+    hot path (``jax/``) and the training step compiled whole by ``jax.jit``; float64 on
+    (see jax_probe.py); data-parallel ranks sum through host buffers with MPI."""
+
+    name = "jax"
+    kernels = "native"
+
+    def __init__(self, xp, device, ops, jax):
+        self._jax = jax
+        super().__init__(xp, device, ops)
+
+    @classmethod
+    def create(cls, kernels, device):
+        """``device``: ``"cpu"``, ``"gpu"``, ``"gpu:N"`` or a GPU index (default:
+        ``$BRAINLIKE_DEVICE``, else the CPU; see jax_probe.py)."""
+        jax = import_jax()
+        import jax.numpy as xp
+        return cls(xp, jax_device(jax, device), choose_ops(cls, xp, kernels), jax)
+
+    @classmethod
+    def kernel_ops(cls, xp):
+        from .jax import JaxOps
+        return JaxOps(xp)
+
+    def memory_tracker(self, exact_peak: bool = False) -> MemoryTracker:
+        """The bytes of JAX's live arrays on this device (XLA's buffers, which tracemalloc
+        does not see); the peak is the largest seen when read (``exact_peak`` cannot be)."""
+        return MemoryTracker.for_jax(self._jax, self.device)
+
+    _compiled = {}        # (key, donated, device) -> jitted function, for the whole process
+
+    def arrays_on_host(self) -> bool:
+        return self.device.platform == "cpu"
+
+    def _to_numpy(self, x) -> np.ndarray:
+        """A copy: NumPy's zero-copy view of a CPU buffer would keep a later compiled
+        step from donating that buffer (and would be read-only)."""
+        return np.array(x, copy=True)
+
+    def compile_step(self, fn, donate_argnums: tuple = (), key=None):
+        """``jax.jit(fn)``: traced once per shape and dtype of its arguments, then run as
+        one XLA program, the donated arguments' buffers reused for its results. With a
+        ``key``, one jitted function per key in the process (a new training state of the
+        same model reuses the programs compiled for the last: compiling takes seconds)."""
+        if key is None:
+            return self._jax.jit(fn, donate_argnums=donate_argnums)
+        full_key = (key, tuple(donate_argnums), self.device)
+        if full_key not in JaxBackend._compiled:
+            JaxBackend._compiled[full_key] = self._jax.jit(fn, donate_argnums=donate_argnums)
+        return JaxBackend._compiled[full_key]
+
+    def synchronize(self) -> None:
+        """JAX runs a device's work in order: waiting for a new array waits for it all."""
+        self.xp.zeros((), device=self.device).block_until_ready()
+
+    def free_memory_bytes(self) -> int | None:
+        """A GPU's limit less what JAX's arrays hold; the CPU: the host's."""
+        stats = self.device.memory_stats() if self.device.platform != "cpu" else None
+        if not stats:
+            return host_free_memory_bytes() if self.device.platform == "cpu" else None
+        return int(stats["bytes_limit"]) - int(stats["bytes_in_use"])
+
+
 BACKENDS = {cls.name: cls for cls in (NumpyBackend, ArrayApiStrictBackend, CupyBackend,
-                                          TorchBackend)}
+                                      TorchBackend, JaxBackend)}
 
 
 def backend_class(name: str | None = None) -> type[Backend]:
@@ -295,8 +370,9 @@ def get_backend(name: str | None = None, kernels: str | None = None,
     kernels where they run, else reference). Default: ``$BRAINLIKE_KERNELS``, else ``auto``.
 
     ``device``: for cupy, the index of the GPU to use (default: CUDA's current device);
-    for torch, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (default: ``$BRAINLIKE_DEVICE``, else
-    the CPU); the host backends have one device, the CPU, and ignore it.
+    for torch, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``; for jax, ``"cpu"``, ``"gpu"`` or
+    ``"gpu:N"`` (default for both: ``$BRAINLIKE_DEVICE``, else the CPU); the host backends
+    have one device, the CPU, and ignore it.
     """
     check_environment()          # every BRAINLIKE_* variable, as a flag is checked
     cls = backend_class(name)

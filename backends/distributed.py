@@ -12,8 +12,9 @@ current before anything is allocated: the one GPU the launcher gave the rank, el
 GPU of the rank's index on its node), and picks the transport the backend names
 (``backend.transport``):
 
-- host arrays (numpy, array-api-strict, torch on the CPU): MPI's Allreduce through
-  mpi4py, in the arrays' own memory; torch on a GPU: the same, through a copy on the host;
+- host arrays (numpy, array-api-strict, torch and jax on the CPU): MPI's Allreduce
+  through mpi4py, in the arrays' own memory where it is writable, else (jax's immutable
+  buffers) on a host copy; torch and jax on a GPU: the same, through a copy on the host;
 - CuPy arrays: NCCL through ``cupy.cuda.nccl`` on the GPUs, one GPU per rank; MPI only
   broadcasts NCCL's id, agrees on stopping and aborts.
 
@@ -82,8 +83,10 @@ class MpiCommunicator:
         """Element-wise mean over the ranks of a 1-d array ``[n]`` (``flat`` is a scratch
         buffer: it may be overwritten), summed in a host buffer."""
         on_host = self.backend is None or self.backend.arrays_on_host()
-        # [n]: on the host, flat's own memory; from a device (torch on a GPU), a copy
+        # [n]: on the host, flat's own memory; from a device (a GPU), a copy
         host = np.from_dlpack(flat) if on_host else self.backend.to_numpy(flat)
+        if not host.flags.writeable:         # an immutable library's buffer (jax): a copy
+            host = host.copy()
         self.world.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
         host /= self.size
         return get_namespace(flat).asarray(host) if on_host else self.backend.asarray(host)

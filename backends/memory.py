@@ -42,9 +42,9 @@ import tracemalloc
 class MemoryTracker:
     """``reset_peak()``, then ``current_bytes()`` / ``peak_bytes()``; ``mode`` says how it
     counts: "tracemalloc" (host), "pool" (CuPy, sampled), "hook" (CuPy, exact),
-    "torch_cuda" (PyTorch's CUDA allocator), "resident" (the process's resident memory) or
-    "unknown" (nothing counts: zeros); ``label`` and :meth:`describe_peak` say what the
-    figures are, for the user."""
+    "torch_cuda" (PyTorch's CUDA allocator), "live arrays" (JAX, sampled), "resident" (the
+    process's resident memory) or "unknown" (nothing counts: zeros); ``label`` and
+    :meth:`describe_peak` say what the figures are, for the user."""
 
     LABELS = {"resident": "resident memory of the process", "unknown": "memory"}
 
@@ -157,6 +157,29 @@ class MemoryTracker:
                 hook.installed = False
 
         return cls("hook", reset, lambda: hook.current, lambda: hook.peak, stop)
+
+    @classmethod
+    def for_jax(cls, jax, device) -> "MemoryTracker":
+        """The bytes of JAX's live arrays on ``device``, sampled whenever either figure is
+        read (XLA's buffers are not Python allocations: tracemalloc does not see them)."""
+        peak = 0
+
+        def current():
+            nonlocal peak
+            live = sum(a.nbytes for a in jax.live_arrays() if device in a.devices())
+            peak = max(peak, live)
+            return live
+
+        def reset():
+            nonlocal peak
+            peak = 0
+            current()
+
+        def sample_peak():
+            current()
+            return peak
+
+        return cls("live arrays", reset, current, sample_peak, lambda: None)
 
 
 def _proc_status_bytes(field: str) -> int:

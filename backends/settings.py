@@ -7,12 +7,12 @@ import os
 
 from .errors import BackendError
 
-BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch")
+BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch", "jax")
 ALIASES = {"array-api-strict": "array_api_strict", "strict": "array_api_strict"}
 KERNEL_CHOICES = ("auto", "reference", "numba", "native")
 ENV_BACKEND = "BRAINLIKE_BACKEND"
 ENV_KERNELS = "BRAINLIKE_KERNELS"
-ENV_DEVICE = "BRAINLIKE_DEVICE"     # the torch backend's device: cpu (default), cuda[:N], mps
+ENV_DEVICE = "BRAINLIKE_DEVICE"     # the torch and jax backends' device (default: cpu)
 
 
 def backend_name(name: str | None = None) -> str:
@@ -48,7 +48,8 @@ ENV_VARIABLES = {       # the README's list ("Environment variables") follows th
                            "parallel, a number >= 0 (default: never)",
     ENV_HOST_MALLOC: "reuse (keep freed host memory for the next step) or system (the C "
                      "library's defaults); default reuse",
-    ENV_DEVICE: "the torch backend's device: cpu (default), cuda, cuda:N or mps",
+    ENV_DEVICE: "the torch and jax backends' device: cpu (default); torch: cuda, cuda:N or "
+                "mps; jax: gpu or gpu:N",
 }
 
 

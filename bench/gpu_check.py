@@ -23,7 +23,9 @@ The stages, in order (``--stages`` picks some):
    failed, where NCCL (or MPI) is not installed;
 8. torch-cuda (gpu_torch.py): the torch backend on CUDA: its ops against the reference,
    training, --resume and generation, ``pytest -k torch``; skipped, with the reason, where
-   PyTorch is not installed or sees no GPU.
+   PyTorch is not installed or sees no GPU;
+9. jax-gpu (gpu_stages.py): the jax backend on JAX's GPU, its ops against the reference
+   and tests/test_jax.py; skipped, never failed, where JAX with a GPU is not installed.
 
 A stage that fails or raises is recorded and the next one still runs. The report
 (``DIR/gpu_check.json`` and ``.md``) is rewritten before the first and after every stage
@@ -49,7 +51,8 @@ sys.path.insert(0, str(BENCH))           # gpu_*.py, kernels.py, measure.py: by 
 from brainlike_np.cli import OneLineParser  # noqa: E402
 from gpu_performance import stage_performance  # noqa: E402
 from gpu_report import Context, Deadline, report, run_stages, verdict, write_report  # noqa: E402
-from gpu_stages import stage_environment, stage_kernels, stage_model_tests, stage_nccl  # noqa: E402
+from gpu_stages import (stage_environment, stage_jax_gpu, stage_kernels,  # noqa: E402
+                        stage_model_tests, stage_nccl)
 from gpu_torch import stage_torch  # noqa: E402
 from gpu_training import stage_agreement, stage_end_to_end  # noqa: E402
 
@@ -62,7 +65,7 @@ DEFAULT_DEADLINE_S = 7 * 60
 STAGES = {"environment": stage_environment, "kernels": stage_kernels,
           "model-tests": stage_model_tests, "end-to-end": stage_end_to_end,
           "agreement": stage_agreement, "performance": stage_performance,
-          "nccl": stage_nccl, "torch-cuda": stage_torch}
+          "nccl": stage_nccl, "torch-cuda": stage_torch, "jax-gpu": stage_jax_gpu}
 
 
 @dataclass

@@ -250,3 +250,46 @@ def stage_nccl(ctx: Context, st: Stage) -> None:
                     "--out-dir", run_dir], limit=180)
     ok = done.returncode == 0 and len(logged(run_dir, "loss")) == 5
     st.check("mpirun -n 1 ... --distributed: 5 steps", ok, errors(done))
+
+
+# ---- JAX on the GPU ------------------------------------------------------------------
+def stage_jax_gpu(ctx: Context, st: Stage) -> None:
+    """The jax backend on JAX's GPU: its native ops on the device against the reference
+    ops on NumPy, then ``pytest tests/test_jax.py`` there (the compiled step against the
+    numpy backend, donation, the guard, the trainer and generator). Skipped, never
+    failed, where JAX or its GPU is not installed (the GPU image has no JAX) and in the
+    dry run."""
+    backend = jax_gpu_backend(ctx)
+    host_ref = ReferenceOps(numpy_namespace)
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        for case, op, args in kernel_cases(ctx.sizes.kernels, dtype, rng):
+            ctx.deadline.check()
+            want = as_list(getattr(host_ref, op)(*args))
+            on_device = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a
+                              for a in args)
+            got = [backend.to_numpy(g) for g in as_list(getattr(backend.ops, op)(*on_device))]
+            error = max(relative_error(g, w) for g, w in zip(got, want))
+            st.check(f"{case}, {dtype}, jax on {backend.device}", error <= KERNEL_TOL[dtype],
+                     f"error {error:.1e}")
+    done = ctx.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                    "tests/test_jax.py"], limit=300,
+                   env=ctx.env(BRAINLIKE_BACKEND="jax", BRAINLIKE_DEVICE="gpu"))
+    lines = done.stdout.strip().splitlines() or [done.stderr]
+    st.figures["pytest tests/test_jax.py on the GPU"] = lines[-1]
+    st.check("tests/test_jax.py passes on JAX's GPU", done.returncode == 0,
+             tail(done.stdout, 15) if done.returncode else "")
+
+
+def jax_gpu_backend(ctx: Context):
+    """The jax backend on the GPU; Skipped with the reason where there is none."""
+    if not ctx.gpu:
+        raise Skipped("dry run: JAX's GPU is checked on a GPU machine only")
+    if importlib.util.find_spec("jax") is None:
+        raise Skipped("JAX is not installed (the GPU image has none): pip install "
+                      "'jax[cuda12]' (or 'jax[cuda13]') to check this route")
+    from brainlike_np.backends import BackendError
+    try:
+        return get_backend("jax", device="gpu")
+    except BackendError as exc:
+        raise Skipped(str(exc)) from None

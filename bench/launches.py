@@ -46,7 +46,8 @@ PARTS = {
 }
 STEP_PARTS = {        # the same for every model
     "loss": [(layers, ("cross_entropy_forward", "cross_entropy_backward"))],
-    "clipping": [(optim.AdamW, ("clip_and_update",)), (train_state, ("clip_by_global_norm",))],
+    "clipping": [(optim.AdamW, ("clip_and_update", "clip_and_step")),
+                 (train_state, ("clip_by_global_norm",))],
     "AdamW": [(optim.AdamW, ("_step", "update"))],
 }
 REPEATED = {"brainlike": ("interaction steps", "n_steps"), "transformer": ("blocks", "n_layers")}

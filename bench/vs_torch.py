@@ -22,7 +22,7 @@ from pathlib import Path
 
 import measure
 from brainlike_np import TrainSettings, TrainState
-from brainlike_np.backends import get_backend
+from brainlike_np.backends import backend_is_available, get_backend
 from brainlike_np.data import random_batch
 from brainlike_np.models import brainlike as model
 from measure import MIB, log
@@ -30,6 +30,12 @@ from measure import MIB, log
 IMPLEMENTATIONS = {
     "ours": "this library, numpy backend: TrainState.train_step",
     "ours recompute": "the same, recompute=True in the config",
+    "ours jax": "this library, jax backend: TrainState.train_step, the whole step one "
+                "jax.jit program (Backend.compile_step)",
+    "ours torch": "this library, torch backend (eager): TrainState.train_step on PyTorch "
+                  "tensors",
+    "ours torch compile": "the same, the step under torch.compile through the same hook "
+                          "(Backend.compile_step)",
     "torch": "PyTorch eager, the same weights and step (torch_ref.train_step)",
     "torch checkpoint": "PyTorch eager, torch.utils.checkpoint over each interaction step",
     "torch compile": "PyTorch, the loss under torch.compile",
@@ -38,6 +44,10 @@ BATCHES = {"default": (16, 64, 256), "seed": (8, 32, 128), "note": (64,)}
 QUICK_BATCHES = {"default": (2, 8), "seed": (1,)}
 WARMUP_STEPS = 2
 LR = 1e-3
+
+
+OUR_BACKENDS = {"ours": "numpy", "ours recompute": "numpy", "ours jax": "jax",
+                "ours torch": "torch", "ours torch compile": "torch"}
 
 
 # ---------------------------------------------------------------------------------
@@ -57,7 +67,7 @@ def worker(spec: dict) -> dict:
             out["torch_threads"] = torch.get_num_threads()
         return out
     out = {"rss_peak_bytes": measure.resident_peak(step)}
-    if backend is not None:
+    if backend is not None and backend.name == "numpy":   # others: no exact array accounting
         out["traced_peak_bytes"] = measure.traced_peak(backend, step)
     return out
 
@@ -66,9 +76,17 @@ def our_step(impl, cfg, x, y):
     """-> (one training step, the backend: it returns the loss as a float, so it waits)."""
     if impl == "ours recompute":
         cfg = dataclasses.replace(cfg, recompute=True)
-    backend = get_backend("numpy")
+    backend = get_backend(OUR_BACKENDS[impl])
+    if impl == "ours torch compile":
+        backend.compile_step = torch_compile_step
     state = TrainState.create("brainlike", cfg, backend, TrainSettings(seed=0))
     return (lambda: state.train_step(x, y, LR)), backend
+
+
+def torch_compile_step(fn, donate_argnums=(), key=None):
+    """``Backend.compile_step`` by ``torch.compile`` (which has no donation)."""
+    import torch
+    return torch.compile(fn)
 
 
 def torch_step(impl, cfg, x, y):
@@ -91,6 +109,12 @@ def torch_step(impl, cfg, x, y):
 def skip_reasons(quick: bool) -> dict:
     """Implementation -> why it is not measured in this run."""
     reasons = {}
+    for impl, name in OUR_BACKENDS.items():
+        available, why = backend_is_available(name)
+        if not available:
+            reasons[impl] = f"the {name} backend is not available here ({why})"
+    if quick and "ours torch compile" not in reasons:
+        reasons["ours torch compile"] = "--quick: compiling takes tens of seconds in every process"
     if measure.installed_version("torch") is None:
         reasons.update({impl: "PyTorch is not installed" for impl in IMPLEMENTATIONS
                         if impl.startswith("torch")})

@@ -6,6 +6,10 @@ A training step's clipping and update read nothing back to the host, so a GPU ca
 and a step whose loss or gradients are not finite changes nothing (its gradients are
 replaced by zeros and its rates by zero on the device). :meth:`AdamW.clip_and_update`
 returns ``[loss, norm]`` for the caller to read once, after the update is issued.
+:meth:`AdamW.clip_and_step` is the same step as a function of arrays (parameters,
+moments, gradients, loss and the step's rates in, their updates out), which a backend
+can compile with the model's step (``Backend.compile_step``: jax); the host keeps the
+step count and uploads the rates it implies (:meth:`AdamW.next_rates`).
 
 On backends whose views write through (numpy, cupy, torch: ``views_alias``),
 :meth:`AdamW.adopt` keeps the parameters and both moments in one flat buffer each, every
@@ -107,7 +111,11 @@ class AdamW:
         """One AdamW step without clipping, in place: the arrays of ``params`` (which the
         caller owns and nothing else may share; after :meth:`adopt`, the views it
         returned) and the moments; returns ``params``."""
-        self._step(params, self._gradient_buffers(params, grads), lr, None, None)
+        rates = self.upload_rates(self.next_rates(lr)[:1], params)       # [1, 5]
+        buffers = self._gradient_buffers(params, grads)
+        new, moments = self._step(params, self.moments(params), buffers, rates, None, None)
+        self.set_moments(moments)
+        params.update(new)       # the same arrays where they update in place (numpy)
         return params
 
     def clip_and_update(self, params: dict, grads: dict, lr: float, max_norm: float, loss):
@@ -116,16 +124,82 @@ class AdamW:
         finite, parameters and moments keep their values (the step count still advances:
         the caller, who reads the result, takes it back with :meth:`undo_count`).
         -> ``[loss, norm before clipping]``, a device array for the caller to read."""
+        rates = self.upload_rates(self.next_rates(lr), params)
+        new, moments, stats = self.clip_and_step(params, self.moments(params), grads, loss,
+                                                 rates, max_norm)
+        self.set_moments(moments)
+        params.update(new)       # the same arrays where they update in place (numpy)
+        return stats
+
+    def clip_and_step(self, params: dict, moments: dict, grads: dict, loss, rates,
+                      max_norm: float) -> tuple:
+        """:meth:`clip_and_update` as a function of arrays, for a compiled step
+        (``Backend.compile_step``): ``moments`` from :meth:`moments`, ``rates`` from
+        :meth:`upload_rates` (the step count is advanced by :meth:`next_rates`).
+        -> (parameters, moments, ``[loss, norm]``): the arrays passed in, updated in
+        place, where the namespace allows it (numpy's flat buffers); new ones elsewhere."""
         buffers = self._gradient_buffers(params, grads)
         xp = get_namespace(buffers[0])
         norm = global_norm(buffers)
         stats = xp.stack([xp.asarray(loss, dtype=norm.dtype, device=device_of(norm)), norm])
-        self._step(params, buffers, lr, clip_scale(norm, max_norm), xp.all(xp.isfinite(stats)))
-        return stats
+        params, moments = self._step(params, moments, buffers, rates,
+                                     clip_scale(norm, max_norm), xp.all(xp.isfinite(stats)))
+        return params, moments, stats
+
+    def rule(self) -> "AdamW":
+        """What a step function calls :meth:`clip_and_step` on: this optimizer on the flat
+        path (its buffers are updated in place), else a copy with its hyper-parameters
+        and no arrays, whose :meth:`clip_and_step` depends on its arguments alone (so a
+        compiled step can outlive this optimizer and be shared)."""
+        if self.layout is not None:
+            return self
+        return AdamW(self.beta1, self.beta2, self.eps, self.weight_decay, self.no_decay)
 
     def undo_count(self) -> None:
         """The last step changed nothing (it was not finite): take its count back."""
         self.step -= 1
+
+    def moments(self, params: dict) -> dict:
+        """``{"m": ..., "v": ...}``, the moments of ``params`` as :meth:`clip_and_step` takes
+        them (one flat buffer each after :meth:`adopt` on the flat path, else name ->
+        array), made zero before the first step."""
+        if not self.m and self.layout is not None:
+            p = self.flat["p"]
+            self._flat_moments(_zeros_like(p), _zeros_like(p))
+        elif not self.m:
+            self.m = {name: _zeros_like(p) for name, p in params.items()}
+            self.v = {name: _zeros_like(p) for name, p in params.items()}
+        if self.layout is not None:
+            return {"m": self.flat["m"], "v": self.flat["v"]}
+        return {"m": self.m, "v": self.v}
+
+    def set_moments(self, moments: dict) -> None:
+        """Keep the moments a step returned (:meth:`moments`' layout)."""
+        if self.layout is not None and moments["m"] is self.flat["m"] \
+                and moments["v"] is self.flat["v"]:
+            return                                 # updated in place: nothing to keep
+        if self.layout is not None:
+            self._flat_moments(moments["m"], moments["v"])
+        else:
+            self.m, self.v = dict(moments["m"]), dict(moments["v"])
+
+    def next_rates(self, lr: float) -> list:
+        """Advance the step count; -> the step's scalars on the host, a table ``[2, 5]``:
+        row 0 (1 - b1, 1 - b2, the decay factor 1 - lr wd, the step size, the bias-corrected
+        eps), row 1 those of a step that changes nothing (0, 0, 1, 0, the same eps)."""
+        self.step += 1
+        bias1 = 1.0 - self.beta1 ** self.step
+        step_size = lr * math.sqrt(1.0 - self.beta2 ** self.step) / bias1
+        eps = self.eps * math.sqrt(1.0 - self.beta2 ** self.step)
+        return [[1.0 - self.beta1, 1.0 - self.beta2, 1.0 - lr * self.weight_decay, step_size, eps],
+                [0.0, 0.0, 1.0, 0.0, eps]]
+
+    @staticmethod
+    def upload_rates(table: list, params: dict):
+        """A host table of :meth:`next_rates` as one device array of the parameters' dtype."""
+        like = next(iter(params.values()))
+        xp = get_namespace(like)
+        return xp.asarray(table, dtype=like.dtype, device=device_of(like))
 
     def _gradient_buffers(self, params: dict, grads: dict) -> list:
         """[one flat buffer] on the flat path, else one array per parameter of ``params``."""
@@ -133,48 +207,29 @@ class AdamW:
             return [self.layout.flatten(grads)]
         return [grads[name] for name in params]
 
-    def _step(self, params, buffers, lr, scale, apply) -> None:
-        """The update of ``params`` by gradient ``buffers``, times ``scale`` (a 0-d array
-        or None); where ``apply`` (0-d bool or None) is False, nothing changes."""
-        self.step += 1
+    def _step(self, params, moments, buffers, rates, scale, apply) -> tuple:
+        """The update of ``params`` and ``moments`` by gradient ``buffers``, times ``scale``
+        (a 0-d array or None); where ``apply`` (0-d bool or None) is False, nothing
+        changes. -> (parameters, moments)."""
         xp = get_namespace(buffers[0])
-        rates = self._rates(xp, buffers[0], lr, apply)
-        eps = self.eps * math.sqrt(1.0 - self.beta2 ** self.step)
+        rates = _chosen_rates(xp, rates, apply)
         decay = rates[2] if self.weight_decay else None
         if self.layout is not None:
             p = self.flat["p"]
-            if not self.m:                         # the first step: moments start at zero
-                self._flat_moments(xp.zeros_like(p), xp.zeros_like(p))
             if decay is not None and self.layout.n_decayed:
                 decayed = p[:self.layout.n_decayed]        # a view: in place, no copy back
                 decayed *= decay
-            _adam_in_place(xp, p, _guarded(xp, buffers[0], scale, apply),
-                           self.flat["m"], self.flat["v"], rates, eps)
-            return
+            _adam(xp, p, _guarded(xp, buffers[0], scale, apply), moments["m"], moments["v"],
+                  rates)                                   # in place: the same buffers
+            return params, moments
+        new = {"p": {}, "m": {}, "v": {}}
         for (name, p), g in zip(params.items(), buffers):
-            m, v = self.m.get(name), self.v.get(name)
-            if m is None:                          # the first step: moments start at zero
-                m, v = xp.zeros_like(p), xp.zeros_like(p)
+            m, v = moments["m"][name], moments["v"][name]
             if decay is not None and name not in self.no_decay:
-                p *= decay
-            _adam_in_place(xp, p, _guarded(xp, g, scale, apply), m, v, rates, eps)
-            # stored back: NumPy's 0-d results are scalars, which in-place operators rebind
-            self.m[name], self.v[name], params[name] = m, v, p
-
-    def _rates(self, xp, like, lr, apply) -> tuple:
-        """The step's scalars as 0-d device arrays, views of one uploaded vector:
-        (1 - b1, 1 - b2, the decay factor 1 - lr wd, the step size); where ``apply`` is
-        False, those of a step that changes nothing (0, 0, 1, 0)."""
-        bias1 = 1.0 - self.beta1 ** self.step
-        step_size = lr * math.sqrt(1.0 - self.beta2 ** self.step) / bias1
-        rates = [1.0 - self.beta1, 1.0 - self.beta2, 1.0 - lr * self.weight_decay, step_size]
-        where = {"dtype": like.dtype, "device": device_of(like)}
-        if apply is None:
-            chosen = xp.asarray(rates, **where)                                 # [4]
-        else:
-            both = xp.asarray([rates, [0.0, 0.0, 1.0, 0.0]], **where)          # [2, 4]
-            chosen = xp.where(apply, both[0, :], both[1, :])                    # [4]
-        return tuple(xp.reshape(chosen[i:i + 1], ()) for i in range(4))
+                p *= decay                         # in place where arrays are mutable
+            new["p"][name], new["m"][name], new["v"][name] = _adam(
+                xp, p, _guarded(xp, g, scale, apply), m, v, rates)
+        return new["p"], {"m": new["m"], "v": new["v"]}
 
     # ---- checkpoints ---------------------------------------------------------------
     def state(self) -> dict:
@@ -208,12 +263,26 @@ def _guarded(xp, g, scale, apply):
     return g if apply is None else xp.where(apply, g, 0.0)
 
 
-def _adam_in_place(xp, p, g, m, v, rates, eps):
-    """Moments and parameter step, in place; p, g, m, v of one shape (one parameter or a
-    whole flat buffer), ``rates`` from ``AdamW._rates``."""
+def _chosen_rates(xp, table, apply) -> tuple:
+    """The step's five scalars (see ``AdamW.next_rates``) as 0-d arrays, views of
+    ``table`` ``[2, 5]`` (``[1, 5]`` when ``apply`` is None): its row 0 where ``apply``
+    (a 0-d bool), else its row 1, a step that changes nothing."""
+    chosen = table[0, :] if apply is None else xp.where(apply, table[0, :], table[1, :])  # [5]
+    return tuple(xp.reshape(chosen[i:i + 1], ()) for i in range(5))
+
+
+def _adam(xp, p, g, m, v, rates):
+    """Moments and parameter step; p, g, m, v of one shape (one parameter or a whole flat
+    buffer), ``rates`` from ``_chosen_rates``. -> (p, m, v): the same arrays, updated in
+    place, where the namespace's arrays are mutable; new ones where they are not (JAX)."""
     m += rates[0] * (g - m)                     # m = b1 m + (1 - b1) g
     v += rates[1] * (g * g - v)                 # v = b2 v + (1 - b2) g^2
-    p -= rates[3] * (m / (xp.sqrt(v) + eps))
+    p -= rates[3] * (m / (xp.sqrt(v) + rates[4]))
+    return p, m, v
+
+
+def _zeros_like(x):
+    return get_namespace(x).zeros_like(x)
 
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")

@@ -18,10 +18,11 @@ import secrets
 from dataclasses import dataclass, field
 
 from .backends.distributed import SingleProcess
-from .backends import Backend
+from .backends import Backend, to_float
 from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
 from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows, tokens_problem
+from .layers import cross_entropy_forward
 from .models import get_model
 from .optim import SCHEDULES, AdamW, continued_lr, scheduled_lr
 
@@ -124,6 +125,7 @@ class TrainState:
                                         # the trainer made cfg; None: unknown (the library)
     lr_continuation: dict | None = None  # {"step", "lr"}: the schedule changed on resume at
                                          # that step, after that rate (see learning_rate)
+    _steps: dict = field(default_factory=dict, repr=False)   # settings -> the step function
 
     @property
     def model(self):
@@ -203,48 +205,100 @@ class TrainState:
 
         Nothing is read from the device until the update is issued (a GPU runs the step
         without waiting; the clipping and the finiteness guard are device-side), then
-        the loss and the gradient norm are read together, once."""
+        the loss and the gradient norm are read together, once. The step is one function
+        of arrays (:meth:`_step_function`) that the backend may compile (jax)."""
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         self.check_windows(x, y)
-        loss, grads = self.accumulated_loss_and_grads(x, y)
-        loss, grads = self.comm.average(loss, grads)     # the global batch's, on every rank
-        stats = self.optimizer.clip_and_update(self.params, grads, lr,
-                                               self.settings.grad_clip, loss)
-        del grads
+        if len(x) % self.settings.grad_accum:
+            raise ValueError(f"a batch of {len(x)} windows cannot be split into "
+                             f"--grad-accum {self.settings.grad_accum} equal micro-batches")
+        xb, yb = self.backend.asarray_ids(x), self.backend.asarray_ids(y)
+        optimizer, order = self.optimizer, list(self.params)
+        rates = optimizer.upload_rates(optimizer.next_rates(lr), self.params)  # counts the step
+        try:
+            params, moments, stats = self._step_function()(
+                self.params, optimizer.moments(self.params), xb, yb, rates)
+        except BaseException:
+            optimizer.undo_count()                       # no step was taken
+            raise
+        if params is not self.params:                    # new arrays (jax): in the model's order
+            self.params = {name: params[name] for name in order}
+        optimizer.set_moments(moments)
         loss, norm = self.backend.to_numpy(stats).tolist()   # the step's one host read
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            self.optimizer.undo_count()                  # the update changed nothing
+            optimizer.undo_count()                       # the update changed nothing
             raise TrainingDiverged(
                 f"the loss became {loss} (gradient norm {norm}) at step {self.step + 1}; "
                 "lower --lr or raise --warmup, and resume from the last checkpoint")
         self.step += 1
         return {"loss": loss, "grad_norm": norm}
 
-    def accumulated_loss_and_grads(self, x, y) -> tuple:
-        """Mean loss and gradients over host x ``[n * b, T]``, y ``[n * b]``: n =
-        ``settings.grad_accum`` micro-batches of b windows, each sent to the device and
-        differentiated in turn (``accumulate``)."""
+    def _step_function(self):
+        """The training step as a function of arrays, (parameters, moments, x, y, rates)
+        -> (parameters, moments, ``[loss, norm]``): the model's loss and hand-written
+        gradients, averaged over the data-parallel ranks, then clipping and AdamW
+        (``AdamW.clip_and_step``), compiled by the backend (``Backend.compile_step``:
+        jax, one XLA program with the parameters and moments donated; elsewhere the
+        function itself, which updates numpy's flat buffers in place).
+
+        In one process the whole step is one function. Across ranks, or with
+        ``--grad-accum`` n > 1, it is two: the gradients, of each of the n micro-batches in
+        turn (``accumulate``), averaged on the host across ranks, and the update. Made
+        once per setting that shapes it: the clipping norm, whether weights decay, the
+        ranks, the micro-batches."""
+        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0, self.comm.size,
+               self.settings.grad_accum)
+        if key not in self._steps:
+            self._steps.clear()
+            self._steps[key] = self._make_step_function(self.settings.grad_clip)
+        return self._steps[key]
+
+    def _make_step_function(self, max_norm: float):
+        model, cfg, ops, optimizer = self.model, self.cfg, self.backend.ops, self.optimizer.rule()
+
+        def gradients(params, x, y):                     # -> (loss, grads)
+            return model.loss_and_grads(params, x, y, cfg, ops)
+
+        def update(params, moments, loss, grads, rates):
+            return optimizer.clip_and_step(params, moments, grads, loss, rates, max_norm)
+
+        compile_step = self.backend.compile_step
+        key = ("train step", self.model_name, cfg, ops.name, max_norm, optimizer.weight_decay != 0,
+               optimizer.no_decay)                       # what the functions compute
         n = self.settings.grad_accum
-        if len(x) % n:
-            raise ValueError(f"a batch of {len(x)} windows cannot be split into "
-                             f"--grad-accum {n} equal micro-batches")
-        size = len(x) // n
-        micro_batches = ((self.backend.asarray_ids(x[i * size:(i + 1) * size]),   # [b, T]
-                          self.backend.asarray_ids(y[i * size:(i + 1) * size]))   # [b]
-                         for i in range(n))
-        return accumulate(lambda xb, yb: self.model.loss_and_grads(
-            self.params, xb, yb, self.cfg, self.backend.ops), micro_batches, n)
+        if self.comm.size == 1 and n == 1:               # the mean over one rank: itself
+            return compile_step(lambda params, moments, x, y, rates:
+                                update(params, moments, *gradients(params, x, y), rates),
+                                donate_argnums=(0, 1), key=key)
+        compiled_gradients = compile_step(gradients, key=key + ("gradients",))
+        compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3), key=key + ("update",))
+
+        def step(params, moments, x, y, rates):
+            size = x.shape[0] // n                       # x [n * b, T]: n micro-batches
+            micro_batches = ((x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+                             for i in range(n))
+            loss, grads = accumulate(lambda xb, yb: compiled_gradients(params, xb, yb),
+                                     micro_batches, n)
+            loss, grads = self.comm.average(loss, grads)
+            return compiled_update(params, moments, loss, grads, rates)
+        return step
 
     def evaluate(self, windows) -> float:
         """Mean loss over a fixed, non-empty list of host batches."""
         if not windows:
             raise ValueError("evaluate needs at least one batch (x, y)")
+        model, cfg, ops = self.model, self.cfg, self.backend.ops
+
+        def loss(params, x, y):      # model.loss before its host read, as both models define it
+            return cross_entropy_forward(model.next_logits(params, x, cfg, ops), y)[0]
+        loss = self.backend.compile_step(loss, key=("evaluation loss", self.model_name, cfg,
+                                                    ops.name))     # jax: one program
         total = 0.0
         for x, y in windows:
             self.check_windows(x, y)
-            total += self.model.loss(self.params, self.backend.asarray_ids(x),
-                                     self.backend.asarray_ids(y), self.cfg, self.backend.ops)
+            total += to_float(loss(self.params, self.backend.asarray_ids(x),
+                                   self.backend.asarray_ids(y)))
         return total / len(windows)
 
     def check_windows(self, x, y) -> None:
@@ -257,9 +311,11 @@ class TrainState:
 
     def next_logits(self, x):
         """Host logits ``[B, V]`` of the byte after each window in host x ``[B, T']``."""
-        logits = self.model.next_logits(self.params, self.backend.asarray_ids(x), self.cfg,
-                                        self.backend.ops)
-        return self.backend.to_numpy(logits)
+        model, cfg, ops = self.model, self.cfg, self.backend.ops
+        logits_of = self.backend.compile_step(                   # jax: one program per shape
+            lambda params, x: model.next_logits(params, x, cfg, ops),
+            key=("next logits", self.model_name, cfg, ops.name))
+        return self.backend.to_numpy(logits_of(self.params, self.backend.asarray_ids(x)))
 
     # ---- checkpoints ----------------------------------------------------------------
     def save(self, path: str) -> None:

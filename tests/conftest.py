@@ -1,5 +1,5 @@
 """The cross-backend test matrix: every test that takes ``backend`` runs on numpy,
-array-api-strict, torch (where PyTorch is installed) and (where a GPU is usable) cupy."""
+array-api-strict, torch and jax (where installed) and (where a GPU is usable) cupy."""
 
 import importlib.util
 from pathlib import Path
@@ -18,6 +18,28 @@ def load_bench_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# Backends that run a test op by op slowly (JAX dispatches, and first compiles, every
+# operation): on them a test marked `combinatorial` (a matrix over the model's options, each
+# point a gradient check) runs its first point only. The math is the same on every backend,
+# their agreement with numpy is checked to 1e-12 in float64, and each gradient check runs
+# on them at least once.
+SLOW_OP_BY_OP = ("jax",)
+
+
+def pytest_collection_modifyitems(config, items):
+    first_points = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend") if callspec else None
+        if item.get_closest_marker("combinatorial") is None or name not in SLOW_OP_BY_OP:
+            continue
+        test = (item.path, item.originalname, name)
+        if test in first_points:
+            item.add_marker(pytest.mark.skip(
+                reason=f"combinatorial on {name}: its first point only (see conftest.py)"))
+        first_points.add(test)
 
 
 @pytest.fixture(params=BACKEND_NAMES)

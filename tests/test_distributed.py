@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from brainlike_np import train
-from brainlike_np.backends import get_backend
+from brainlike_np.backends import backend_is_available, get_backend
 from brainlike_np.train_state import TrainState
 
 TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
@@ -86,7 +86,7 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
 
 
 def mpirun(launcher, argv, timeout=60, backend="numpy") -> subprocess.CompletedProcess:
-    """``mpirun -n 2 python ARGV``."""
+    """``mpirun -n 2 python ARGV`` on ``backend``."""
     return finish(start(launcher + ["-n", "2", sys.executable, *argv], backend), timeout)
 
 
@@ -182,6 +182,21 @@ def test_two_ranks_on_torch_train_like_one_process(launcher, tmp_path, corpus_fi
     assert result.returncode == 0, result.stderr
     assert "backend torch" in result.stdout and "over 2 ranks" in result.stdout
     assert_same_training(tmp_path / "two", one)
+
+
+def test_two_jax_ranks_train_like_one_numpy_process(launcher, tmp_path, corpus_file,
+                                                    one_process):
+    """On jax each rank compiles its gradients and its update; the gradients are averaged
+    on the host between the two. float64: jax agrees with numpy to rounding."""
+    ok, reason = backend_is_available("jax")
+    if not ok:
+        pytest.skip(reason)
+    result = mpirun(launcher, trainer(*RUN, "--data", corpus_file, "--out-dir", str(tmp_path)),
+                    timeout=240, backend="jax")
+    assert result.returncode == 0, result.stderr
+    assert_same_training(tmp_path, one_process)
+    np.testing.assert_allclose([l for _, l in train_losses(tmp_path)],
+                               [l for _, l in train_losses(one_process)], rtol=1e-12)
 
 
 def test_batch_size_must_split_evenly_across_ranks(launcher, tmp_path, corpus_file):

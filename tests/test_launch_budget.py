@@ -82,8 +82,9 @@ def test_a_step_reads_the_device_once_after_its_update(monkeypatch, backend_name
     step = AdamW._step
 
     def recorded_step(self, *args, **kwargs):
-        step(self, *args, **kwargs)
+        updated = step(self, *args, **kwargs)
         reads_when_issued.append(host_reads())
+        return updated
 
     monkeypatch.setattr(AdamW, "_step", recorded_step)
     for _ in range(2):
