@@ -276,7 +276,7 @@ class TrainState:
 
         def step(params, moments, x, y, rates):
             size = x.shape[0] // n                       # x [n * b, T]: n micro-batches
-            micro_batches = ((x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+            micro_batches = ((x[i * size:(i + 1) * size, :], y[i * size:(i + 1) * size])
                              for i in range(n))
             loss, grads = accumulate(lambda xb, yb: compiled_gradients(params, xb, yb),
                                      micro_batches, n)
