@@ -87,6 +87,23 @@ def assert_matches_numpy_backend(backend, dtype_name, loss_and_grads_on):
                                    atol=tol, err_msg=name)
 
 
+# Each model's tiny preset at sizes no two alike and none a power of two: at N = 32 an
+# offset b * N added to an index equals it OR-ed in, at batch = heads = head width two
+# axes can be swapped unseen. The generic tests run both, and every model needs an entry.
+ODD_SIZES = {
+    "brainlike": {"context": 11, "n_neurons": 29, "d_state": 18, "k_active": 7, "n_heads": 3},
+    "transformer": {"context": 11, "d_model": 18, "n_heads": 3, "d_mlp": 13},
+}
+SIZES = ("tiny", "odd")
+
+
+def sized_preset(model_name, sizes):
+    """The model's tiny preset (``sizes`` "tiny"), or it at ``ODD_SIZES`` ("odd")."""
+    from brainlike_np.models import get_preset
+    tiny = get_preset(model_name, "tiny")
+    return tiny if sizes == "tiny" else tiny.with_overrides(**ODD_SIZES[model_name])
+
+
 def perturbed_params(backend, model, cfg, seed=1):
     """float64 initial parameters plus N(0, 0.3^2) noise, so zero- or one-initialised ones
     (Wo, gains, biases) are generic points for a gradient check."""

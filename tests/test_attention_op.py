@@ -243,3 +243,53 @@ def test_without_scipy_the_cpu_ops_run_the_definition_and_say_so_once():
     lines = [line for line in result.stderr.splitlines() if "SciPy" in line]
     assert lines == ["the CPU attention kernel needs SciPy for its BLAS calls (pip install "
                      "-e '.[cpu]'): attention runs as array-API code on NumPy instead"]
+
+
+def _grown(a, axis, by=1):
+    """``a`` with ``by`` more entries along ``axis`` (copies of its first)."""
+    return np.concatenate([a, np.take(a, range(by), axis=axis)], axis=axis)
+
+
+# (B, h, Lq, Lk, d) = (2, 3, 5, 9, 4): each input wrong one way, smaller and larger
+BAD_SHAPES = {
+    "q 3-d": (lambda q, k, v, m: (q[0], k, v, m), r"k, v both \[B, h, Lk, d\]"),
+    "q 5-d": (lambda q, k, v, m: (q[None], k, v, m), r"k, v both \[B, h, Lk, d\]"),
+    "k, v 3-d": (lambda q, k, v, m: (q, k[0], v[0], m), r"k, v both \[B, h, Lk, d\]"),
+    "k, v 5-d": (lambda q, k, v, m: (q, k[None], v[None], m), r"k, v both \[B, h, Lk, d\]"),
+    "v shorter": (lambda q, k, v, m: (q, k, v[:, :, :8], m), r"k, v both \[B, h, Lk, d\]"),
+    "v longer": (lambda q, k, v, m: (q, k, _grown(v, 2), m), r"k, v both \[B, h, Lk, d\]"),
+    "q fewer samples": (lambda q, k, v, m: (q[:1], k, v, m), "do not match in B, h or d"),
+    "q more heads": (lambda q, k, v, m: (_grown(q, 1), k, v, m), "do not match in B, h or d"),
+    "q narrower": (lambda q, k, v, m: (q[..., :3], k, v, m), "do not match in B, h or d"),
+    "q wider": (lambda q, k, v, m: (_grown(q, 3), k, v, m), "do not match in B, h or d"),
+    "mask shorter": (lambda q, k, v, m: (q, k, v, m[:, :4]),
+                     r"key_keep must be \[B, Lk\] = \(2, 9\), got \(2, 4\)"),
+    "mask longer": (lambda q, k, v, m: (q, k, v, _grown(m, 1)),
+                    r"key_keep must be \[B, Lk\] = \(2, 9\), got \(2, 10\)"),
+    "mask one sample": (lambda q, k, v, m: (q, k, v, m[:1]),
+                        r"key_keep must be \[B, Lk\] = \(2, 9\), got \(1, 9\)"),
+}
+
+
+@pytest.mark.parametrize("ops", [REF, NumbaCpu()], ids=["reference", "numba"])
+@pytest.mark.parametrize("case", list(BAD_SHAPES))
+def test_every_shape_mismatch_either_way_is_refused(ops, case):
+    bad, says = BAD_SHAPES[case]
+    q, k, v, keep = bad(*attention_inputs(SHAPES["read"], mask="some"))
+    with pytest.raises(ValueError, match=says):
+        ops.attention_forward(q, k, v, keep)
+    if q.ndim == 4:
+        lse = np.zeros(q.shape[:3])
+        with pytest.raises(ValueError, match=says):
+            ops.attention_backward(np.ones(q.shape), q, k, v, lse, keep)
+
+
+@pytest.mark.parametrize("ops", [REF, NumbaCpu()], ids=["reference", "numba"])
+def test_a_head_width_above_256_is_a_width_like_any_other(ops):
+    """CPython caches the ints up to 256 only: sizes compared by identity would differ
+    beyond them."""
+    q, k, v, keep = attention_inputs((2, 1, 3, 5, 300), mask="some")
+    out, lse = ops.attention_forward(q, k, v, keep)
+    want_out, want_lse = per_row_attention(q, k, v, keep)
+    assert_close(out, want_out, "float64")
+    assert_close(lse, want_lse, "float64")

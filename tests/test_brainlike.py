@@ -288,3 +288,31 @@ def test_activation_estimate_bounds_the_model_that_reads_every_state(options):
     measured = measured_activation_bytes(backend, brainlike, cfg, 256)
     estimate = brainlike.activation_bytes(cfg, 256, itemsize=4)
     assert measured <= estimate <= 3 * measured, (measured, estimate)
+
+
+@pytest.mark.parametrize("options", [{}, {"path": "dense"}, {"n_steps": 0},
+                                     {"act_update": "residual", "decoder_reads": "all"},
+                                     {"n_neurons": 29, "d_state": 18, "k_active": 7,
+                                      "n_heads": 3, "context": 11}])
+def test_forward_flops_count_every_product_of_a_forward(monkeypatch, options):
+    """``forward_flops`` against the products a forward runs, counted (2 m n k each) on
+    array-api-strict, whose every product is an ``@``. The sparse decoder multiplies the
+    activation scattered to ``[B, N]`` by W_dec; forward_flops counts its k nonzero
+    columns only (the useful work), so the N - k zero ones are added here."""
+    backend = get_backend("array_api_strict")
+    cfg = TINY.with_overrides(**options)
+    counted = [0]
+    array_type = type(backend.asarray(np.zeros(1)))
+    matmul = array_type.__matmul__
+
+    def counting_matmul(a, b):
+        out = matmul(a, b)
+        counted[0] += 2 * int(np.prod(out.shape)) * a.shape[-1]
+        return out
+    monkeypatch.setattr(array_type, "__matmul__", counting_matmul)
+    B = 5
+    x, _ = device_batch(backend, cfg, batch_size=B)
+    brainlike.next_logits(brainlike.init_params(cfg, backend, seed=0, dtype="float64"), x,
+                          cfg, backend.ops)
+    zero_columns = 0 if cfg.path == "dense" else cfg.n_neurons - cfg.k_active
+    assert counted[0] == brainlike.forward_flops(cfg, B) + 2 * B * zero_columns * cfg.vocab_size

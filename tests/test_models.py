@@ -17,8 +17,9 @@ from brainlike_np.config import ConfigError
 from brainlike_np.data import random_batch
 from brainlike_np.models import MODELS, get_model, get_preset
 from brainlike_np.train_state import TrainSettings, TrainState
-from gradcheck import (assert_matches_numpy_backend, assert_model_gradients_match,
-                       device_batch, measured_activation_bytes, perturbed_params)
+from gradcheck import (ODD_SIZES, SIZES, assert_matches_numpy_backend,
+                       assert_model_gradients_match, device_batch, measured_activation_bytes,
+                       perturbed_params, sized_preset)
 
 
 def execution_options():
@@ -30,19 +31,21 @@ def execution_options():
                 yield pytest.param(name, {field: value}, id=f"{name}-{field}={value}")
 
 
+@pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("model_name, options", list(execution_options()))
-def test_gradients_match_finite_differences(backend, model_name, options):
+def test_gradients_match_finite_differences(backend, model_name, options, sizes):
     model = get_model(model_name)
-    cfg = get_preset(model_name, "tiny").with_overrides(**options)
-    x, y = device_batch(backend, cfg)
+    cfg = sized_preset(model_name, sizes).with_overrides(**options)
+    x, y = device_batch(backend, cfg, batch_size=5)
     assert_model_gradients_match(backend, model, cfg, perturbed_params(backend, model, cfg), x, y)
 
 
+@pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("model_name, options", [p for p in execution_options() if p.values[1]])
-def test_execution_options_give_the_default_result(backend, model_name, options):
+def test_execution_options_give_the_default_result(backend, model_name, options, sizes):
     """Options say how to compute, not what: same logits, loss and gradients (float64)."""
     model = get_model(model_name)
-    default = get_preset(model_name, "tiny")
+    default = sized_preset(model_name, sizes)
     other = default.with_overrides(**options)
     x, y = device_batch(backend, default, batch_size=4, seed=3)
     params = perturbed_params(backend, model, default, seed=4)
@@ -58,11 +61,13 @@ def test_execution_options_give_the_default_result(backend, model_name, options)
                                    rtol=1e-9, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_same_seed_same_loss_and_gradients_on_every_backend(backend, dtype_name, model_name):
+def test_same_seed_same_loss_and_gradients_on_every_backend(backend, dtype_name, model_name,
+                                                            sizes):
     """float32 to 1e-4 relative (sums reorder across implementations), float64 to 1e-12."""
     model = get_model(model_name)
-    cfg = get_preset(model_name, "tiny")
+    cfg = sized_preset(model_name, sizes)
     xh, yh = random_batch(4, cfg.context, cfg.vocab_size, seed=6)
 
     def loss_and_grads_on(b):
@@ -83,10 +88,11 @@ def test_init_params_have_the_declared_shapes_and_dtype(backend, model_name):
     assert all(p.dtype == backend.dtype("float64") for p in params.values())
 
 
+@pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_next_logits_is_one_row_of_byte_logits_per_window(backend, model_name):
+def test_next_logits_is_one_row_of_byte_logits_per_window(backend, model_name, sizes):
     model = get_model(model_name)
-    cfg = get_preset(model_name, "tiny")
+    cfg = sized_preset(model_name, sizes)
     x, y = device_batch(backend, cfg, batch_size=5)
     params = perturbed_params(backend, model, cfg)
     logits = backend.to_numpy(model.next_logits(params, x, cfg, backend.ops))
@@ -94,6 +100,40 @@ def test_next_logits_is_one_row_of_byte_logits_per_window(backend, model_name):
     log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
     expected = -np.mean(log_probs[np.arange(5), backend.to_numpy(y)])
     assert model.loss(params, x, y, cfg, backend.ops) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_supervised_targets_is_what_the_loss_averages_over(model_name):
+    """Changing the byte after window 0 changes the training loss by the change of that
+    one target's loss over all B * supervised_targets targets it averages."""
+    backend = get_backend("numpy")
+    model = get_model(model_name)
+    cfg = get_preset(model_name, "tiny")
+    x, y = random_batch(4, cfg.context, cfg.vocab_size, seed=8)
+    params = perturbed_params(backend, model, cfg, seed=9)
+    logits = backend.to_numpy(model.next_logits(params, backend.asarray(x), cfg, backend.ops))
+    log_p = logits[0] - np.log(np.sum(np.exp(logits[0])))                  # [V]
+    y2 = y.copy()
+    y2[0] = (y[0] + 1) % cfg.vocab_size
+    def training_loss(targets):
+        return float(model.loss_and_grads(params, backend.asarray(x), backend.asarray(targets),
+                                          cfg, backend.ops)[0])
+    change = training_loss(y2) - training_loss(y)
+    assert change == pytest.approx((log_p[y[0]] - log_p[y2[0]]) /
+                                   (4 * model.supervised_targets(cfg)), rel=1e-9)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_every_model_has_odd_sizes_no_two_alike(model_name):
+    """``ODD_SIZES``: an entry for each registered model, its sizes distinct and none a
+    power of two, the head width included."""
+    assert model_name in ODD_SIZES, f"add model '{model_name}' to tests/gradcheck.py ODD_SIZES"
+    sizes = dict(ODD_SIZES[model_name])
+    width = next(v for k, v in sizes.items() if k in ("d_state", "d_model"))
+    sizes["head width"] = width // sizes["n_heads"]
+    assert all(v & (v - 1) for v in sizes.values()), sizes
+    assert len(set(sizes.values())) == len(sizes), sizes
+    sized_preset(model_name, "odd")                        # a valid config
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))

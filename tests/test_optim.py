@@ -58,7 +58,8 @@ def test_adamw_matches_the_algorithm(backend):
     assert opt.step == 5
 
 
-@pytest.mark.parametrize("max_norm, clipped", [(1.0, True), (100.0, False), (0.0, False)])
+@pytest.mark.parametrize("max_norm, clipped", [(1.0, True), (100.0, False), (0.0, False),
+                                             (-1.0, False)])
 def test_clip_and_update_scales_to_the_global_norm(backend, max_norm, clipped):
     host, grads = host_problem(seed=2, steps=3)
     opt = AdamW(weight_decay=0.1, no_decay=frozenset({"g", "b"}))
@@ -174,3 +175,103 @@ def test_cosine_schedule_warms_up_then_decays():
     assert cosine_lr(110, 1.0, 10, 110) == pytest.approx(0.1)
     assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+# ---------------------------------------------------------------------------------
+# the published values and the edges: pinned against constants, not read back
+# ---------------------------------------------------------------------------------
+# beta1 0.9 and eps 1e-8: Adam's published values (Kingma & Ba), kept by Loshchilov &
+# Hutter and by PyTorch's AdamW, whose default weight decay is 0.01 too; beta2 0.95, not
+# their 0.999, is this trainer's choice (GPT-3's and nanoGPT's)
+PUBLISHED = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.01}
+
+
+def test_the_trainer_runs_adamw_at_the_published_defaults():
+    state = TrainState.create("brainlike", get_preset("brainlike", "tiny"), get_backend("numpy"))
+    for opt in (AdamW(), state.optimizer):
+        assert {name: getattr(opt, name) for name in PUBLISHED} == PUBLISHED
+        assert opt.step == 0
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.03])
+def test_twenty_steps_at_the_defaults_match_the_textbook(backend, weight_decay):
+    """Long enough for every bias correction ``1 - beta^t`` to matter (beta1^t < 1/2
+    from t = 7, beta2^t from t = 14); weight decay 0 (``--weight-decay 0``) included."""
+    host, grads = host_problem(seed=5, steps=20)
+    opt = AdamW(weight_decay=weight_decay, no_decay=frozenset({"b"}))
+    params = adopted(backend, host, opt)
+    loss = backend.asarray(np.asarray(0.5), backend.dtype("float64"))
+    for g in grads:
+        opt.clip_and_update(params, on_device(backend, g), 0.02, 0.0, loss)
+    for name in host:
+        expected = numpy_adamw(host[name], [g[name] for g in grads], 0.02, 0.9, 0.95, 1e-8,
+                               weight_decay, name != "b")
+        np.testing.assert_allclose(backend.to_numpy(params[name]), expected, rtol=1e-12,
+                                   err_msg=name)
+    assert opt.step == 20
+
+
+def test_betas_below_one_half_match_the_textbook(backend):
+    """``1 - beta`` for any beta in [0, 1), not only near 1 (where ``1 % beta`` agrees)."""
+    host, grads = host_problem(seed=8, steps=4)
+    opt = AdamW(beta1=0.3, beta2=0.45, eps=1e-6, weight_decay=0.1, no_decay=frozenset({"b"}))
+    params = adopted(backend, host, opt)
+    for g in grads:
+        params = opt.update(params, on_device(backend, g), lr=0.05)
+    for name in host:
+        expected = numpy_adamw(host[name], [g[name] for g in grads], 0.05, 0.3, 0.45, 1e-6,
+                               0.1, name != "b")
+        np.testing.assert_allclose(backend.to_numpy(params[name]), expected, rtol=1e-12,
+                                   err_msg=name)
+
+
+def test_an_undone_step_leaves_the_count_and_the_next_steps_as_if_it_never_was(backend):
+    """Two steps, a NaN step taken back with ``undo_count``, three more: the step count and
+    the parameters are those of five finite steps (the bias corrections use the count)."""
+    host, grads = host_problem(seed=7, steps=5)
+    opt = AdamW(weight_decay=0.1, no_decay=frozenset({"g"}))
+    params = adopted(backend, host, opt)
+    loss = backend.asarray(np.asarray(1.0), backend.dtype("float64"))
+    for g in grads[:2]:
+        opt.clip_and_update(params, on_device(backend, g), 0.01, 0.0, loss)
+    nan_grads = {k: np.full_like(v, np.nan) for k, v in host.items()}
+    with quiet_float_warnings():
+        opt.clip_and_update(params, on_device(backend, nan_grads), 0.01, 0.0, loss)
+    assert opt.step == 3                                  # counted until the caller undoes it
+    opt.undo_count()
+    assert opt.step == 2
+    for g in grads[2:]:
+        opt.clip_and_update(params, on_device(backend, g), 0.01, 0.0, loss)
+    assert opt.step == 5
+    for name in host:
+        expected = numpy_adamw(host[name], [g[name] for g in grads], 0.01, 0.9, 0.95, 1e-8,
+                               0.1, name != "g")
+        np.testing.assert_allclose(backend.to_numpy(params[name]), expected, rtol=1e-12,
+                                   err_msg=name)
+
+
+def textbook_cosine(step, warmup, max_steps, min_ratio):
+    """Linear warmup to the peak at step ``warmup``, then the half cosine from the peak
+    down to ``min_ratio`` at ``max_steps`` (at least one step after the peak), then flat."""
+    if step < warmup:
+        return (step + 1) / warmup
+    end = max(max_steps, warmup + 1)
+    if step >= end:
+        return min_ratio
+    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * (step - warmup) /
+                                                       (end - warmup))) / 2
+
+
+@pytest.mark.parametrize("warmup, max_steps", [(0, 13), (1, 12), (3, 20), (6, 17), (4, 5),
+                                               (5, 5), (7, 3)])
+@pytest.mark.parametrize("min_ratio", [0.1, 0.0, 0.35])
+def test_cosine_schedule_at_its_edges(warmup, max_steps, min_ratio):
+    """Warmup 0 and 1, ``max_steps`` at, just past and before the warmup, and steps
+    past ``max_steps`` (the rate stays at its floor)."""
+    for step in range(max(max_steps, warmup) + 6):
+        assert cosine_lr(step, 2.5, warmup, max_steps, min_ratio) == pytest.approx(
+            2.5 * textbook_cosine(step, warmup, max_steps, min_ratio), rel=1e-12,
+            abs=1e-15), step
+    assert cosine_lr(warmup, 2.5, warmup, max_steps, min_ratio) == pytest.approx(2.5)
+    assert cosine_lr(max_steps + 1000, 2.5, warmup, max_steps, min_ratio) == pytest.approx(
+        2.5 * min_ratio, abs=1e-15)

@@ -8,14 +8,16 @@ from brainlike_np.backends import get_backend
 from brainlike_np.data import random_batch
 from brainlike_np.models import MODELS, get_model, get_preset
 from conftest import load_bench_module
-from gradcheck import perturbed_params
+from gradcheck import SIZES, perturbed_params, sized_preset
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional (the bench extra)")
 
-# every registered model at its tiny preset, plus the brain-like key mask's edge cases
-# (tau = 0.5 masks some keys; tau = 0.9 leaves a sample with no key at all), each
-# activation update and decoder read, and the Transformer trained on its last position
-CASES = {name: (name, get_preset(name, "tiny")) for name in MODELS}
+# every registered model at its tiny preset and at sizes no two alike, none a power of
+# two (gradcheck.ODD_SIZES), plus the brain-like key mask's edge cases (tau = 0.5 masks
+# some keys; tau = 0.9 leaves a sample with no key at all), each activation update and
+# decoder read, and the Transformer trained on its last position
+CASES = {name if sizes == "tiny" else f"{name}-{sizes}": (name, sized_preset(name, sizes))
+         for name in MODELS for sizes in SIZES}
 TINY_BRAIN = get_preset("brainlike", "tiny")
 CASES["brainlike-masking"] = ("brainlike", TINY_BRAIN.with_overrides(tau=0.5))
 CASES["brainlike-no-keys"] = ("brainlike", TINY_BRAIN.with_overrides(tau=0.9))
