@@ -176,3 +176,33 @@ def test_a_crafted_lr_continuation_is_refused(tmp_path, corpus_file, capsys, con
     save_npz_atomic(str(out_dir / "ckpt.npz"), arrays, meta)
     with pytest.raises(CheckpointError, match="lr_continuation"):
         TrainState.load(str(out_dir / "ckpt.npz"), get_backend("numpy"))
+
+
+def test_an_interrupted_continuation_resumes_it_exactly(tmp_path, corpus_file, capsys,
+                                                        monkeypatch):
+    """The rate change of a resume, interrupted (SIGINT) inside its --warmup steps and
+    resumed without flags: the same rates and losses as the uninterrupted one."""
+    import signal
+    first = TINY_RUN + ["--data", corpus_file, "--max-iters", "6", "--warmup", "2"]
+    change = ["--resume", "--max-iters", "14", "--lr", "0.01", "--warmup", "5"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    for out_dir in (straight, split):
+        assert run_main(first + ["--out-dir", out_dir], capsys)[0] == 0
+    assert run_main(change + ["--out-dir", straight], capsys)[0] == 0
+    real_step = TrainState.train_step
+
+    def step_then_ctrl_c(self, x, y, lr):
+        metrics = real_step(self, x, y, lr)
+        if self.step == 8:                      # 2 of the 5 continuation steps taken
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+    monkeypatch.setattr(TrainState, "train_step", step_then_ctrl_c)
+    assert run_main(change + ["--out-dir", split], capsys)[0] == train.EXIT_INTERRUPTED
+    monkeypatch.setattr(TrainState, "train_step", real_step)
+    assert run_main(["--resume", "--out-dir", split], capsys)[0] == 0
+    assert rates(split) == rates(straight) and len(rates(split)) == 14
+    with open(os.path.join(split, "metrics.jsonl")) as a, \
+            open(os.path.join(straight, "metrics.jsonl")) as b:
+        losses = [[(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+                  for f in (a, b)]
+    assert losses[0] == losses[1]
