@@ -206,3 +206,18 @@ def test_an_interrupted_continuation_resumes_it_exactly(tmp_path, corpus_file, c
         losses = [[(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
                   for f in (a, b)]
     assert losses[0] == losses[1]
+
+
+def test_a_run_resumes_with_its_config_file_given_again(tmp_path, corpus_file, capsys):
+    """The file's run-defining keys (data, preset, seed) repeat the run's values, so
+    --resume takes it again; a longer --max-iters on the command line continues the run."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'preset = "tiny"\nseed = 4\ndata = "{corpus_file}"\nmax-iters = 3\n'
+                      'eval-every = 3\neval-batches = 2\n')
+    out_dir = str(tmp_path / "run")
+    assert run_main(["--config", str(config), "--out-dir", out_dir], capsys)[0] == 0
+    code, _, err = run_main(["--config", str(config), "--resume", "--max-iters", "5",
+                             "--out-dir", out_dir], capsys)
+    assert code == 0, err
+    state = TrainState.load(os.path.join(out_dir, "ckpt.npz"), get_backend("numpy"))
+    assert (state.step, state.settings.seed, state.settings.max_iters) == (5, 4, 5)
