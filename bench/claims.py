@@ -1,4 +1,4 @@
-"""Measure each claim of the design note (../shared/SEED.md from the repository; docs:
+"""Measure each claim of the design note (docs/design.md; docs:
 bench/README.md) in one run; write claims.json, claims.md and memory_vs_batch.png
 (to bench/results/ unless --out says otherwise).
 
@@ -24,12 +24,14 @@ import measure
 from brainlike_np.backends import get_backend
 from brainlike_np.models import get_model, get_preset
 from brainlike_np.data import random_batch
-from lab import Lab, Subject, linear_fit, matmul_rate, max_batch, note_subjects, split
+from lab import (Lab, Subject, linear_fit, matmul_rate, max_batch, nbytes, note_subjects,
+                 split)
 from measure import GIB, fmt_bytes, log
 
 NOTE_BATCH = 32
 IMPLS = ("ours", "torch")
 SMALL_BATCHES = (1, 2, 4, 8)
+GRAD_ACCUM = 8          # the --grad-accum of the largest-batch table's accumulated row
 # (measurement, subject) pairs in the memory-split table
 MEMORY_TABLE = (("batched", "brain128"), ("recompute", "recompute128"), ("dense", "dense128"),
                 ("brain512", "brain512"), ("tr128", "tr128"), ("tr512", "tr512"))
@@ -49,6 +51,7 @@ NOTE_FIGURES = {
     "brainlike_training_512": (4, "~200 MB", 200e6),
     "max_batch_ratio": (4, "25x (6400 / 256 in 40 GB)", 25),
     "max_batch_40gib": (4, "6400 / 256", 25),
+    "max_batch_grad_accum": (4, "—", None),
     "vectorization": (5, "10x+ faster", 10),
     "sequences_per_s": (5, "brain-like \"may even be faster\"", 1),
     "tokens_per_s": (5, "—", 1),
@@ -86,6 +89,7 @@ def measure_all(lab: Lab, args) -> dict:
         m["max_batch"][key] = max_batch(lab, s, budget, tolerance)
         m["per_sample_bytes"][key] = linear_fit(lab.points[s.label])
         log(f"max batch {s.label}: {m['max_batch'][key]}")
+    m["grad_accum"] = accumulated_max_batch(lab, subjects["brain512"], budget, tolerance)
     m["update_transient"] = {m[k]["subject"]: lab.update_transient(subjects[s])
                              for k, s in MEMORY_TABLE}
     m["torch"] = compare_with_torch(repeats=3 if quick else 5, rounds=1 if quick else 3,
@@ -94,6 +98,17 @@ def measure_all(lab: Lab, args) -> dict:
     # the best of two: a rate measured while other work runs is too low
     m["matmul_flops_per_s"] = max(rate_at_start, matmul_rate(lab.backend))
     return m
+
+
+def accumulated_max_batch(lab, subject, budget: int, tolerance: float) -> dict:
+    """The largest batch of ``--grad-accum GRAD_ACCUM`` under ``budget``: the largest
+    micro-batch under the budget less one gradient accumulator (the parameters' size),
+    then the accumulated step's memory measured at it."""
+    accumulator = nbytes(lab.params(subject))
+    micro = max_batch(lab, subject, budget - accumulator, tolerance)
+    peak = lab.fixed_bytes(subject) + lab.accumulated_peak(subject, micro, GRAD_ACCUM)
+    log(f"--grad-accum {GRAD_ACCUM} {subject.label}: {GRAD_ACCUM} x {micro}, {fmt_bytes(peak)}")
+    return {"n": GRAD_ACCUM, "micro_batch": micro, "training_bytes": peak}
 
 
 def scaled_from_one(lab, subject) -> dict:
@@ -191,7 +206,7 @@ def claim(key, quantity, measured, value=None, comment=""):
 def claim_rows(m: dict, args) -> list:
     b, r, loop, dense = m["batched"], m["recompute"], m["loop"], m["dense"]
     b512, t128, t512 = m["brain512"], m["tr128"], m["tr512"]
-    mb, budget = m["max_batch"], f"{args.budget_gb:g} GiB"
+    mb, budget, ga = m["max_batch"], f"{args.budget_gb:g} GiB", m["grad_accum"]
     dense_how = f"extrapolated from B = {', '.join(map(str, dense['extrapolated_from']))}"
     t512_how = (f"extrapolated from B = {', '.join(map(str, t512['extrapolated_from']))}"
                 if "extrapolated_from" in t512 else "measured at B = 32")
@@ -239,6 +254,12 @@ def claim_rows(m: dict, args) -> list:
         claim("max_batch_40gib", "largest batch in 40 GiB, T 512 (linear from measured points)",
               f"{at40['brain512']:.0f} / {at40['tr512']:.0f}", at40["brain512"] / at40["tr512"],
               "extrapolated, not run"),
+        claim("max_batch_grad_accum", f"largest batch in {budget}, T 512: brain-like "
+              f"--grad-accum {ga['n']}", f"{ga['n'] * ga['micro_batch']} ({ga['n']} x "
+              f"{ga['micro_batch']}), {fmt_bytes(ga['training_bytes'])}",
+              comment=f"{ga['n'] * ga['micro_batch'] / max(mb['brain512'], 1):.0f}x the "
+                      "largest single batch; the same update, one micro-batch's activations "
+                      "plus a gradient accumulator, measured"),
         claim("vectorization", "vectorization: loop / batched step time", f"{speedup:.1f}x",
               speedup),
         claim("sequences_per_s", "training throughput, sequences/s (T 128 / T 512)",

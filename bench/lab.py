@@ -17,6 +17,7 @@ import numpy as np
 from brainlike_np.data import random_batch
 from brainlike_np.models import get_model, get_preset
 from brainlike_np.optim import AdamW
+from brainlike_np.train_state import accumulate
 from measure import best_time, fmt_bytes, log, traced_peak
 
 
@@ -105,6 +106,15 @@ class Lab:
         peak = traced_peak(self.backend, lambda: subject.loss_and_grads(p, x, y, ops))
         self.points.setdefault(subject.label, []).append((B, self.fixed_bytes(subject) + peak))
         return peak
+
+    def accumulated_peak(self, subject, B: int, n: int) -> int:
+        """Peak bytes above the parameters of one step's gradients accumulated over ``n``
+        micro-batches of B (``--grad-accum``): one micro-batch's forward + backward plus
+        the accumulator."""
+        p, ops = self.params(subject), self.backend.ops
+        batches = [self.batch(subject.cfg, B) for _ in range(n)]   # ids: small beside activations
+        return traced_peak(self.backend, lambda: accumulate(
+            lambda x, y: subject.loss_and_grads(p, x, y, ops), iter(batches), n))
 
     def step(self, subject, B: int, repeats: int) -> dict:
         """Memory split and best step time at batch B (the traced run warms up)."""

@@ -24,15 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import choose
 from .datafiles import MAX_FILE_BLOCKS, DataError, DataFile, Tokens
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
 VALID_FRACTION = 0.1      # a single file: its last 10% of bytes are the validation split
 VALID_ONE_IN = 10         # several files: those whose path's CRC-32 is 0 mod 10
 COUNT_CHUNK = 1 << 18     # bytes the baselines count at a time: their extra memory is O(this)
+DENSE_PAIRS = 1 << 20     # the baselines count pairs in a dense table up to this many codes
 BASELINE_SAMPLE_BYTES = 100 * 2**20   # the baselines read at most this much of each split
 MAX_HASH_BLOCKS = 512     # the record's content hashes read at most this many 64 KiB blocks
 MAX_RECORDED_FILES = MAX_HASH_BLOCKS // 2   # files recorded one by one (those hashed)
+TOKEN_DTYPES = ("uint16", "uint32")   # --token-dtype: raw little-endian token ids
+NANOGPT_SPLITS = ("train.bin", "val.bin")   # a folder holding both: nanoGPT's layout
+TOKENS_SIDECAR = "tokens.json"        # beside them: {"dtype", "vocab_size", "tokenizer"}
 MAX_PATH_BYTES = 4096     # PATH_MAX: no file can be opened by a longer path (nor --data be)
 JSON_PATH_BYTES = 6 * MAX_PATH_BYTES + 256   # a path in JSON (a byte as "\udcff" at worst),
                                              # with a file entry's other fields
@@ -53,7 +58,30 @@ class Corpus:
     source: str | None = None                   # --data, resolved; None: the default
     root: str | None = None                     # the folder a --data folder lists
     pattern: str | None = None                  # --data GLOB, resolved (as ``source``)
+    tokens: dict | None = None                  # token files: {"dtype", "vocab_size"
+                                                # (None: max id + 1), "tokenizer"}; None: bytes
     _record: dict | None = field(default=None, repr=False)
+    _max_id: int | None = field(default=None, repr=False)
+
+    @property
+    def unit(self) -> str:
+        """What one token of the corpus is, for messages: 'byte' or 'token'."""
+        return "token" if self.tokens else "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary the data needs: 256 for bytes; for token ids the sidecar's
+        ``vocab_size``, else the largest id + 1 (every token read once)."""
+        if not self.tokens:
+            return 256
+        return self.tokens.get("vocab_size") or self.max_id() + 1
+
+    def max_id(self) -> int:
+        """The largest token in either split (every token read once, then remembered)."""
+        if self._max_id is None:
+            self._max_id = max(int(piece.max()) for split in (self.train, self.valid)
+                               for piece, _ in split.chunks(len(split), COUNT_CHUNK))
+        return self._max_id
 
     def check_fits(self, context: int, vocab_size: int = 256) -> None:
         """DataError unless both splits hold more than ``context + 1`` bytes and every
@@ -64,10 +92,15 @@ class Corpus:
             n = tokens.shape[0]
             if n <= context + 1:
                 raise DataError(
-                    f"corpus '{self.name}': the {split} split has {n} bytes, too short for "
-                    f"windows of {context} bytes plus a target; use a longer file or a "
-                    f"smaller --context")
-            if vocab_size < 256:      # every byte is below 256
+                    f"corpus '{self.name}': the {split} split has {n} {self.unit}s, too "
+                    f"short for windows of {context} {self.unit}s plus a target; use a "
+                    "longer file or a smaller --context")
+            if self.tokens and self.max_id() >= vocab_size:
+                raise DataError(f"corpus '{self.name}' holds token id {self.max_id()}, but "
+                                f"the model's vocab_size is {vocab_size}; raise --vocab-size "
+                                f"or the vocab_size of its {TOKENS_SIDECAR}, or leave both "
+                                "out (the largest id + 1 is taken)")
+            if not self.tokens and vocab_size < 256:      # every byte is below 256
                 top = max(int(piece.max()) for piece, _ in
                           tokens.chunks(BASELINE_SAMPLE_BYTES, COUNT_CHUNK))
                 if top >= vocab_size:
@@ -102,6 +135,8 @@ class Corpus:
         if self._record is None:
             rec = {"source": self.source, "split": self.split,
                    "train_bytes": len(self.train), "valid_bytes": len(self.valid)}
+            if self.tokens:     # lengths in tokens; the ids' type and vocabulary
+                rec["tokens"] = self.tokens
             if self.files:
                 rec["files"] = [f.record(n) for f, n in zip(self.files,
                                                            hash_budget(len(self.files)))]
@@ -269,12 +304,78 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
+def open_corpus(spec: str | None = None, missing: str | None = None,
+                token_dtype: str | None = None) -> Corpus:
     """The default corpus (``spec`` None), or ``spec``'s files mapped: a file, a folder
-    (every regular file under it, sorted) or a glob pattern (``'texts/*.txt'``).
-    ``missing``: what a missing file's DataError tells the user to do."""
+    (every regular file under it, sorted) or a glob pattern (``'texts/*.txt'``); a
+    folder holding nanoGPT's ``train.bin`` and ``val.bin``: those two, as token ids.
+    ``token_dtype`` ('uint16', 'uint32'): the files hold raw little-endian token ids of
+    that type (None: bytes; nanoGPT's folder: uint16 or its sidecar's). ``missing``: what
+    a missing file's DataError tells the user to do."""
+    if token_dtype is not None:
+        choose(TOKEN_DTYPES, token_dtype, "--token-dtype")
     if spec is None:
+        if token_dtype is not None:
+            raise DataError("--token-dtype needs --data: the default corpus is bytes")
         return load_stdlib_corpus()
+    if spec and os.path.isdir(spec) and all(os.path.isfile(os.path.join(spec, name))
+                                            for name in NANOGPT_SPLITS):
+        return _nanogpt_corpus(spec, token_dtype, missing)
+    tokens = {"dtype": token_dtype, "vocab_size": None, "tokenizer": None} if token_dtype \
+        else None
+    return dataclasses.replace(_open_files(spec, missing, token_dtype or "uint8"), tokens=tokens)
+
+
+def _nanogpt_corpus(folder: str, token_dtype: str | None, missing: str | None) -> Corpus:
+    """``folder``'s ``train.bin`` and ``val.bin`` as the train and validation splits
+    (nothing else in it is read but ``tokens.json``), as nanoGPT's ``prepare.py`` writes
+    them: raw token ids, uint16 unless ``token_dtype`` or the sidecar says otherwise."""
+    tokens = {"dtype": None, "vocab_size": None, "tokenizer": None,
+              **read_tokens_sidecar(os.path.join(folder, TOKENS_SIDECAR))}
+    if token_dtype and tokens["dtype"] and token_dtype != tokens["dtype"]:
+        raise DataError(f"--token-dtype {token_dtype} contradicts {TOKENS_SIDECAR} in "
+                        f"'{folder}' (dtype {tokens['dtype']}); drop the flag or fix the file")
+    tokens["dtype"] = token_dtype or tokens["dtype"] or "uint16"
+    train, valid = (_open_data_file(os.path.join(folder, name), missing, tokens["dtype"])
+                    for name in NANOGPT_SPLITS)
+    for f in (train, valid):
+        if f.n_tokens == 0:
+            raise DataError(f"data file '{f.path}' is empty; pass a token file with content")
+    return Corpus(f"nanoGPT token files '{folder}' ({tokens['dtype']})",
+                  Tokens([(train, 0, train.n_tokens)]), Tokens([(valid, 0, valid.n_tokens)]),
+                  [train, valid], {"valid": "val.bin"}, _resolved_source(folder),
+                  root=os.path.realpath(folder), tokens=tokens)
+
+
+def read_tokens_sidecar(path: str) -> dict:
+    """The token files' sidecar ``tokens.json``, checked: a JSON object with any of
+    ``dtype`` ('uint16'/'uint32'), ``vocab_size`` (a positive int) and ``tokenizer`` (a
+    tiktoken encoding's name, e.g. 'gpt2'); {} if there is none. DataError naming the key."""
+    try:
+        with open_regular_file(path) as f:
+            sidecar = json.loads(f.read(1 << 16).decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"'{path}' cannot be read as JSON ({exc}); fix or remove it") from None
+    if not isinstance(sidecar, dict):
+        raise DataError(f"'{path}' must hold a JSON object, got {type(sidecar).__name__}")
+    checks = {"dtype": lambda v: v in TOKEN_DTYPES,
+              "vocab_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "tokenizer": lambda v: isinstance(v, str) and v != ""}
+    for key, value in sidecar.items():
+        if key not in checks:
+            raise DataError(f"'{path}' has an unknown key '{key}'; it takes "
+                            f"{', '.join(checks)}")
+        if not checks[key](value):
+            raise DataError(f"'{path}': {key} {value!r} is not valid (dtype: "
+                            f"{' or '.join(TOKEN_DTYPES)}; vocab_size: a positive integer; "
+                            "tokenizer: a name such as 'gpt2')")
+    return sidecar
+
+
+def _open_files(spec: str, missing: str | None, dtype: str) -> Corpus:
+    """``spec``'s files (a file, a folder or a glob) mapped as tokens of ``dtype``."""
     if not spec:
         raise DataError("--data is empty; name a text file, a folder or a glob pattern")
     if len(os.fsencode(spec)) >= MAX_PATH_BYTES:
@@ -290,11 +391,11 @@ def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
         what, source, none = f"glob '{spec}'", _resolved_source(spec, root), "matches no files"
         where = {"pattern": source}
     else:
-        return _open_one_file(spec, missing)
+        return _open_one_file(spec, missing, dtype)
     if not paths:
         raise DataError(f"{what} {none}; point --data at text files")
-    files = [_open_data_file(str(p), missing) for p in paths]
-    kept = [(f, str(os.path.relpath(p, root))) for f, p in zip(files, paths) if f.size]
+    files = [_open_data_file(str(p), missing, dtype) for p in paths]
+    kept = [(f, str(os.path.relpath(p, root))) for f, p in zip(files, paths) if f.n_tokens]
     if not kept:
         raise DataError(f"{what} holds only empty files; point --data at text files")
     if len(kept) == 1:
@@ -303,7 +404,7 @@ def open_corpus(spec: str | None = None, missing: str | None = None) -> Corpus:
     if not any(to_valid) or all(to_valid):    # few files: the last one validates
         to_valid = [i == len(kept) - 1 for i in range(len(kept))]
     split = {"valid": "files by path hash", "valid_files": [i for i, v in enumerate(to_valid) if v]}
-    sides = {side: Tokens([(f, 0, f.size) for (f, _), v in zip(kept, to_valid) if v == side])
+    sides = {side: Tokens([(f, 0, f.n_tokens) for (f, _), v in zip(kept, to_valid) if v == side])
              for side in (False, True)}
     return Corpus(f"{what} ({len(kept)} files)", sides[False], sides[True],
                   [f for f, _ in kept], split, source, **where)
@@ -314,27 +415,33 @@ def load_corpus(path: str | None = None) -> Corpus:
     return open_corpus(path)
 
 
-def _open_one_file(path: str, missing: str | None = None) -> Corpus:
-    data_file = _open_data_file(path, missing)
+def _open_one_file(path: str, missing: str | None = None, dtype: str = "uint8") -> Corpus:
+    data_file = _open_data_file(path, missing, dtype)
     if data_file.size == 0:
         raise DataError(f"data file '{path}' is empty; pass a text file with content")
     return _file_corpus(data_file, path, data_file.path)
 
 
 def _file_corpus(data_file: DataFile, name: str, source: str) -> Corpus:
-    """The last 10% of the file's bytes are the validation split."""
-    cut = int(data_file.size * (1.0 - VALID_FRACTION))
-    return Corpus(name, Tokens([(data_file, 0, cut)]), Tokens([(data_file, cut, data_file.size)]),
-                  [data_file], {"valid": "tail", "valid_range": [cut, data_file.size]}, source)
+    """The last 10% of the file's tokens are the validation split."""
+    n = data_file.n_tokens
+    cut = int(n * (1.0 - VALID_FRACTION))
+    return Corpus(name, Tokens([(data_file, 0, cut)]), Tokens([(data_file, cut, n)]),
+                  [data_file], {"valid": "tail", "valid_range": [cut, n]}, source)
 
 
-def _open_data_file(path: str, missing: str | None = None) -> DataFile:
-    """A DataFile, after checking that ``path`` is a regular file this process can read;
-    ``missing``: the fix a missing file's message gives (default: pass another --data)."""
+def _open_data_file(path: str, missing: str | None = None, dtype: str = "uint8") -> DataFile:
+    """A DataFile of tokens of ``dtype``, after checking that ``path`` is a regular file
+    this process can read, a whole number of tokens long; ``missing``: the fix a missing
+    file's message gives (default: pass another --data)."""
     try:
         with open_regular_file(path) as f:
             _check_size_is_content(path, f.fileno())
-            return DataFile(path)
+            data_file = DataFile(path, dtype)
+        if data_file.size % data_file.dtype.itemsize:
+            raise DataError(f"data file '{path}' has {data_file.size:,} bytes, not a whole "
+                            f"number of {dtype} tokens; check --token-dtype")
+        return data_file
     except NotRegularFileError as exc:
         raise DataError(f"data file {exc}; pass a text file to --data") from None
     except FileNotFoundError:
@@ -406,6 +513,9 @@ def _record_problem(saved) -> str | None:
     if not isinstance(split, (dict, type(None))) or (
             split and not isinstance(split.get("valid_files", []), list)):
         return f"split {split!r:.40}"
+    problem = tokens_problem(saved.get("tokens"))
+    if problem:
+        return problem
     if "n_files" in saved:
         n_files = saved["n_files"]
         if not (is_int(n_files) and n_files >= 0 and isinstance(saved.get("listing"), str)
@@ -414,6 +524,18 @@ def _record_problem(saved) -> str | None:
         if len(files) != min(n_files, MAX_RECORDED_FILES):     # those hash_budget hashes
             return f"{len(files)} file entries for {n_files} files"
     return None
+
+
+def tokens_problem(tokens) -> str | None:
+    """What is wrong with a data record's ``tokens`` entry (None: bytes); None if nothing."""
+    if tokens is None:
+        return None
+    ok = (isinstance(tokens, dict) and set(tokens) == {"dtype", "vocab_size", "tokenizer"}
+          and tokens["dtype"] in TOKEN_DTYPES
+          and isinstance(tokens["tokenizer"], (str, type(None)))
+          and (tokens["vocab_size"] is None or (isinstance(tokens["vocab_size"], int)
+                                                and tokens["vocab_size"] > 0)))
+    return None if ok else f"tokens {tokens!r:.60}"
 
 
 def _compare_records(saved: dict, current: dict) -> str | None:
@@ -440,7 +562,7 @@ def _compare_records(saved: dict, current: dict) -> str | None:
     if saved["times"] not in (None, current["times"]):
         raise DataError(f"a file of the run's {saved['n_files']:,} data files changed since "
                         f"the run started (its modification time differs); {fix}")
-    for key in ("split", "train_bytes", "valid_bytes", "fingerprint"):
+    for key in ("split", "train_bytes", "valid_bytes", "fingerprint", "tokens"):
         if saved.get(key) != current.get(key):
             raise DataError(f"the data changed since the run started ({key} "
                             f"{saved.get(key)} -> {current.get(key)}); {fix}")
@@ -482,24 +604,36 @@ def sample_windows(tokens, batch_size: int, context: int,
     return np.ascontiguousarray(windows[:, :-1]), windows[:, -1].copy()       # [B, T], [B]
 
 
-def count_model_losses(train, valid, max_bytes: int | None = None) -> dict:
-    """Validation cross-entropy (nats/byte) of unigram and bigram count models fit on
-    ``train``, with add-one smoothing. Each split is read a chunk at a time (extra
-    memory O(COUNT_CHUNK)), all of it up to ``max_bytes``, else evenly spaced blocks of
-    about ``max_bytes`` (default BASELINE_SAMPLE_BYTES) in all (an estimate;
-    ``baseline_note`` says when)."""
+def rank_parts(batch: np.ndarray, n: int, local_part) -> np.ndarray:
+    """A global host batch ``[n * b, ...]`` of ``n`` micro-batches -> this rank's part of
+    each, joined in order ``[n * b / P, ...]`` (``local_part``: the communicator's slice
+    of one micro-batch ``[b, ...]`` -> ``[b / P, ...]``)."""
+    return np.concatenate([local_part(part) for part in np.split(batch, n)])
+
+
+def count_model_losses(train, valid, max_bytes: int | None = None,
+                       vocab_size: int = 256) -> dict:
+    """Validation cross-entropy (nats/token) of unigram and bigram count models fit on
+    ``train``, with add-one smoothing over ``vocab_size`` tokens (256: bytes). Each split
+    is read a chunk at a time (extra memory O(COUNT_CHUNK) plus the pairs seen), all of it
+    up to ``max_bytes`` tokens, else evenly spaced blocks of about ``max_bytes`` (default
+    BASELINE_SAMPLE_BYTES) in all (an estimate; ``baseline_note`` says when)."""
     max_bytes = BASELINE_SAMPLE_BYTES if max_bytes is None else max_bytes
-    unigram, bigram = _counts(Tokens.of(train), max_bytes)
-    log_p1 = np.log((unigram + 1.0) / (unigram + 1.0).sum())                         # [256]
-    log_p2 = np.log((bigram + 1.0) / (bigram + 1.0).sum(axis=1, keepdims=True))  # [256, 256]
-    # mean over the validation bytes = counts of each byte (pair) times its log-probability
-    valid_unigram, valid_bigram = _counts(Tokens.of(valid), max_bytes)
+    V = vocab_size
+    unigram, pairs, pair_counts = _counts(Tokens.of(train), max_bytes, V)
+    log_p1 = np.log((unigram + 1.0) / (unigram + 1.0).sum())                         # [V]
+    row_totals = np.bincount(pairs // V, weights=pair_counts, minlength=V)           # [V]
+    valid_unigram, valid_pairs, valid_counts = _counts(Tokens.of(valid), max_bytes, V)
+    # each validation pair's training count (0 if unseen), then its smoothed log p(b | a)
+    at = np.minimum(np.searchsorted(pairs, valid_pairs), max(len(pairs) - 1, 0))
+    seen = np.where(pairs[at] == valid_pairs, pair_counts[at], 0.0) if len(pairs) else 0.0
+    log_p2 = np.log((seen + 1.0) / (row_totals[valid_pairs // V] + V))    # [valid pairs]
     return {"unigram": float(-(valid_unigram * log_p1).sum() / valid_unigram.sum()),
-            "bigram": float(-(valid_bigram * log_p2).sum() / valid_bigram.sum())}
+            "bigram": float(-(valid_counts * log_p2).sum() / valid_counts.sum())}
 
 
 def baseline_note(train, valid, max_bytes: int | None = None) -> str:
-    """'' when ``count_model_losses`` counts every byte, else which splits it sampled."""
+    """'' when ``count_model_losses`` counts every token, else which splits it sampled."""
     max_bytes = BASELINE_SAMPLE_BYTES if max_bytes is None else max_bytes
     sampled = [f"{name} ({_size(len(Tokens.of(t)))})" for name, t in
                (("train", train), ("valid", valid)) if len(Tokens.of(t)) > max_bytes]
@@ -511,20 +645,39 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
-def _counts(tokens: Tokens, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """How often each byte occurs, float64 ``[256]``, and how often byte b follows byte
-    a, float64 ``[256, 256]`` indexed [a, b] (pairs coded ``a * 256 + b`` in uint16;
-    a piece that continues the previous one adds the pair across their edge)."""
-    bytes_seen = np.zeros(256, dtype=np.int64)
-    pairs_seen = np.zeros(256 * 256, dtype=np.int64)
-    last = None
+def _counts(tokens: Tokens, max_bytes: int, V: int):
+    """How often each token occurs, float64 ``[V]``, and the pairs seen: their codes
+    ``a * V + b`` (sorted, int64 ``[P]``) and how often b followed a (float64 ``[P]``).
+    A piece that continues the previous one adds the pair across their edge. Pairs are
+    counted in a dense table when there are at most DENSE_PAIRS codes (bytes: 65,536),
+    else sorted per piece and merged once the pieces' outnumber those merged (O(P log P))."""
+    tokens_seen = np.zeros(V, dtype=np.int64)
+    dense = np.zeros(V * V, dtype=np.int64) if V * V <= DENSE_PAIRS else None
+    merged = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))   # (codes, counts)
+    pending, last = [], None
     for piece, continues in tokens.chunks(max_bytes, COUNT_CHUNK):
-        bytes_seen += np.bincount(piece, minlength=256)
-        run = np.concatenate([last, piece]) if continues else piece
-        pairs = run[:-1].astype(np.uint16) * 256 + run[1:]                 # [piece] uint16
-        pairs_seen += np.bincount(pairs, minlength=256 * 256)
+        tokens_seen += np.bincount(piece, minlength=V)
+        run = (np.concatenate([last, piece]) if continues else piece).astype(np.int64)
+        codes = run[:-1] * V + run[1:]                                        # [piece]
+        if dense is not None:
+            dense += np.bincount(codes, minlength=V * V)
+        else:
+            pending.append(np.unique(codes, return_counts=True))
+            if sum(len(c) for c, _ in pending) > max(len(merged[0]), COUNT_CHUNK):
+                merged, pending = _merge_counts([merged, *pending]), []
         last = piece[-1:]
-    return bytes_seen.astype(np.float64), pairs_seen.reshape(256, 256).astype(np.float64)
+    if dense is not None:
+        codes = np.flatnonzero(dense)
+        return tokens_seen.astype(np.float64), codes, dense[codes].astype(np.float64)
+    codes, counts = _merge_counts([merged, *pending])
+    return tokens_seen.astype(np.float64), codes, counts.astype(np.float64)
+
+
+def _merge_counts(parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """[(codes, counts), ...] -> the codes, sorted and unique, with their summed counts."""
+    codes, at = np.unique(np.concatenate([c for c, _ in parts]), return_inverse=True)
+    counts = np.bincount(at, weights=np.concatenate([n for _, n in parts]), minlength=len(codes))
+    return codes, counts.astype(np.int64)
 
 
 def nats_to_bits(nats: float) -> float:

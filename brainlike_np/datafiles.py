@@ -1,6 +1,8 @@
-"""The bytes of a corpus, read only where needed: :class:`DataFile` (one file's identity
-and its checked, mapped or ``pread`` reads) and :class:`Tokens` (a byte sequence made of
-ranges of files or arrays, never joined in memory). Host-side NumPy, like ``data.py``."""
+"""The tokens of a corpus, read only where needed: :class:`DataFile` (one file's identity
+and its checked, mapped or ``pread`` reads) and :class:`Tokens` (a token sequence made of
+ranges of files or arrays, never joined in memory). A file holds bytes (each byte a
+token) or raw little-endian ``uint16``/``uint32`` token ids (nanoGPT's ``train.bin``);
+offsets and lengths count tokens. Host-side NumPy, like ``data.py``."""
 
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ class DataFile:
     it read-only for one read; a file removed, replaced, resized or written since is a
     DataError (reading a truncated map would kill the process with SIGBUS)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, dtype: str = "uint8"):
         self.path = os.path.realpath(path)
         st = os.stat(self.path)
         self.size, self.mtime_ns, self._stat = st.st_size, st.st_mtime_ns, _identity(st)
+        self.dtype = np.dtype(dtype).newbyteorder("<")      # the tokens' type on disk
+        self.n_tokens = self.size // self.dtype.itemsize
         self._content_hash = {}
 
     def check_unchanged(self) -> None:
@@ -52,19 +56,21 @@ class DataFile:
                 "(the last checkpoint is intact)")
 
     def map(self) -> np.ndarray:
-        """The whole file as a read-only ``uint8`` array ``[size]`` over a memory map,
+        """The whole file as a read-only token array ``[n_tokens]`` over a memory map,
         unmapped when the array is freed. MADV_RANDOM: a page fault reads its page, not
         the read-ahead window around it (8 MiB on some disks, for a 65-byte window)."""
         self.check_unchanged()
         with open(self.path, "rb") as f:
             mapped = mmap.mmap(f.fileno(), self.size, access=mmap.ACCESS_READ)
         mapped.madvise(mmap.MADV_RANDOM)
-        return np.frombuffer(mapped, dtype=np.uint8)
+        return np.frombuffer(mapped, dtype=self.dtype, count=self.n_tokens)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Bytes ``[start, stop)`` read with ``pread`` (the page cache holds them, not
+        """Tokens ``[start, stop)`` read with ``pread`` (the page cache holds them, not
         this process, unlike a map's pages)."""
-        return np.frombuffer(self._read_spans([(start, stop)])[0], dtype=np.uint8)
+        size = self.dtype.itemsize
+        return np.frombuffer(self._read_spans([(start * size, stop * size)])[0],
+                             dtype=self.dtype)
 
     def _read_spans(self, spans: list[tuple[int, int]]) -> list[bytes]:
         self.check_unchanged()
@@ -105,8 +111,8 @@ def _identity(st: os.stat_result) -> tuple:
 
 # ---- token sequences made of parts ---------------------------------------------------
 class Tokens:
-    """A byte sequence ``[n]`` made of parts, in order, never joined in memory: each part
-    is a range of an in-memory ``uint8`` array or of a DataFile, mapped only while read."""
+    """A token sequence ``[n]`` made of parts, in order, never joined in memory: each part
+    is a range of an in-memory integer array or of a DataFile, mapped only while read."""
 
     def __init__(self, parts: list[tuple[object, int, int]]):
         self.parts = parts                              # (array or DataFile, start, stop)
@@ -114,8 +120,8 @@ class Tokens:
         self.ends = np.cumsum(self.lengths)             # [n_parts]: where each part ends
         self.starts = self.ends - self.lengths          # [n_parts]: where each begins
         self.shape = (int(self.ends[-1]) if parts else 0,)
-        self.dtype = np.result_type(np.uint8, *(source.dtype for source, _, _ in parts
-                                                if not isinstance(source, DataFile)))
+        self.dtype = np.result_type(np.uint8, *(source.dtype.newbyteorder("=")
+                                                for source, _, _ in parts))
 
     @classmethod
     def of(cls, tokens) -> "Tokens":
@@ -129,11 +135,11 @@ class Tokens:
         return self.shape[0]
 
     def take(self, positions: np.ndarray) -> np.ndarray:
-        """The bytes at ``positions`` (any shape, each in ``[0, n)``): only the parts
+        """The tokens at ``positions`` (any shape, each in ``[0, n)``): only the parts
         they fall in are read, and of those only the pages holding them."""
         which = np.searchsorted(self.ends, positions, side="right")     # part of each
         local = positions - self.starts[which]                          # offset in it
-        out = np.empty(positions.shape, dtype=self.dtype)   # uint8 for files and bytes
+        out = np.empty(positions.shape, dtype=self.dtype)   # uint8 for bytes
         for i in np.unique(which):
             source, start, _ = self.parts[i]
             mapped = source.map() if isinstance(source, DataFile) else source
@@ -167,6 +173,10 @@ class Tokens:
     def tobytes(self) -> bytes:
         """Every byte, joined (for small corpora and tests)."""
         return b"".join(piece.tobytes() for piece, _ in self.chunks(len(self), READ_CHUNK))
+
+    def first(self, n: int) -> list:
+        """The first ``n`` tokens (fewer if there are fewer), as a list of ints."""
+        return self.take(np.arange(min(n, len(self)))).tolist()
 
     def head(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer if there are fewer)."""

@@ -125,17 +125,17 @@ def run(args) -> None:
     data = args.data
     if data is None:       # the run's own data, as it was recorded
         data = (state.data_record or {}).get("source") or state.settings.data
-    corpus = open_corpus(data)
+    corpus = open_corpus(data, token_dtype=state.settings.token_dtype)   # the model's tokens
     corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     splits = ("train", "valid") if args.split == "all" else (args.split,)
-    unit = getattr(corpus, "unit", "byte")     # what the data's tokens are
+    unit = corpus.unit                         # what the data's tokens are: byte or token
     print(f"checkpoint {args.checkpoint}: model {state.model_name} at step {state.step}; "
           f"data {corpus.name}", flush=True)
     results = {}
     for split in splits:
         tokens = getattr(corpus, split)
         result = evaluate_tokens(state, tokens, args.batch_size, args.max_windows or None)
-        base = count_model_losses(corpus.train, tokens)
+        base = count_model_losses(corpus.train, tokens, vocab_size=state.cfg.vocab_size)
         which = (f"{result.windows:,} of {result.total:,} windows, evenly spaced"
                  if result.sampled else f"all {result.total:,} windows")
         print(f"{split}: {result.loss:.4f} nats/{unit} ({result.bits:.3f} bits/{unit}) over "

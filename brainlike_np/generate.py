@@ -6,6 +6,10 @@ that is not valid UTF-8, such as ``$'\\xff'`` in bash, is taken byte for byte, a
 to stdout as each byte is sampled, as UTF-8 text with any byte sequence that is not
 UTF-8 shown as U+FFFD, written as bytes whatever stdout's encoding is.
 
+A model trained on token files (``--data`` with token ids) takes and prints token ids
+instead (``--prompt-ids``; the ids on one line), and their text on the next line when a
+tokenizer is named (``--tokenizer gpt2``, or the data's ``tokens.json``'s; tiktoken).
+
 Bad input (a temperature that is not a finite number >= 0, a negative --max-new-bytes,
 --top-k or --seed, a missing or damaged checkpoint, an unusable backend) ends with one
 ``error: ...`` line and exit code 1; the library function ``generate`` raises ValueError
@@ -31,6 +35,7 @@ from .backends import BackendError, get_backend  # noqa: E402
 from .checkpoint import CheckpointError  # noqa: E402
 from .cli import (EXIT_INTERRUPTED, OneLineParser, describe_os_error,  # noqa: E402
                   open_missing_standard_fds, startup_over)
+from .tokenizer import TokenizerError, load_tokenizer  # noqa: E402
 from .train_state import TrainState  # noqa: E402
 
 
@@ -107,17 +112,46 @@ def generate_stream(state: TrainState, prompt: bytes, n_bytes: int, temperature:
         raise GenerationError(f"the prompt holds byte {max(prompt)}, but the model's vocabulary "
                          f"has {V} tokens")
     window = (b"\n" * max(0, T - len(prompt)) + prompt)[-T:]
-    return _sampled(state, window, n_bytes, state.backend.rng(seed), temperature, top_k)
+    return _sampled(state, list(window), n_bytes, state.backend.rng(seed), temperature, top_k)
 
 
-def _sampled(state, window: bytes, n_bytes: int, rng, temperature, top_k) -> Iterator[int]:
-    """Each new byte, the model reading the ``context`` bytes before it (``window``)."""
-    for _ in range(n_bytes):
-        x = np.frombuffer(window, dtype=np.uint8)[None, :].astype(np.int64)   # [1, T]
+def generate_tokens(state: TrainState, prompt: list, n_tokens: int, temperature: float = 0.8,
+                    top_k: int = 0, seed: int = 0, pad_id: int = 0) -> list:
+    """``n_tokens`` new token ids after the ids ``prompt``, for a model trained on token
+    files; as ``generate``, a prompt shorter than the context is left-padded, with
+    ``pad_id`` (GPT-2's end-of-text, 50256, is where its documents start).
+    GenerationError naming the argument that cannot work."""
+    return list(generate_token_stream(state, prompt, n_tokens, temperature, top_k, seed,
+                                      pad_id))
+
+
+def generate_token_stream(state: TrainState, prompt: list, n_tokens: int,
+                          temperature: float = 0.8, top_k: int = 0, seed: int = 0,
+                          pad_id: int = 0) -> Iterator[int]:
+    """``generate_tokens``'s ids one at a time, as each is sampled."""
+    V, T = state.cfg.vocab_size, state.cfg.context
+    if isinstance(prompt, (str, bytes)) or not all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
+        raise GenerationError(f"the prompt must be a list of token ids, got {prompt!r:.60}")
+    for name, value in (("n_tokens", n_tokens), ("seed", seed), ("pad_id", pad_id)):
+        _check_count(name, value)
+    _check_sampling(temperature, top_k)
+    outside = [int(t) for t in [*prompt, pad_id] if not 0 <= t < V]
+    if outside:
+        raise GenerationError(f"token id {outside[0]} is outside the model's vocabulary "
+                              f"[0, {V})")
+    window = ([int(pad_id)] * max(0, T - len(prompt)) + [int(t) for t in prompt])[-T:]
+    return _sampled(state, window, n_tokens, state.backend.rng(seed), temperature, top_k)
+
+
+def _sampled(state, window: list, n_new: int, rng, temperature, top_k) -> Iterator[int]:
+    """Each new token, the model reading the ``context`` tokens before it (``window``)."""
+    for _ in range(n_new):
+        x = np.array(window, dtype=np.int64)[None, :]                         # [1, T]
         logits = state.next_logits(x)[0]                                      # [V]
-        byte = sample_from_logits(logits, rng, temperature, top_k)
-        window = window[1:] + bytes([byte])
-        yield byte
+        token = sample_from_logits(logits, rng, temperature, top_k)
+        window = window[1:] + [token]
+        yield token
 
 
 def build_parser() -> OneLineParser:
@@ -127,12 +161,19 @@ def build_parser() -> OneLineParser:
     p.add_argument("--checkpoint", default="out/ckpt.npz", help="default out/ckpt.npz")
     p.add_argument("--prompt", default="def ",
                    help="text to continue, taken byte for byte (need not be UTF-8)")
-    p.add_argument("--max-new-bytes", type=int, default=200, help="0 or more (default 200)")
+    p.add_argument("--max-new-bytes", "--max-new-tokens", type=int, default=200,
+                   help="0 or more (default 200)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="a finite number >= 0; 0: greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0,
                    help="sample among the k likeliest bytes (0: all)")
     p.add_argument("--seed", type=int, default=0, help="0 or more")
+    p.add_argument("--prompt-ids", metavar="IDS",
+                   help="a model of token files: the prompt as token ids, e.g. '464 1893' "
+                        "(default: --prompt encoded by the tokenizer, else none)")
+    p.add_argument("--tokenizer", metavar="NAME",
+                   help="a model of token files: the tiktoken encoding that decodes the ids, "
+                        "e.g. gpt2, or none (default: the data's tokens.json's)")
     return p
 
 
@@ -149,6 +190,10 @@ def main(argv=None) -> int:
         if stdout_closed:
             raise GenerationError("stdout is closed: nowhere to write the sample")
         state = TrainState.load(args.checkpoint, get_backend())
+        tokens = (state.data_record or {}).get("tokens")
+        if tokens or args.prompt_ids is not None or args.tokenizer is not None:
+            write_token_sample(state, tokens, args)
+            return 0
         stream = generate_stream(state, prompt, args.max_new_bytes, args.temperature,
                                  args.top_k, args.seed)
         as_text = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -162,7 +207,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:     # the reader went away (e.g. `| head -c 10`): not an error
         _silence_stdout()
         return 0
-    except (BackendError, CheckpointError, GenerationError) as exc:
+    except (BackendError, CheckpointError, GenerationError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -173,6 +218,38 @@ def main(argv=None) -> int:
               "backend", file=sys.stderr)
         return 1
     return 0
+
+
+def write_token_sample(state: TrainState, tokens: dict | None, args) -> None:
+    """A model of token files: the prompt's and the new token ids on one line, as they
+    come, then the text they decode to when a tokenizer is named (or the data's)."""
+    if not tokens:
+        raise GenerationError("this checkpoint's model was trained on bytes; drop "
+                              "--prompt-ids and --tokenizer")
+    name = args.tokenizer if args.tokenizer is not None else tokens.get("tokenizer")
+    tokenizer = load_tokenizer(name) if name not in (None, "none") else None
+    if args.prompt_ids is not None:
+        prompt = parse_ids(args.prompt_ids)
+    else:
+        prompt = tokenizer.encode(args.prompt) if tokenizer else []
+    pad = getattr(tokenizer, "eot_token", 0) if tokenizer else 0
+    stream = generate_token_stream(state, prompt, args.max_new_bytes, args.temperature,
+                                   args.top_k, args.seed, pad)
+    ids = list(prompt)
+    write_sample(" ".join(map(str, prompt)))
+    for token in stream:
+        write_sample(f"{' ' if ids else ''}{token}")
+        ids.append(token)
+    write_sample("\n" + (tokenizer.decode(ids) + "\n" if tokenizer else ""))
+
+
+def parse_ids(text: str) -> list:
+    """'464 1893,11' -> [464, 1893, 11]; GenerationError naming --prompt-ids otherwise."""
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise GenerationError(f"--prompt-ids must be integers separated by spaces or commas, "
+                              f"got {text!r:.60}") from None
 
 
 def write_sample(text: str) -> None:

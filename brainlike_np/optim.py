@@ -285,11 +285,39 @@ def _zeros_like(x):
     return get_namespace(x).zeros_like(x)
 
 
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
 def cosine_lr(step: int, base_lr: float, warmup: int, max_steps: int,
               min_ratio: float = 0.1) -> float:
     """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio * base_lr``."""
+    return scheduled_lr("cosine", step, base_lr, warmup, max_steps, min_ratio)
+
+
+def scheduled_lr(schedule: str, step: int, base_lr: float, warmup: int, max_steps: int,
+                 min_ratio: float = 0.1, decay_fraction: float = 0.2) -> float:
+    """The rate of step ``step`` (0-based): a linear warmup over ``warmup`` steps, then
+    ``schedule`` down to ``min_ratio * base_lr`` at ``max_steps``: ``cosine``; ``linear``;
+    ``constant`` (no decay); ``wsd`` (warmup-stable-decay: the peak rate until the last
+    ``decay_fraction`` of ``max_steps``, then a linear decay)."""
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
-    span = max(1, max_steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    if schedule == "constant":
+        return base_lr
+    start = warmup
+    if schedule == "wsd":
+        start = max(warmup, max_steps - round(decay_fraction * max_steps))
+    progress = min(1.0, max(0.0, (step - start) / max(1, max_steps - start)))
+    if schedule == "cosine":       # (the expression of every release: bit-exact resume)
+        cosine = math.cos(math.pi * progress)
+        return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + cosine))
+    return base_lr * (min_ratio + (1.0 - min_ratio) * (1.0 - progress))    # linear, wsd
+
+
+def continued_lr(new_lr: float, step: int, since: int, last_lr: float, steps: int) -> float:
+    """A schedule changed on resume at step ``since``, after a rate of ``last_lr``: the
+    rate moves linearly from ``last_lr`` to the new schedule's ``new_lr`` over ``steps``
+    steps (0: at once), then follows it."""
+    if step < since or step >= since + steps:
+        return new_lr
+    return last_lr + (new_lr - last_lr) * (step - since + 1) / steps

@@ -32,10 +32,9 @@ from .cli import (EXIT_INTERRUPTED, describe_os_error, forgiving_streams,  # noq
                   startup_over)
 from .config import ConfigError, flag  # noqa: E402
 from .data import (DataError, baseline_note, check_same_data,  # noqa: E402
-                   count_model_losses, nats_to_bits, open_corpus, sample_windows)
-from .generate import generate  # noqa: E402
+                   count_model_losses, nats_to_bits, open_corpus, rank_parts, sample_windows)
+from .generate import generate, generate_tokens  # noqa: E402
 from .models import get_model, get_preset  # noqa: E402
-from .optim import cosine_lr  # noqa: E402
 from .outdir import OutDir, OutDirError  # noqa: E402
 from .output import OutputPathError  # noqa: E402
 from .progress import Progress, warm_up  # noqa: E402
@@ -72,14 +71,18 @@ def configured(model_name: str, preset: str, overrides: dict):
 def new_state(request: TrainRequest, backend, corpus) -> TrainState:
     model_name = "brainlike" if request.model is None else request.model
     preset = "default" if request.preset is None else request.preset
-    cfg = configured(model_name, preset, request.config)
+    from_data = {} if corpus.tokens is None else {"vocab_size": corpus.vocab_size}
+    overrides = {**from_data, **request.config}     # the command line's win
+    cfg = configured(model_name, preset, overrides)
     settings = TrainSettings(**request.settings)
+    if corpus.tokens:           # resolved (nanoGPT's folder: uint16 or its sidecar's)
+        settings = replace(settings, token_dtype=corpus.tokens["dtype"])
     if settings.batch_size is None:
         settings = replace(settings, batch_size=default_batch_size(model_name, preset))
     corpus.check_fits(cfg.context, cfg.vocab_size)
     check_memory(cfg, model_name, settings, backend)
     state = TrainState.create(model_name, cfg, backend, settings)
-    state.config_origin = {"preset": preset, "overrides": request.config}
+    state.config_origin = {"preset": preset, "overrides": overrides}
     return state
 
 
@@ -179,10 +182,11 @@ def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
         saved = state.data_record      # the files the run was trained on, resolved
         data = request.settings.get("data")
         if data is not None:
-            corpus = open_corpus(data)
+            corpus = open_corpus(data, token_dtype=state.settings.token_dtype)
         else:       # the run's own files: a missing one is to be restored, not replaced
             corpus = open_corpus(saved.get("source") if saved else state.settings.data,
-                                 missing="restore it, or start a new run in another --out-dir")
+                                 missing="restore it, or start a new run in another --out-dir",
+                                 token_dtype=state.settings.token_dtype)
         corpus.check_outside(out.path)
         note = check_same_data(saved, corpus.record())
         if note:
@@ -190,7 +194,8 @@ def prepare(request: TrainRequest, backend, out: OutDir) -> Run:
         corpus.check_fits(state.cfg.context, state.cfg.vocab_size)
     else:
         out.check_new_run()
-        corpus = open_corpus(request.settings.get("data"))
+        corpus = open_corpus(request.settings.get("data"),
+                             token_dtype=request.settings.get("token_dtype"))
         corpus.check_outside(out.path)
         state = (started_state(request, backend, corpus) if request.init_from
                  else new_state(request, backend, corpus))
@@ -247,7 +252,8 @@ class Reporter:
     def __init__(self, run: Run, root: bool, request: TrainRequest, callbacks=()):
         self.run, self.root = run, root
         s, state = run.state.settings, run.state
-        self.baselines = count_model_losses(run.corpus.train, run.corpus.valid) if root else {}
+        self.baselines = count_model_losses(run.corpus.train, run.corpus.valid,
+                                            vocab_size=state.cfg.vocab_size) if root else {}
         self.evaluations = 0
         eval_rng = state.backend.rng(s.seed + 10_000)
         self.eval_windows = [sample_windows(run.corpus.valid, s.batch_size, state.cfg.context,
@@ -272,10 +278,12 @@ class Reporter:
         state, s, corpus = self.run.state, self.run.state.settings, self.run.corpus
         print(f"model {state.model_name} {state.cfg}\n"
               f"backend {state.backend.name} (kernels: {state.backend.ops.name}), batch "
-              f"{s.batch_size}{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
+              f"{s.batch_size}{f' x {s.grad_accum} micro-batches' if s.grad_accum > 1 else ''}"
+              f"{f' over {comm.size} ranks' if comm.size > 1 else ''}, steps "
               f"{state.step}->{s.max_iters}, corpus {corpus.name}: {corpus.train.shape[0]:,} "
-              f"train / {corpus.valid.shape[0]:,} valid bytes\n"
-              f"baselines (valid, nats/byte{baseline_note(corpus.train, corpus.valid)}): "
+              f"train / {corpus.valid.shape[0]:,} valid {corpus.unit}s\n"
+              f"baselines (valid, nats/{corpus.unit}"
+              f"{baseline_note(corpus.train, corpus.valid)}): "
               f"unigram {self.baselines['unigram']:.3f}, "
               f"bigram {self.baselines['bigram']:.3f}", flush=True)
 
@@ -304,7 +312,8 @@ class Reporter:
         self.save(best=val < self.best_val)
         self.best_val = min(val, self.best_val)
         self.log(state.metrics)
-        tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} bits/byte)"
+        tqdm.write(f"step {state.step:5d} | val {val:.4f} nats ({nats_to_bits(val):.3f} "
+                   f"bits/{self.run.corpus.unit})"
                    f" | unigram {self.baselines['unigram']:.3f} | bigram "
                    f"{self.baselines['bigram']:.3f} | {reason}")
         self.evaluations += 1
@@ -319,8 +328,13 @@ class Reporter:
 
     def print_sample(self) -> None:
         """A short continuation of the validation split's first bytes (a fixed prompt)."""
-        state = self.run.state
-        prompt = self.run.corpus.valid.head(SAMPLE_PROMPT_BYTES)
+        state, corpus = self.run.state, self.run.corpus
+        if corpus.tokens:       # ids: the trainer decodes none
+            prompt = corpus.valid.first(SAMPLE_PROMPT_BYTES)
+            ids = generate_tokens(state, prompt, SAMPLE_BYTES, seed=state.settings.seed)
+            tqdm.write(f"sample at step {state.step} (token ids): {prompt} + {ids}")
+            return
+        prompt = corpus.valid.head(SAMPLE_PROMPT_BYTES)
         text = generate(state, prompt, SAMPLE_BYTES, seed=state.settings.seed)
         tqdm.write(f"sample at step {state.step}: "
                    f"{(prompt + text).decode('utf-8', errors='replace')!r}")
@@ -338,14 +352,16 @@ def train_loop(run: Run, reporter: Reporter, comm, stop: StopFlag):
     """Train up to max_iters; -> (exit code, last validation loss or None)."""
     state, s = run.state, run.state.settings
     backend = state.backend
-    tokens_per_step = s.batch_size * state.cfg.context
+    tokens_per_step = s.batch_size * s.grad_accum * state.cfg.context
     val = None
     while state.step < s.max_iters:
-        lr = cosine_lr(state.step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio)
+        lr = state.learning_rate()
         t0 = time.perf_counter()
-        x, y = state.sample_batch(run.corpus.train, s.batch_size)   # the global batch
+        # the global batch: --grad-accum micro-batches of --batch-size
+        x, y = state.sample_batch(run.corpus.train, s.batch_size * s.grad_accum)
         # returns once the step is done on the device: it reads its loss to the host
-        m = state.train_step(comm.local_part(x), comm.local_part(y), lr)
+        m = state.train_step(rank_parts(x, s.grad_accum, comm.local_part),
+                             rank_parts(y, s.grad_accum, comm.local_part), lr)
         dt = time.perf_counter() - t0
         reporter.log({"step": state.step, "loss": m["loss"], "lr": lr,
                       "grad_norm": m["grad_norm"], "ms_per_step": dt * 1e3,
@@ -395,10 +411,10 @@ def train(request: TrainRequest, comm, backend, callbacks=()) -> int:
             reporter.close()
             backend.memory.stop()
     if root and code == 0:
-        b = reporter.baselines
+        b, unit = reporter.baselines, run.corpus.unit
         print(f"done: {run.state.step} steps in {time.perf_counter() - started:.1f} s, "
               f"{backend.memory.describe_peak(peak)}; valid loss "
-              f"{val:.4f} nats/byte ({nats_to_bits(val):.3f} bits/byte) vs unigram "
+              f"{val:.4f} nats/{unit} ({nats_to_bits(val):.3f} bits/{unit}) vs unigram "
               f"{b['unigram']:.3f}, bigram {b['bigram']:.3f}; checkpoint {out.checkpoint}")
     return code
 

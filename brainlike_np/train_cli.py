@@ -8,10 +8,12 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 from .cli import OneLineParser
 from .config import flag
+from .data import open_regular_file
 from .models import MODELS
 from .outdir import CHECKPOINT_NAME
 from .train_state import TrainSettings
@@ -38,7 +40,8 @@ def parse_request(argv=None) -> TrainRequest:
     """The command line (``sys.argv[1:]`` by default) -> a TrainRequest; exits 2 with
     one line on a malformed flag."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(config_file_args(parser, argv) + argv)   # the command line wins
     if args.init_from is not None and args.resume is not None:
         parser.error("--init-from starts a new run and --resume continues one; give one")
     if args.keep_optimizer and args.init_from is None:
@@ -57,6 +60,65 @@ def parse_request(argv=None) -> TrainRequest:
                         init_from=args.init_from, keep_optimizer=args.keep_optimizer)
 
 
+def config_file_args(parser: argparse.ArgumentParser, argv: list) -> list:
+    """The flags that ``--config FILE.toml`` in ``argv`` stands for (none without it):
+    each key is a flag's name (``max-iters = 2400``; ``max_iters`` too), each value of
+    the flag's type (a TOML boolean for an on/off flag). The parser's one error line,
+    naming the file and the key, for a file that cannot be read, an unknown key or a
+    value the flag refuses."""
+    path = parser.parse_known_args(argv)[0].config
+    if path is None:
+        return []
+    table = read_toml(parser, path)
+    actions = {a.option_strings[0][2:]: a for a in parser._actions
+               if a.option_strings and a.option_strings[0].startswith("--")}
+    args = []
+    for key, value in table.items():
+        name = key.replace("_", "-")
+        action = actions.get(name)
+        if action is None or name in ("config", "help"):
+            parser.error(f"--config {path}: unknown key '{key}' (the keys are the flags, e.g. "
+                         "max-iters = 2400)")
+        args += _flag_args(parser, path, key, name, action, value)
+        try:           # each value as the flag would parse it, so the error names the key
+            if action.type is not None:
+                action.type(str(value))
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            parser.error(f"--config {path}: key '{key}' = {value!r} is not valid ({exc})")
+    return args
+
+
+def _flag_args(parser, path: str, key: str, name: str, action, value) -> list:
+    """``--name value`` (``--name`` / ``--no-name`` for an on/off flag) for one key."""
+    on_off = action.nargs == 0                  # --recompute/--no-recompute, --distributed
+    if on_off != isinstance(value, bool) or isinstance(value, (dict, list)):
+        parser.error(f"--config {path}: key '{key}' must be "
+                     f"{'true or false' if on_off else 'a number or a string'}, got {value!r}")
+    if not on_off:
+        return [f"--{name}", str(value)]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [f"--{name}" if value else f"--no-{name}"]
+    return [f"--{name}"] if value else []        # --distributed = false: the default
+
+
+def read_toml(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The TOML file at ``path`` as a dict; the parser's one error line if it cannot be."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:       # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            parser.error("--config needs Python 3.11 or later (tomllib), or pip install tomli")
+    try:
+        with open_regular_file(path) as f:
+            return tomllib.load(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"--config {path} cannot be read ({getattr(exc, 'strerror', None) or exc})")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"--config {path} is not valid TOML ({exc})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m brainlike_np.train",
@@ -67,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", type=_name, help=f"named model config ({presets}) "
                                                 "(default: default)")
     p.add_argument("--out-dir", default="out", help="checkpoint and metrics folder (default out)")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="read flags from a TOML file whose keys are the flags' names "
+                        "(max-iters = 2400); a flag on the command line overrides it")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help="continue from CKPT (default: <out-dir>/ckpt.npz); the settings "
                         "given again replace the saved ones, except --data, --seed, --dtype "

@@ -22,10 +22,10 @@ from .backends.distributed import SingleProcess
 from .backends import Backend, to_float
 from .checkpoint import CheckpointError, CheckpointFile, save_checkpoint
 from .config import ConfigDict, ConfigError, choose, flag
-from .data import as_tokens, check_batch, sample_windows
+from .data import TOKEN_DTYPES, as_tokens, check_batch, sample_windows, tokens_problem
 from .layers import cross_entropy_forward
 from .models import get_model
-from .optim import AdamW
+from .optim import SCHEDULES, AdamW, continued_lr, scheduled_lr
 
 DTYPES = ("float32", "float64")
 
@@ -39,12 +39,16 @@ class TrainSettings(ConfigDict):
     """How a model is trained; saved in the checkpoint (``meta["train"]``). The fields in
     ``FIXED`` define the run and cannot change on resume; the others can."""
 
-    batch_size: int = _setting(None, "windows per step, the global batch when distributed "
-                                     "(default: the preset's)")
+    batch_size: int = _setting(None, "windows per step (per micro-batch with --grad-accum), "
+                                     "the global batch when distributed (default: the "
+                                     "preset's)")
+    grad_accum: int = _setting(1, "micro-batches of --batch-size windows per step, their "
+                                  "gradients accumulated: the update of a batch this many "
+                                  "times larger, at the memory of one micro-batch")
     max_iters: int = _setting(1200, "the step to train up to")
     lr: float = _setting(3e-3, "peak learning rate")
     warmup: int = _setting(100, "linear warmup steps")
-    min_lr_ratio: float = _setting(0.1, "final lr / peak lr of the cosine decay, in [0, 1]")
+    min_lr_ratio: float = _setting(0.1, "final lr / peak lr of the decay, in [0, 1]")
     weight_decay: float = _setting(0.01, "AdamW decoupled weight decay")
     grad_clip: float = _setting(1.0, "global gradient norm limit (0: off)")
     eval_every: int = _setting(200, "steps between evaluations and checkpoints")
@@ -58,13 +62,23 @@ class TrainSettings(ConfigDict):
                                      "(default: at each evaluation only)")
     keep_last: int = _setting(0, "also keep the last N checkpoints as ckpt-STEP.npz (0: none)")
     log_every: int = _setting(20, "steps between progress lines when not on a terminal")
+    token_dtype: str = _setting(None, "--data holds raw little-endian token ids of this type: "
+                                      "uint16 or uint32 (default: bytes; a folder with "
+                                      "nanoGPT's train.bin and val.bin: uint16, or its "
+                                      "tokens.json's)")
 
-    FIXED = ("data", "seed", "dtype")
+    schedule: str = _setting("cosine", "learning-rate schedule after the warmup: cosine, "
+                                       "linear, constant or wsd (warmup-stable-decay)")
+    decay_fraction: float = _setting(0.2, "wsd: the last fraction of --max-iters that decays, "
+                                          "in [0, 1]")
+
+    FIXED = ("data", "seed", "dtype", "token_dtype")
+    SCHEDULE = ("lr", "warmup", "max_iters", "min_lr_ratio", "schedule", "decay_fraction")
 
     def __post_init__(self):
         self.check_types()
-        for name in ("batch_size", "max_iters", "eval_every", "eval_batches", "save_every",
-                     "log_every"):
+        for name in ("batch_size", "max_iters", "eval_every", "eval_batches", "grad_accum",
+                     "save_every", "log_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{flag(name)} must be positive, got {value}")
@@ -76,9 +90,13 @@ class TrainSettings(ConfigDict):
             if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
                 raise ConfigError(f"--{flag(name)} must be a finite number "
                                   f"{'above' if name == 'lr' else 'at least'} 0, got {value}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        choose(SCHEDULES, self.schedule, "--schedule")
         choose(DTYPES, self.dtype, "dtype")
+        if self.token_dtype is not None:
+            choose(TOKEN_DTYPES, self.token_dtype, "--token-dtype")
 
 
 DEFAULT_BATCH_SIZE = 32     # for presets whose model names none
@@ -113,6 +131,8 @@ class TrainState:
                                         # the trainer made cfg; None: unknown (the library)
     init_from: dict | None = None    # where a run started from another's parameters
                                      # (start_from); None: from its own initialisation
+    lr_continuation: dict | None = None  # {"step", "lr"}: the schedule changed on resume at
+                                         # that step, after that rate (see learning_rate)
     _steps: dict = field(default_factory=dict, repr=False)   # settings -> the step function
 
     @property
@@ -173,8 +193,30 @@ class TrainState:
                 raise ConfigError(f"this run was trained with --{flag(name)} {old}, not {new}; "
                                   f"drop --{flag(name)} to resume it, or start a new run in "
                                   "another --out-dir")
+        if self.step and any(getattr(self.settings, name) != getattr(settings, name)
+                             for name in TrainSettings.SCHEDULE):
+            last = self.learning_rate(self.step - 1)        # the rate last used
+            new = scheduled_lr(settings.schedule, self.step - 1, settings.lr, settings.warmup,
+                               settings.max_iters, settings.min_lr_ratio,
+                               settings.decay_fraction)
+            # the new schedule takes over as it is where it gave that step the same rate
+            self.lr_continuation = None if new == last else {"step": self.step, "lr": last}
         self.settings = settings
         self.optimizer.weight_decay = settings.weight_decay
+
+    def learning_rate(self, step: int | None = None) -> float:
+        """The rate of ``step`` (default: the next one) under the settings' schedule. After
+        a change of the schedule's settings on resume (``change_settings``) that would make
+        the rate jump (the new schedule gives the last step another rate than it had), the
+        rate moves linearly from the last one used to the new schedule's over ``--warmup``
+        steps (0: at once), then follows the new schedule."""
+        s, step = self.settings, self.step if step is None else step
+        rate = scheduled_lr(s.schedule, step, s.lr, s.warmup, s.max_iters, s.min_lr_ratio,
+                            s.decay_fraction)
+        if self.lr_continuation is None:
+            return rate
+        c = self.lr_continuation
+        return continued_lr(rate, step, c["step"], c["lr"], s.warmup)
 
     # ---- steps ------------------------------------------------------------------------
     def sample_batch(self, tokens, batch_size):
@@ -199,6 +241,9 @@ class TrainState:
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"the learning rate must be finite and at least 0, got {lr}")
         self.check_windows(x, y)
+        if len(x) % self.settings.grad_accum:
+            raise ValueError(f"a batch of {len(x)} windows cannot be split into "
+                             f"--grad-accum {self.settings.grad_accum} equal micro-batches")
         xb, yb = self.backend.asarray_ids(x), self.backend.asarray_ids(y)
         optimizer, order = self.optimizer, list(self.params)
         rates = optimizer.upload_rates(optimizer.next_rates(lr), self.params)  # counts the step
@@ -228,10 +273,13 @@ class TrainState:
         jax, one XLA program with the parameters and moments donated; elsewhere the
         function itself, which updates numpy's flat buffers in place).
 
-        In one process the whole step is one function. Across ranks the gradients are
-        averaged on the host between two: the gradients, and the update. Made once per
-        setting that shapes it: the clipping norm, whether weights decay, the ranks."""
-        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0, self.comm.size)
+        In one process the whole step is one function. Across ranks, or with
+        ``--grad-accum`` n > 1, it is two: the gradients, of each of the n micro-batches in
+        turn (``accumulate``), averaged on the host across ranks, and the update. Made
+        once per setting that shapes it: the clipping norm, whether weights decay, the
+        ranks, the micro-batches."""
+        key = (self.settings.grad_clip, self.optimizer.weight_decay != 0, self.comm.size,
+               self.settings.grad_accum)
         if key not in self._steps:
             self._steps.clear()
             self._steps[key] = self._make_step_function(self.settings.grad_clip)
@@ -249,7 +297,8 @@ class TrainState:
         compile_step = self.backend.compile_step
         key = ("train step", self.model_name, cfg, ops.name, max_norm, optimizer.weight_decay != 0,
                optimizer.no_decay)                       # what the functions compute
-        if self.comm.size == 1:                          # the mean over one rank: itself
+        n = self.settings.grad_accum
+        if self.comm.size == 1 and n == 1:               # the mean over one rank: itself
             return compile_step(lambda params, moments, x, y, rates:
                                 update(params, moments, *gradients(params, x, y), rates),
                                 donate_argnums=(0, 1), key=key)
@@ -257,7 +306,12 @@ class TrainState:
         compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3), key=key + ("update",))
 
         def step(params, moments, x, y, rates):
-            loss, grads = self.comm.average(*compiled_gradients(params, x, y))
+            size = x.shape[0] // n                       # x [n * b, T]: n micro-batches
+            micro_batches = ((x[i * size:(i + 1) * size, :], y[i * size:(i + 1) * size])
+                             for i in range(n))
+            loss, grads = accumulate(lambda xb, yb: compiled_gradients(params, xb, yb),
+                                     micro_batches, n)
+            loss, grads = self.comm.average(loss, grads)
             return compiled_update(params, moments, loss, grads, rates)
         return step
 
@@ -301,6 +355,7 @@ class TrainState:
             "rng": self.sampler.bit_generator.state, "train": self.settings.to_dict(),
             "metrics": self.metrics, "data": self.data_record, "run_id": self.run_id,
             "config_origin": self.config_origin, "init_from": self.init_from,
+            "lr_continuation": self.lr_continuation,
         }, self.backend)
 
     @classmethod
@@ -328,10 +383,14 @@ class TrainState:
                     raise ValueError(f"data record {data_record!r}")
                 if data_record and not isinstance(data_record.get("source"), (str, type(None))):
                     raise ValueError(f"data source {data_record['source']!r}")
+                if data_record and tokens_problem(data_record.get("tokens")):
+                    raise ValueError(tokens_problem(data_record.get("tokens")))
                 config_origin = meta.get("config_origin")
                 _check_config_origin(config_origin, cfg)
                 init_from = meta.get("init_from")
                 kept_steps = _check_init_from(init_from)     # counted by a kept optimizer
+                lr_continuation = meta.get("lr_continuation")
+                _check_lr_continuation(lr_continuation, meta["step"])
                 if not isinstance(step, int) or step < 0 or optimizer.step != step + kept_steps:
                     raise ValueError(f"step {step!r} (optimizer step {optimizer.step})")
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -350,8 +409,27 @@ class TrainState:
         params = optimizer.adopt(on_backend["params"], backend.xp)
         return cls(meta["model"], cfg, settings, backend, params, optimizer, sampler,
                    step=step, metrics=metrics, data_record=data_record, run_id=run_id,
-                   config_origin=config_origin, init_from=init_from)
+                   config_origin=config_origin, init_from=init_from,
+                   lr_continuation=lr_continuation)
 
+
+def accumulate(loss_and_grads, micro_batches, n: int) -> tuple:
+    """The mean loss and gradients of ``loss_and_grads(x, y)`` over ``n`` equal
+    micro-batches (an iterable of device (x, y), consumed in turn), so that one
+    micro-batch's activations are alive at a time, plus one gradient accumulator. The mean
+    of equal micro-batches' means is the mean over their union: the large batch's."""
+    for i, (x, y) in enumerate(micro_batches):
+        part_loss, part = loss_and_grads(x, y)
+        if i == 0:
+            loss, grads = part_loss, part
+            continue
+        loss = loss + part_loss
+        for name, g in part.items():
+            grads[name] += g
+        del part, part_loss                     # this micro-batch's arrays go here
+    if n == 1:                                  # (no extra launch for the usual step)
+        return loss, grads
+    return loss / n, {name: g / n for name, g in grads.items()}
 
 def _check_backend(backend, where: str) -> None:
     if not isinstance(backend, Backend):
@@ -397,6 +475,21 @@ def _check_config_origin(origin, cfg) -> None:
         if name not in saved or saved[name] != value:
             raise ValueError(f"config_origin override {name}={value!r:.40} is not the "
                              "config's")
+
+
+def _check_lr_continuation(continuation, step) -> None:
+    """ValueError unless ``continuation`` is None or {"step": an int in [1, step], "lr": a
+    finite number >= 0}."""
+    if continuation is None:
+        return
+    ok = (isinstance(continuation, dict) and set(continuation) == {"step", "lr"}
+          and isinstance(continuation["step"], int) and not isinstance(continuation["step"], bool)
+          and isinstance(step, int) and 1 <= continuation["step"] <= step
+          and isinstance(continuation["lr"], (int, float))
+          and not isinstance(continuation["lr"], bool)
+          and math.isfinite(continuation["lr"]) and continuation["lr"] >= 0)
+    if not ok:
+        raise ValueError(f"lr_continuation {continuation!r:.60}")
 
 
 def _check_metrics(record: dict) -> None:

@@ -155,6 +155,19 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(
     assert result.stdout.count("done: 10 steps") == 1 and "over 2 ranks" in result.stdout
 
 
+def test_two_ranks_accumulating_train_like_one_process_on_the_large_batch(
+        launcher, tmp_path, corpus_file, one_process):
+    """--grad-accum 2 of a global micro-batch of 4 (2 windows per rank) = the batch of 8."""
+    run = [*RUN[:RUN.index("--batch-size")], "--batch-size", "4", "--grad-accum", "2",
+           *RUN[RUN.index("--batch-size") + 2:]]
+    result = mpirun(launcher, trainer(*run, "--data", corpus_file, "--out-dir", str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert_same_training(tmp_path, one_process)
+    losses, ref_losses = train_losses(tmp_path), train_losses(one_process)
+    np.testing.assert_allclose([l for _, l in losses], [l for _, l in ref_losses], rtol=1e-12)
+    assert "batch 4 x 2 micro-batches over 2 ranks" in result.stdout
+
+
 def test_two_ranks_on_torch_train_like_one_process(launcher, tmp_path, corpus_file,
                                                    monkeypatch):
     """The torch backend's gradients averaged through host buffers (MPI), on the CPU."""
