@@ -228,6 +228,17 @@ def parse_points(text: str) -> dict:
     return points
 
 
+def parse_impls(text: str) -> list:
+    """'ours,torch compile' -> those names of IMPLEMENTATIONS."""
+    impls = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in impls if name not in IMPLEMENTATIONS]
+    if unknown or not impls:
+        raise argparse.ArgumentTypeError(
+            f"unknown implementation(s) {unknown or text!r}; choose from: "
+            f"{', '.join(IMPLEMENTATIONS)}")
+    return impls
+
+
 def format_points(points: dict) -> str:
     return ",".join(f"{p}:{B}" for p, Bs in points.items() for B in Bs)
 
@@ -242,6 +253,9 @@ def main(argv=None) -> None:
     parser.add_argument("--points", type=parse_points, metavar="PRESET:B,...",
                         help="only these preset and batch points, e.g. default:64,seed:32 "
                              f"(default: {format_points(BATCHES)})")
+    parser.add_argument("--impls", type=parse_impls, metavar="NAME,...",
+                        help="only these implementations, e.g. 'ours,ours jax,torch compile' "
+                             f"(default: all of {', '.join(IMPLEMENTATIONS)})")
     measure.add_worker_arguments(parser)
     args = parser.parse_args(argv)
     if measure.start(args, worker):
@@ -250,6 +264,8 @@ def main(argv=None) -> None:
         args.rounds, args.steps = 1, 2
     load_at_start = measure.machine_load()
     skipped = skip_reasons(args.quick)
+    skipped.update({impl: "not asked for (--impls)" for impl in IMPLEMENTATIONS
+                    if args.impls and impl not in args.impls and impl not in skipped})
     results = measure_all(args, skipped)
     result = {"machine": measure.environment(), "command": measure.command_line(),
               "quick": args.quick, "rounds": args.rounds, "steps": args.steps,

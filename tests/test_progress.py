@@ -4,6 +4,7 @@ that keeps kernel compilation out of the run's clock, and --help's choices."""
 import csv
 import json
 import os
+import struct
 import sys
 import time
 
@@ -75,6 +76,21 @@ def test_a_csv_path_holding_something_else_is_refused_unchanged(tmp_path, corpus
     assert table.read_bytes() == b"precious,data\n"
 
 
+def read_scalars(path) -> dict:
+    """tag -> [(step, value)] of a TensorBoard event file: TFRecords (length, its CRC,
+    the Event protobuf, its CRC), parsed with tensorboardX's own Event message."""
+    from tensorboardX.proto.event_pb2 import Event
+    scalars, data = {}, open(path, "rb").read()
+    at = 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        event = Event.FromString(data[at + 12:at + 12 + length])
+        at += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 def test_tensorboard_event_files_and_the_missing_extra(tmp_path, corpus_file, capsys,
                                                        monkeypatch):
     pytest.importorskip("tensorboardX")
@@ -82,7 +98,13 @@ def test_tensorboard_event_files_and_the_missing_extra(tmp_path, corpus_file, ca
     assert train.main(TINY + ["--max-iters", "4", "--data", corpus_file,
                               "--out-dir", str(tmp_path / "a"), "--tensorboard", str(board)]) == 0
     events = [p for p in os.listdir(board) if p.startswith("events.out.tfevents")]
-    assert len(events) == 1 and os.path.getsize(board / events[0]) > 100
+    assert len(events) == 1
+    scalars = read_scalars(board / events[0])         # read back as TensorBoard reads it
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "a" / "metrics.jsonl")
+              if "loss" in json.loads(line)]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], losses, rtol=1e-6)
+    assert [step for step, _ in scalars["valid/val_loss"]] == [4]
     monkeypatch.setitem(sys.modules, "tensorboardX", None)        # not installed
     capsys.readouterr()
     assert train.main(TINY + ["--data", corpus_file, "--out-dir", str(tmp_path / "b"),
