@@ -41,7 +41,7 @@ def kernels_choice(kernels: str | None = None) -> str:
 ENV_PARALLEL_MIN_WORK = "BRAINLIKE_PARALLEL_MIN_WORK"
 ENV_HOST_MALLOC = "BRAINLIKE_HOST_MALLOC"
 HOST_MALLOC_CHOICES = ("reuse", "system")
-ENV_VARIABLES = {       # the README's list ("Environment variables") follows this one
+ENV_VARIABLES = {       # docs/guarantees.md's list ("Environment variables") follows this one
     ENV_BACKEND: "the backend: " + ", ".join(BACKEND_NAMES) + " (default numpy)",
     ENV_KERNELS: "the hot-path kernels: " + ", ".join(KERNEL_CHOICES) + " (default auto)",
     ENV_PARALLEL_MIN_WORK: "elements of work from which a Numba CPU kernel runs in "

@@ -310,7 +310,7 @@ def overwrite_in_place(path, offset, new_bytes, later_ns=10**9):
 
 
 def test_a_same_size_edit_in_place_during_the_run_is_caught(tmp_path):
-    """README guarantee (c): a file written during the run is refused at the next read,
+    """Guarantee (c), docs/guarantees.md: a file written during the run is refused at the next read,
     even at the same size and inode."""
     path = tmp_path / "f"
     path.write_bytes(random_bytes(4000))

@@ -170,7 +170,7 @@ def train_here(argv, capsys) -> int:
     return code
 
 
-# ---- a chain of CLI resumes (README guarantee (a)) -----------------------------------
+# ---- a chain of CLI resumes (docs/guarantees.md, (a)) ---------------------------------
 def test_a_chain_of_resumes_loads_generates_and_logs_each_step_once(tmp_path, corpus_file,
                                                                     capsys):
     out = tmp_path / "run"
@@ -251,7 +251,7 @@ def test_an_evaluation_lost_between_save_and_log_is_logged_on_resume(tmp_path, c
     assert strict_records(out)[5] == records[-1]
 
 
-# ---- SIGTERM (README, Signals) ---------------------------------------------------------
+# ---- SIGTERM (docs/guarantees.md, Signals) ---------------------------------------------
 def test_sigterm_saves_exits_143_and_resume_continues(tmp_path, corpus_file):
     out = tmp_path / "run"
     with Trainer(TINY + ["--eval-every", "1000", "--max-iters", "1000", "--data",
