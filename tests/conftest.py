@@ -21,25 +21,30 @@ def load_bench_module(name: str):
 
 
 # Backends that run a test op by op slowly (JAX dispatches, and first compiles, every
-# operation): on them a test marked `combinatorial` (a matrix over the model's options, each
-# point a gradient check) runs its first point only. The math is the same on every backend,
-# their agreement with numpy is checked to 1e-12 in float64, and each gradient check runs
-# on them at least once.
+# operation): the default run leaves their rows of the matrix (every test that takes the
+# `backend` fixture) to `pytest --slow-backends`, which runs those rows only. CI runs both,
+# so that together they are the whole matrix on every backend; the default run still
+# checks jax through tests/test_jax.py (its ops, its compiled step against numpy's, the
+# trainer and the generator).
 SLOW_OP_BY_OP = ("jax",)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow-backends", action="store_true",
+                     help="only the test matrix's rows on the backends slow op by op "
+                          f"({', '.join(SLOW_OP_BY_OP)}), which the default run leaves out")
+
+
 def pytest_collection_modifyitems(config, items):
-    first_points = set()
+    slow, others = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("backend") if callspec else None
-        if item.get_closest_marker("combinatorial") is None or name not in SLOW_OP_BY_OP:
-            continue
-        test = (item.path, item.originalname, name)
-        if test in first_points:
-            item.add_marker(pytest.mark.skip(
-                reason=f"combinatorial on {name}: its first point only (see conftest.py)"))
-        first_points.add(test)
+        (slow if name in SLOW_OP_BY_OP else others).append(item)
+    keep, leave_out = (slow, others) if config.getoption("slow_backends") else (others, slow)
+    if leave_out:
+        config.hook.pytest_deselected(items=leave_out)
+        items[:] = keep
 
 
 @pytest.fixture(params=BACKEND_NAMES)

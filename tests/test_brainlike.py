@@ -29,7 +29,6 @@ CONFIGS = {"tiny-masking": TINY.with_overrides(tau=0.5), "no-steps": TINY.with_o
 READ_PARAMS = {"Wq_x", "Wk_x", "Wv_x", "Wo_x", "g_x", "g_t", "Epos", "Etok"}
 
 
-@pytest.mark.combinatorial
 @pytest.mark.parametrize("config_name", list(CONFIGS))
 @pytest.mark.parametrize("path", brainlike.PATHS)
 def test_gradients_match_finite_differences(backend, config_name, path):
@@ -169,7 +168,6 @@ def test_recomputation_keeps_less_and_gives_bitwise_the_same_gradients(fields):
 UPDATES_AND_READS = list(itertools.product(brainlike.ACT_UPDATES, brainlike.DECODER_READS))
 
 
-@pytest.mark.combinatorial
 @pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recompute"])
 @pytest.mark.parametrize("path", brainlike.PATHS)
 @pytest.mark.parametrize("act_update, decoder_reads", UPDATES_AND_READS)
@@ -183,7 +181,6 @@ def test_updates_and_reads_match_finite_differences(backend, act_update, decoder
                                  x, y)
 
 
-@pytest.mark.combinatorial
 @pytest.mark.parametrize("act_update, decoder_reads", UPDATES_AND_READS)
 def test_updates_and_reads_give_the_same_result_on_every_execution_option(
         backend, act_update, decoder_reads):
