@@ -22,7 +22,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402  (host-side window positions, as data.py)
 
-from .backends import BackendError, get_backend, quiet_float_warnings  # noqa: E402
+from .backends import BACKEND_NAMES, BackendError, get_backend, quiet_float_warnings  # noqa: E402
 from .checkpoint import CheckpointError  # noqa: E402
 from .cli import (EXIT_INTERRUPTED, OneLineParser, describe_os_error,  # noqa: E402
                   forgiving_streams, startup_over)
@@ -97,7 +97,7 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m brainlike_np.evaluate",
                       description="The loss of a checkpoint's model on a file, folder or "
                                   "glob, with the count-model baselines. Backend: "
-                                  "$BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
+                                  "$BRAINLIKE_BACKEND (" + ", ".join(BACKEND_NAMES) + ").")
     p.add_argument("--checkpoint", default="out/ckpt.npz",
                    help="any checkpoint the trainer writes: ckpt.npz, best.npz, "
                         "ckpt-STEP.npz (default out/ckpt.npz)")

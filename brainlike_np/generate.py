@@ -31,7 +31,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .backends import BackendError, get_backend  # noqa: E402
+from .backends import BACKEND_NAMES, BackendError, get_backend  # noqa: E402
 from .checkpoint import CheckpointError  # noqa: E402
 from .cli import (EXIT_INTERRUPTED, OneLineParser, describe_os_error,  # noqa: E402
                   open_missing_standard_fds, startup_over)
@@ -157,7 +157,7 @@ def _sampled(state, window: list, n_new: int, rng, temperature, top_k) -> Iterat
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m brainlike_np.generate",
                       description="Sample bytes from a trained checkpoint. Backend: "
-                                  "$BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
+                                  "$BRAINLIKE_BACKEND (" + ", ".join(BACKEND_NAMES) + ").")
     p.add_argument("--checkpoint", default="out/ckpt.npz", help="default out/ckpt.npz")
     p.add_argument("--prompt", default="def ",
                    help="text to continue, taken byte for byte (need not be UTF-8)")

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .backends import BACKEND_NAMES
 from .cli import OneLineParser
 from .config import flag
 from .data import open_regular_file
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m brainlike_np.train",
         description="Train a byte-level language model (the brain-like sparse model by "
-                    "default). Backend: $BRAINLIKE_BACKEND (numpy, cupy, array_api_strict).")
+                    "default). Backend: $BRAINLIKE_BACKEND (" + ", ".join(BACKEND_NAMES) + ").")
     p.add_argument("--model", type=_name, help=f"model: {', '.join(MODELS)} (default brainlike)")
     presets = "; ".join(f"{name}: {', '.join(model.PRESETS)}" for name, model in MODELS.items())
     p.add_argument("--preset", type=_name, help=f"named model config ({presets}) "
