@@ -94,8 +94,26 @@ def stage_kernels(ctx: Context, st: Stage) -> None:
     """Every hot-path op of every implementation on the device against the reference ops
     on NumPy, float32 and float64; the deadline is checked between cases."""
     backend = get_backend(ctx.backend, kernels="reference")
-    host_ref = ReferenceOps(numpy_namespace)
     impls = {"reference": backend.ops, **numba_impls(ctx)}
+    check_ops_against_numpy(ctx, backend, impls, st)
+    check_determinism(backend, impls, st)
+    check_out_of_range(ctx, st)
+
+
+def numba_impls(ctx: Context) -> dict:
+    if ctx.gpu:
+        from brainlike_np.backends.numba_cuda import NumbaCudaOps
+        return {"numba-cuda atomic": NumbaCudaOps(),
+                "numba-cuda deterministic": NumbaCudaOps(deterministic=True)}
+    from brainlike_np.backends.numba_cpu import NumbaCpuOps
+    return {"numba serial": NumbaCpuOps(), "numba parallel": NumbaCpuOps(parallel_min_work=0)}
+
+
+def check_ops_against_numpy(ctx: Context, backend, impls: dict, st: Stage) -> None:
+    """Each implementation of ``impls`` (name -> ops on ``backend``'s arrays) against the
+    reference ops on NumPy, over :func:`kernel_cases` in float32 and float64; the deadline
+    is checked between cases."""
+    host_ref = ReferenceOps(numpy_namespace)
     rng = np.random.default_rng(0)
     for dtype in ("float32", "float64"):
         for case, op, args in kernel_cases(ctx.sizes.kernels, dtype, rng):
@@ -108,17 +126,6 @@ def stage_kernels(ctx: Context, st: Stage) -> None:
                 error = max(relative_error(g, w) for g, w in zip(got, want))
                 st.check(f"{case}, {dtype}, {name}", error <= KERNEL_TOL[dtype],
                          f"error {error:.1e}")
-    check_determinism(backend, impls, st)
-    check_out_of_range(ctx, st)
-
-
-def numba_impls(ctx: Context) -> dict:
-    if ctx.gpu:
-        from brainlike_np.backends.numba_cuda import NumbaCudaOps
-        return {"numba-cuda atomic": NumbaCudaOps(),
-                "numba-cuda deterministic": NumbaCudaOps(deterministic=True)}
-    from brainlike_np.backends.numba_cpu import NumbaCpuOps
-    return {"numba serial": NumbaCpuOps(), "numba parallel": NumbaCpuOps(parallel_min_work=0)}
 
 
 def kernel_cases(s: dict, dtype: str, rng) -> list:
@@ -260,18 +267,7 @@ def stage_jax_gpu(ctx: Context, st: Stage) -> None:
     failed, where JAX or its GPU is not installed (the GPU image has no JAX) and in the
     dry run."""
     backend = jax_gpu_backend(ctx)
-    host_ref = ReferenceOps(numpy_namespace)
-    rng = np.random.default_rng(0)
-    for dtype in ("float32", "float64"):
-        for case, op, args in kernel_cases(ctx.sizes.kernels, dtype, rng):
-            ctx.deadline.check()
-            want = as_list(getattr(host_ref, op)(*args))
-            on_device = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a
-                              for a in args)
-            got = [backend.to_numpy(g) for g in as_list(getattr(backend.ops, op)(*on_device))]
-            error = max(relative_error(g, w) for g, w in zip(got, want))
-            st.check(f"{case}, {dtype}, jax on {backend.device}", error <= KERNEL_TOL[dtype],
-                     f"error {error:.1e}")
+    check_ops_against_numpy(ctx, backend, {f"jax on {backend.device}": backend.ops}, st)
     done = ctx.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                     "tests/test_jax.py"], limit=300,
                    env=ctx.env(BRAINLIKE_BACKEND="jax", BRAINLIKE_DEVICE="gpu"))

@@ -24,11 +24,10 @@ import sys
 
 import numpy as np
 
-import array_api_compat.numpy as numpy_namespace
 from brainlike_np.backends import get_backend
 from brainlike_np.backends.reference import ReferenceOps
 from gpu_report import Context, Skipped, Stage, errors, tail
-from gpu_stages import KERNEL_TOL, as_list, kernel_cases, relative_error
+from gpu_stages import check_ops_against_numpy
 from gpu_training import logged
 
 
@@ -59,21 +58,9 @@ def import_torch():
 
 def check_ops(ctx: Context, backend, st: Stage) -> None:
     """The kernels stage's cases on torch tensors, each implementation against NumPy."""
-    host_ref = ReferenceOps(numpy_namespace)
     impls = {"PyTorch native": backend.ops, "PyTorch native reproducible": backend.ops.reproducible(),
              "reference on PyTorch": ReferenceOps(backend.xp)}
-    rng = np.random.default_rng(0)
-    for dtype in ("float32", "float64"):
-        for case, op, args in kernel_cases(ctx.sizes.kernels, dtype, rng):
-            ctx.deadline.check()
-            want = as_list(getattr(host_ref, op)(*args))
-            on_device = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a
-                              for a in args)
-            for name, ops in impls.items():
-                got = [backend.to_numpy(g) for g in as_list(getattr(ops, op)(*on_device))]
-                error = max(relative_error(g, w) for g, w in zip(got, want))
-                st.check(f"{case}, {dtype}, {name}", error <= KERNEL_TOL[dtype],
-                         f"error {error:.1e}")
+    check_ops_against_numpy(ctx, backend, impls, st)
 
 
 def check_end_to_end(ctx: Context, device: str, st: Stage) -> None:

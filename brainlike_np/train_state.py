@@ -303,7 +303,7 @@ class TrainState:
                                 update(params, moments, *gradients(params, x, y), rates),
                                 donate_argnums=(0, 1), key=key)
         compiled_gradients = compile_step(gradients, key=key + ("gradients",))
-        compiled_update = compile_step(update, donate_argnums=(0, 1, 2, 3), key=key + ("update",))
+        compiled_update = compile_step(update, donate_argnums=(0, 1), key=key + ("update",))
 
         def step(params, moments, x, y, rates):
             size = x.shape[0] // n                       # x [n * b, T]: n micro-batches

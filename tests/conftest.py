@@ -9,6 +9,8 @@ import pytest
 from brainlike_np.backends import BACKEND_NAMES, backend_is_available, get_backend
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+# a small Python-like corpus that the trainer's tests train on (``corpus_file``)
+CORPUS_TEXT = b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60
 
 
 def load_bench_module(name: str):
@@ -63,6 +65,14 @@ def single_threaded_torch():
     (milliseconds an op: a test ran 50x slower)."""
     import torch
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """CORPUS_TEXT as a file, its path a str (as --data takes it)."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(CORPUS_TEXT)
+    return str(path)
 
 
 @pytest.fixture(params=["float32", "float64"])

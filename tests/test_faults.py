@@ -36,19 +36,12 @@ from brainlike_np.config import ConfigError
 from brainlike_np.train_state import TrainState
 from diskfull import disk_fills_up
 from npz import load_npz
+from conftest import CORPUS_TEXT as TEXT
 
-TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY = ["--preset", "tiny", "--eval-batches", "2"]
 TRAIN = [sys.executable, "-m", "brainlike_np.train"]
 AS_ROOT = os.geteuid() == 0
 ROOT_REASON = "runs as root: file permissions do not deny root"
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(TEXT)
-    return str(path)
 
 
 # ---- helpers -----------------------------------------------------------------------

@@ -10,16 +10,9 @@ import pytest
 import brainlike_np.generate as gen
 from brainlike_np import evaluate as ev
 from brainlike_np import train
+from conftest import CORPUS_TEXT as TEXT
 
-TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY = ["--preset", "tiny", "--eval-batches", "2"]
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(TEXT)
-    return str(path)
 
 
 def meta(path):

@@ -17,15 +17,7 @@ from brainlike_np.models import get_preset
 from brainlike_np.progress import warm_up
 from brainlike_np.train_state import TrainSettings, TrainState
 
-TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY = ["--preset", "tiny", "--eval-batches", "2", "--eval-every", "4"]
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(TEXT)
-    return str(path)
 
 
 def metrics(out_dir):

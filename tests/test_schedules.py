@@ -13,15 +13,7 @@ from brainlike_np.backends import get_backend
 from brainlike_np.optim import scheduled_lr
 from brainlike_np.train_state import TrainState
 
-TEXT = b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60
 TINY_RUN = ["--preset", "tiny", "--eval-every", "5", "--eval-batches", "2"]
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(TEXT)
-    return str(path)
 
 
 def run_main(argv, capsys):

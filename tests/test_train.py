@@ -13,16 +13,9 @@ import brainlike_np.generate as gen
 from brainlike_np import train
 from brainlike_np.train_state import TrainState
 from brainlike_np.backends import get_backend
+from conftest import CORPUS_TEXT as TEXT
 
-TEXT = (b"def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 60)
 TINY_RUN = ["--preset", "tiny", "--eval-every", "5", "--eval-batches", "2"]
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(TEXT)
-    return str(path)
 
 
 def run_main(argv, capsys):
