@@ -250,3 +250,25 @@ def test_a_vocabulary_smaller_than_the_data_is_one_error_line(tmp_path, nanogpt_
                                                 "--out-dir", str(tmp_path / "run")], capsys)
     assert code == 1 and f"holds token id {VOCAB - 1}, but the model's vocab_size is 300" in err
     assert err.count("\n") == 1 and not (tmp_path / "run" / "ckpt.npz").exists()
+
+
+def test_a_token_run_evaluates_in_tokens_through_the_command_and_the_library(
+        tmp_path, nanogpt_dir, capsys):
+    """The round trip of a token run's best.npz through evaluate: the command reads the
+    folder as the run did (uint16 ids, the data's vocabulary), reports nats per token
+    over every window, and agrees with the library function on the same split."""
+    from brainlike_np import evaluate
+    out = str(tmp_path / "o")
+    assert run_main(TINY_RUN + ["--data", str(nanogpt_dir), "--max-iters", "4",
+                                "--out-dir", out], capsys)[0] == 0
+    best = os.path.join(out, "best.npz")
+    assert evaluate.main(["--checkpoint", best, "--data", str(nanogpt_dir), "--split", "valid",
+                          "--max-windows", "0"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("valid:")][0]
+    state = TrainState.load(best, get_backend("numpy"))
+    corpus = data.open_corpus(str(nanogpt_dir))
+    expected = evaluate.evaluate_tokens(state, corpus.valid, max_windows=None)
+    context = state.cfg.context
+    assert expected.windows == expected.total == 701 - context
+    assert line.startswith(f"valid: {expected.loss:.4f} nats/token ")
+    assert f"all {expected.total:,} windows" in line
