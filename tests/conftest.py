@@ -4,6 +4,7 @@ array-api-strict, torch and jax (where installed) and (where a GPU is usable) cu
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from brainlike_np.backends import BACKEND_NAMES, backend_is_available, get_backend
@@ -73,6 +74,17 @@ def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes(CORPUS_TEXT)
     return str(path)
+
+
+@pytest.fixture(params=["int32", "int64"])
+def id_dtype(request):
+    """The ids' width: results must not depend on it."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
 
 
 @pytest.fixture(params=["float32", "float64"])

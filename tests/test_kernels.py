@@ -27,16 +27,6 @@ def ops(request):
     return NumbaCpuOps(parallel_min_work=float("inf") if request.param == "serial" else 0)
 
 
-@pytest.fixture(params=["int32", "int64"])
-def id_dtype(request):
-    return request.param
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def normal(rng, shape, dtype_name):
     return rng.standard_normal(shape).astype(dtype_name)
 

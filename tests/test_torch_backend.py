@@ -30,16 +30,6 @@ def one_thread():
     single_threaded_torch()
 
 
-@pytest.fixture(params=["int32", "int64"])
-def id_dtype(request):
-    return request.param
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def normal(rng, shape, dtype_name):
     return rng.standard_normal(shape).astype(dtype_name)
 
