@@ -2,7 +2,8 @@
 against finite differences, the activation update and decoder reads (issue 24's B and C)
 on both paths and with recompute, which parameters learn at init, what the random
 selection chooses, a shorter context, its config rules, checkpoints from before a field
-existed. The checks every model shares are in test_models.py."""
+existed, the forward's cache to the byte, the memory estimate above the traced peak.
+The checks every model shares are in test_models.py."""
 
 import itertools
 import json
@@ -313,3 +314,69 @@ def test_forward_flops_count_every_product_of_a_forward(monkeypatch, options):
                           cfg, backend.ops)
     zero_columns = 0 if cfg.path == "dense" else cfg.n_neurons - cfg.k_active
     assert counted[0] == brainlike.forward_flops(cfg, B) + 2 * B * zero_columns * cfg.vocab_size
+
+
+# ---------------------------------------------------------------------------------
+# memory: the forward's cache to the byte, the estimate above the measured peak
+# ---------------------------------------------------------------------------------
+# Sizes no two alike and none a power of two, the vocabulary's included, three steps;
+# together the configs make every term of kept_bytes nonzero and distinct somewhere
+# (one step or three, one read or several, and dense with one read, whose mean
+# activation is that read's own).
+MEMORY_SIZES = TINY.with_overrides(context=11, n_neurons=29, d_state=18, k_active=7, n_heads=3,
+                                   vocab_size=97, n_steps=3)
+MEMORY_CONFIGS = {
+    "sparse": {},
+    "sparse-residual-all": {"act_update": "residual", "decoder_reads": "all"},
+    "sparse-recompute-all": {"recompute": True, "decoder_reads": "all"},
+    "sparse-recompute-one-step": {"recompute": True, "n_steps": 1},
+    "sparse-no-steps-no-read": {"n_steps": 0, "input_read": False},
+    "sparse-random": {"selection": "random"},
+    "dense": {"path": "dense"},
+    "dense-residual-all": {"path": "dense", "act_update": "residual", "decoder_reads": "all"},
+    "dense-recompute": {"path": "dense", "recompute": True},
+    "dense-no-steps-all": {"path": "dense", "n_steps": 0, "decoder_reads": "all"},
+    "dense-one-step-all-no-read": {"path": "dense", "n_steps": 1, "decoder_reads": "all",
+                                   "input_read": False},
+    "dense-random": {"path": "dense", "selection": "random"},
+}
+
+
+def buffer_bytes(cache, skip) -> int:
+    """Bytes of the distinct buffers of the NumPy arrays in ``cache`` (nested tuples,
+    NamedTuples, lists and dicts): a view counts as the whole buffer it belongs to, once;
+    the buffers of the arrays in ``skip`` not at all. Anything else but a number or None
+    is an error, so a new kind of container cannot hide arrays."""
+    def buffer(a):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    skipped = {id(buffer(a)) for a in skip}
+    found, stack = {}, [cache]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            if id(buffer(item)) not in skipped:
+                found[id(buffer(item))] = buffer(item).nbytes
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, (int, float)):
+            raise TypeError(f"{type(item).__name__} in the cache")
+    return sum(found.values())
+
+
+@pytest.mark.parametrize("dtype, itemsize", [("float32", 4), ("float64", 8)])
+@pytest.mark.parametrize("name", list(MEMORY_CONFIGS))
+def test_kept_bytes_are_the_bytes_of_the_forwards_cache(name, dtype, itemsize):
+    """``kept_bytes`` is what the cache that ``forward`` hands the backward holds, to
+    the byte: its distinct buffers, walked (the parameters and the tokens aside)."""
+    backend = get_backend("numpy")
+    cfg = MEMORY_SIZES.with_overrides(**MEMORY_CONFIGS[name])
+    params = brainlike.init_params(cfg, backend, seed=0, dtype=dtype)
+    x, _ = device_batch(backend, cfg, batch_size=13)
+    _, cache = brainlike.forward(params, x, cfg, backend.ops)
+    assert buffer_bytes(cache, skip=[*params.values(), x]) == \
+        brainlike.kept_bytes(cfg, 13, itemsize)

@@ -157,6 +157,53 @@ def forward_flops(cfg: Config, batch_size: int) -> int:
     return read + cfg.n_steps * step + decode
 
 
+ID_ITEMSIZE = 8    # the active neurons' ids idx: int64, as topk gives them
+
+
+def step_cache_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
+    """One interaction step's cache, its input state aside (the read's output or the
+    previous step's new state): the input's inverse norm [B, M, 1], q, k, v [B, M, D]
+    (as heads), each head's log-sum-exp [B, h, M], the message, the tanh and the new
+    state [B, M, D], the readout [B, M] and the key mask [B, M] (bool)."""
+    M = cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    state, act = batch_size * M * cfg.d_state, batch_size * M
+    return itemsize * (6 * state + (2 + cfg.n_heads) * act) + act
+
+
+def kept_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
+    """Exactly the bytes of the distinct arrays that ``forward``'s cache holds for the
+    backward (on numpy): an array held in several places once (a step's new state is
+    the next step's input), not the parameters (the dense path holds U and P's rows,
+    views of them) nor the tokens x."""
+    B, T, N, D, k, S = (batch_size, cfg.context, cfg.n_neurons, cfg.d_state, cfg.k_active,
+                        cfg.n_steps)
+    sparse = cfg.path == "sparse"
+    M = k if sparse else N
+    state, context, act = B * M * D, B * T * D, B * M      # [B, M, D], [B, T, D], [B, M]
+    reads = S + 1 if cfg.decoder_reads == "all" else 1
+    # the encoder's a [B, M]; sparse: the U rows [B, k, D] (and idx [B, k], below);
+    # dense: E's rows [B, T, N], sigmoid(z) and the selection [B, N]
+    floats = act + (state if sparse else B * T * N + 2 * B * N)
+    if cfg.act_update == "residual":
+        floats += act                                      # z [B, M]
+    floats += state                                        # the read's output H
+    if cfg.input_read:
+        # H0 and the queries q [B, M, D], H0's inverse norm and each head's log-sum-exp;
+        # the context Etok[x] + Epos, its keys and values [B, T, D], its inverse norm
+        floats += 2 * state + (1 + cfg.n_heads) * act + 3 * context + B * T
+    steps = 0
+    if cfg.recompute:
+        floats += S * (state + act)                        # each later step's input H, a
+    else:
+        steps = S * step_cache_bytes(cfg, B, itemsize)
+        if not sparse:    # a step's readout times the selection [B, N], if decoded
+            floats += (S if cfg.decoder_reads == "all" else min(S, 1)) * act
+    # the decoder: each read's inverse norm [B, M], the pooled mean [B, D], the mean
+    # activation over all N [B, N] (dense with one read: that read's a, counted)
+    floats += reads * act + B * D + (B * N if sparse or reads > 1 else 0)
+    return itemsize * floats + steps + (ID_ITEMSIZE * B * k if sparse else 0)
+
+
 def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     """An upper estimate of a training step's memory beyond the parameters, their
     gradients and AdamW's moments, from the shapes: what the backward keeps (see the
