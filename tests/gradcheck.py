@@ -121,9 +121,9 @@ def device_batch(backend, cfg, batch_size=3, seed=0):
     return backend.asarray(x), backend.asarray(y)
 
 
-def measured_activation_bytes(backend, model, cfg, batch_size):
+def measured_activation_bytes(backend, model, cfg, batch_size, dtype="float32"):
     """Traced peak of one loss_and_grads above the parameters, less its gradients."""
-    params = model.init_params(cfg, backend, seed=0)
+    params = model.init_params(cfg, backend, seed=0, dtype=dtype)
     x, y = device_batch(backend, cfg, batch_size=batch_size)
     model.loss_and_grads(params, x, y, cfg, backend.ops)              # warm-up (JIT caches)
     backend.memory.reset_peak()

@@ -215,11 +215,13 @@ def test_a_chain_of_resumes_continues_exactly(backend, dtype_name, model_name, t
 @pytest.mark.parametrize("batch_size", [128, 512])
 def test_activation_estimate_bounds_the_measured_peak(model_name, options, batch_size):
     """Above the measured peak (so the trainer never lets a run through that cannot
-    fit) and within 3x of it (so it refuses nothing that would); at the tiny preset,
-    with batches large enough that arrays, not Python objects, fill the memory."""
+    fit) and within 2x of it (so it refuses few runs that would); at the tiny preset,
+    with batches large enough that arrays, not Python objects, fill the memory. (At
+    the brain-like dense path the most: 1.78x, the attention scores it counts for the
+    reference attention, which the kernels measured here never form.)"""
     backend = get_backend("numpy")
     model = get_model(model_name)
     cfg = get_preset(model_name, "tiny").with_overrides(**options)
     measured = measured_activation_bytes(backend, model, cfg, batch_size)
     estimate = model.activation_bytes(cfg, batch_size, itemsize=4)
-    assert measured <= estimate <= 3 * measured, (measured, estimate)
+    assert measured <= estimate <= 2 * measured, (measured, estimate)

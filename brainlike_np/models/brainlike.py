@@ -204,22 +204,36 @@ def kept_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     return itemsize * floats + steps + (ID_ITEMSIZE * B * k if sparse else 0)
 
 
+def transient_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
+    """An upper bound of what a training step holds at once beyond ``kept_bytes``: the
+    largest working set of its phases, counted from the code and checked against numpy's
+    traced peak (tests/test_brainlike.py). The reference attention (torch, jax, numpy
+    without SciPy) forms three ``[B, h, M, M or T]`` score arrays at once, the kernels
+    none. With recompute each phase may also hold a redone step's cache (the backward
+    keeps the last one redone until it ends)."""
+    B, T, D, h = batch_size, cfg.context, cfg.d_state, cfg.n_heads
+    M = cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    state, context, logits = B * M * D, B * T * D, B * cfg.vocab_size
+    # the cross-entropy: the logits, four temporaries and the one-hot mask [B, V], a few
+    # [B, 1]; then the backward holds the logits and their gradient [B, V] and one of:
+    loss = 6 * logits
+    layers = 6 * state                  # the decoder's backward or the encoder's
+    if cfg.path == "dense":
+        layers += B * T * cfg.n_neurons                    # with dE's [B, T, N]
+    if cfg.n_steps:                     # a step's, with its scores [B, h, M, M]
+        layers = max(layers, 14 * state + 3 * B * h * M * M)
+    if cfg.input_read:                  # the input read's, with its scores [B, h, M, T]
+        layers = max(layers, 5 * state + 6 * context + 3 * B * h * M * T)
+    redone = step_cache_bytes(cfg, B, itemsize) if cfg.recompute else 0
+    return max(itemsize * loss, itemsize * (2 * logits + layers) + redone)
+
+
 def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     """An upper estimate of a training step's memory beyond the parameters, their
-    gradients and AdamW's moments, from the shapes: what the backward keeps (see the
-    module docstring) plus its largest transient. The trainer refuses runs that cannot
-    fit by it; a test holds it above the measured peak."""
-    B, T, N, D, k = batch_size, cfg.context, cfg.n_neurons, cfg.d_state, cfg.k_active
-    M = k if cfg.path == "sparse" else N
-    state, context = B * M * D, B * T * D                  # one [B, M, D], one [B, T, D]
-    per_step = state if cfg.recompute else 6 * state
-    kept = 6 * context + 6 * state + cfg.n_steps * per_step + 4 * B * (N + cfg.vocab_size)
-    if cfg.path == "dense":
-        kept += 3 * B * T * N                              # the gathered E rows
-    if cfg.decoder_reads == "all":
-        kept += (cfg.n_steps + 1) * 3 * B * M              # each read's a, inverse norm
-    scores = B * cfg.n_heads * M * max(M, T)               # one [B, h, M, M or T]
-    return itemsize * (kept + 3 * scores + 10 * state)
+    gradients and AdamW's moments, from the shapes: what the backward keeps plus its
+    largest transient. The trainer refuses runs that cannot fit by it; a test holds it
+    above the measured peak."""
+    return kept_bytes(cfg, batch_size, itemsize) + transient_bytes(cfg, batch_size, itemsize)
 
 
 # ---------------------------------------------------------------------------------
