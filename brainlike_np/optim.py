@@ -25,6 +25,7 @@ The update is the textbook one, arranged for fewer passes (as PyTorch's is):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -299,7 +300,9 @@ def scheduled_lr(schedule: str, step: int, base_lr: float, warmup: int, max_step
     """The rate of step ``step`` (0-based): a linear warmup over ``warmup`` steps, then
     ``schedule`` down to ``min_ratio * base_lr`` at ``max_steps``: ``cosine``; ``linear``;
     ``constant`` (no decay); ``wsd`` (warmup-stable-decay: the peak rate until the last
-    ``decay_fraction`` of ``max_steps``, then a linear decay)."""
+    ``decay_fraction`` of ``max_steps``, then a linear decay). TypeError or ValueError
+    naming an argument out of its range."""
+    _check_schedule(schedule, step, base_lr, warmup, max_steps, min_ratio, decay_fraction)
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
     if schedule == "constant":
@@ -312,6 +315,23 @@ def scheduled_lr(schedule: str, step: int, base_lr: float, warmup: int, max_step
         cosine = math.cos(math.pi * progress)
         return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + cosine))
     return base_lr * (min_ratio + (1.0 - min_ratio) * (1.0 - progress))    # linear, wsd
+
+
+def _check_schedule(schedule, step, base_lr, warmup, max_steps, min_ratio, decay_fraction):
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    for name, value, least in (("step", step, 0), ("warmup", warmup, 0),
+                               ("max_steps", max_steps, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    for name, value, most in (("base_lr", base_lr, math.inf), ("min_ratio", min_ratio, 1.0),
+                              ("decay_fraction", decay_fraction, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not (math.isfinite(value) and 0.0 <= value <= most):
+            raise ValueError(f"{name} must be finite and in [0, {most}], got {value}")
 
 
 def continued_lr(new_lr: float, step: int, since: int, last_lr: float, steps: int) -> float:

@@ -45,6 +45,39 @@ def test_each_schedule_has_its_shape():
     assert cosine == pytest.approx(lr * (0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi * 23 / 46))))
 
 
+
+def test_a_schedule_named_by_an_equal_string_is_the_same_schedule():
+    """Names read from a command line or a checkpoint are equal to the literals, not the
+    same objects: the schedule is chosen by equality."""
+    for name in ("cosine", "linear", "constant", "wsd"):
+        copy = "".join(list(name))
+        assert copy == name and copy is not name
+        assert [scheduled_lr(copy, s, 1.0, 3, 29, 0.25, 0.4) for s in range(31)] == \
+            [scheduled_lr(name, s, 1.0, 3, 29, 0.25, 0.4) for s in range(31)]
+
+
+@pytest.mark.parametrize("arguments, error, expected", [
+    ({"schedule": "cosin"}, ValueError, "schedule must be one of cosine, linear"),
+    ({"schedule": None}, ValueError, "schedule must be one of"),
+    ({"step": -1}, ValueError, "step must be at least 0, got -1"),
+    ({"step": 2.0}, TypeError, "step must be an integer, got 2.0"),
+    ({"warmup": -1}, ValueError, "warmup must be at least 0, got -1"),
+    ({"warmup": True}, TypeError, "warmup must be an integer, got True"),
+    ({"max_steps": 0}, ValueError, "max_steps must be at least 1, got 0"),
+    ({"base_lr": -0.5}, ValueError, "base_lr must be finite and in [0, inf], got -0.5"),
+    ({"base_lr": math.nan}, ValueError, "base_lr must be finite"),
+    ({"base_lr": "3e-3"}, TypeError, "base_lr must be a number, got '3e-3'"),
+    ({"min_ratio": 1.5}, ValueError, "min_ratio must be finite and in [0, 1.0], got 1.5"),
+    ({"decay_fraction": -0.1}, ValueError, "decay_fraction must be finite and in [0, 1.0]"),
+])
+def test_bad_schedule_arguments_are_refused_by_name(arguments, error, expected):
+    good = {"schedule": "wsd", "step": 4, "base_lr": 1e-3, "warmup": 2, "max_steps": 17,
+            "min_ratio": 0.1, "decay_fraction": 0.2}
+    with pytest.raises(error) as caught:
+        scheduled_lr(**{**good, **arguments})
+    assert str(caught.value).startswith(expected)
+    assert scheduled_lr(**good) == 1e-3        # the same call with good arguments runs
+
 def test_the_trainer_follows_the_schedule_flag(tmp_path, corpus_file, capsys):
     out_dir = str(tmp_path / "run")
     assert run_main(TINY_RUN + ["--data", corpus_file, "--max-iters", "10", "--warmup", "2",
