@@ -7,6 +7,7 @@ peak). The checks every model shares are in test_models.py."""
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,6 +133,8 @@ def test_a_shorter_context_than_trained_works(backend):
     ({"d_state": 0}, "d_state must be positive"),
     ({"n_steps": -1}, "n_steps must be 0 or more"),
     ({"tau": float("nan")}, "tau must be in [0, 1)"),
+    ({"tau": -0.01}, "tau must be in [0, 1), got -0.01"),
+    ({"tau": 1.0}, "tau must be in [0, 1), got 1.0"),
     ({"path": "bogus"}, "unknown path 'bogus'; choose one of: sparse, dense"),
     ({"selection": "top"}, "unknown selection 'top'; choose one of: learned, random"),
     ({"input_read": 0}, "input_read must be of type bool, got 0"),
@@ -249,6 +252,63 @@ def test_presets_keep_the_note_model_one_flag_away():
     assert presets["default"] == presets["note"].with_overrides(
         n_steps=1, act_update="residual", decoder_reads="all")
 
+
+
+def test_presets_are_the_table_of_the_training_docs():
+    """docs/training.md lists each preset's sizes and batch: the table and the code agree."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")) as f:
+        rows = [line.strip("|\n").split("|") for line in f if line.startswith("| `")]
+    columns = ("context", "n_neurons", "d_state", "k_active", "n_steps", "n_heads", "tau",
+               "act_update", "decoder_reads", "vocab_size", "batch")
+    table = {}
+    for name, *cells in ([c.strip().strip("`") for c in row] for row in rows):
+        values = {k: v if k in ("act_update", "decoder_reads") else float(v) if k == "tau"
+                  else int(v) for k, v in zip(columns, cells, strict=True)}
+        table[name] = values
+    assert set(table) == set(brainlike.PRESETS) == set(brainlike.BATCH_SIZES)
+    for name, cfg in brainlike.PRESETS.items():
+        expected = {**table[name]}
+        assert brainlike.BATCH_SIZES[name] == expected.pop("batch"), name
+        assert cfg == brainlike.Config(**expected), name    # the other fields: defaults
+        assert (cfg.path, cfg.input_read, cfg.selection) == ("sparse", True, "learned")
+
+
+@pytest.mark.parametrize("fields", [{}, {"path": "dense"}, brainlike.REFINE_MODEL])
+def test_choices_read_as_new_strings_choose_the_same_model(fields):
+    """Choices read from a command line or a checkpoint are equal to the code's literals,
+    not the same objects: the model chooses by equality."""
+    backend = get_backend("numpy")
+    cfg = TINY.with_overrides(**fields)
+    copied = brainlike.Config(**{k: "".join(list(v)) if isinstance(v, str) else v
+                                 for k, v in cfg.to_dict().items()})
+    assert copied == cfg and copied.path is not cfg.path
+    params = brainlike.init_params(cfg, backend, seed=3)
+    x, y = device_batch(backend, cfg, batch_size=5)
+    loss, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
+    loss_copied, grads_copied = brainlike.loss_and_grads(params, x, y, copied, backend.ops)
+    assert loss_copied == loss
+    for name, g in grads.items():
+        np.testing.assert_array_equal(grads_copied[name], g, err_msg=name)
+
+
+def test_initial_parameters_follow_the_documented_distributions():
+    """E, U, Etok, Epos ~ N(0, 1); P ~ N(0, 1/T); W_dec ~ N(0, 0.02^2); Wo, Wo_x, the
+    biases and b_a zero; the RMSNorm gains one; every other matrix or vector N(0, 1/fan_in)
+    with fan_in its first axis. Sizes large and distinct enough that a sample's standard
+    deviation is within a few percent and every fan-in differs from the other axis."""
+    cfg = brainlike.Config(vocab_size=301, context=37, n_neurons=230, d_state=66, k_active=9,
+                           n_heads=3, n_steps=1, act_update="residual")
+    params = brainlike.init_params(cfg, get_backend("numpy"), seed=5, dtype="float64")
+    for name, p in params.items():
+        if name.startswith("g"):
+            np.testing.assert_array_equal(p, 1.0, err_msg=name)
+        elif name in ("Wo", "Wo_x", "w_a") or name.startswith("b"):
+            np.testing.assert_array_equal(p, 0.0, err_msg=name)
+        else:
+            std = {"E": 1.0, "U": 1.0, "Etok": 1.0, "Epos": 1.0, "P": 37 ** -0.5,
+                   "W_dec": 0.02}.get(name, p.shape[0] ** -0.5)
+            assert abs(p.mean()) < 4 * std / p.size ** 0.5, name
+            assert p.std() == pytest.approx(std, rel=0.06), (name, p.shape, p.std())
 
 def test_a_checkpoint_written_before_the_fields_existed_loads_as_the_note_model(tmp_path):
     """A checkpoint whose config has no act_update or decoder_reads (as every checkpoint
