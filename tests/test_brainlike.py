@@ -310,6 +310,17 @@ def test_initial_parameters_follow_the_documented_distributions():
             assert abs(p.mean()) < 4 * std / p.size ** 0.5, name
             assert p.std() == pytest.approx(std, rel=0.06), (name, p.shape, p.std())
 
+
+def test_init_params_defaults_to_seed_0_in_float32():
+    backend = get_backend("numpy")
+    default = brainlike.init_params(TINY, backend)
+    explicit = brainlike.init_params(TINY, backend, seed=0, dtype="float32")
+    other = brainlike.init_params(TINY, backend, seed=1)
+    for name, p in default.items():
+        assert p.dtype == np.float32, name
+        np.testing.assert_array_equal(p, explicit[name], err_msg=name)
+    assert any(not np.array_equal(p, other[n]) for n, p in default.items())
+
 def test_a_checkpoint_written_before_the_fields_existed_loads_as_the_note_model(tmp_path):
     """A checkpoint whose config has no act_update or decoder_reads (as every checkpoint
     written before them) loads with "replace" and "last", and gives the same loss, bit
