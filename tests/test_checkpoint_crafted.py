@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from brainlike_np import CheckpointError, TrainSettings, TrainState, get_backend, get_preset
-from brainlike_np.checkpoint import (FORMAT, META_KEY, READ_CHUNK, CheckpointFile,
-                                     save_npz_atomic)
+from brainlike_np.checkpoint import (FORMAT, MAX_META_BYTES, MAX_NPY_HEADER_BYTES, META_KEY,
+                                     READ_CHUNK, CheckpointFile, save_npz_atomic)
 from brainlike_np.data import random_batch
 from npz import load_npz
 
@@ -209,3 +209,27 @@ def test_a_replaced_checkpoint_keeps_its_permissions_but_no_special_bits(saved, 
     saved[1].save(str(path))
     assert stat.S_IMODE(os.stat(path).st_mode) == kept
     assert load_npz(path)[1]["step"] == 1
+
+
+def test_a_meta_entry_over_the_limit_is_refused_by_its_declared_size(saved, tmp_path):
+    """The reader checks meta.json's declared size before it reads it (so a crafted file
+    costs no memory), at the largest meta the writer can make plus its .npy header."""
+    limit = MAX_META_BYTES + MAX_NPY_HEADER_BYTES
+    entries = raw_entries(saved[0])
+    header = len(npy_bytes(np.zeros(0, dtype=np.uint8)))
+    entries[META_KEY] = npy_bytes(np.zeros(limit + 1 - header, dtype=np.uint8))
+    assert len(entries[META_KEY]) == limit + 1
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", f"{META_KEY} declares {limit + 1} bytes, more than {limit}")
+
+
+@pytest.mark.parametrize("name, reason", [("x" * 300 + ".npz", "File name too long"),
+                                          ("ckpt.npz/inside.npz", "Not a directory")])
+def test_a_checkpoint_path_that_cannot_be_opened_is_one_error(saved, tmp_path, name, reason):
+    """Not missing, not another kind of file: the system's reason, named (root reads
+    every file, so these stand for a permission error in CI)."""
+    (tmp_path / "ckpt.npz").write_bytes(b"")
+    path = str(tmp_path / name)
+    with pytest.raises(CheckpointError, match=f"cannot be read \\({reason}\\)") as caught:
+        CheckpointFile(path)
+    assert path in str(caught.value)
