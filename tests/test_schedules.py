@@ -10,7 +10,7 @@ import pytest
 
 from brainlike_np import train
 from brainlike_np.backends import get_backend
-from brainlike_np.optim import scheduled_lr
+from brainlike_np.optim import continued_lr, scheduled_lr
 from brainlike_np.train_state import TrainState
 
 TINY_RUN = ["--preset", "tiny", "--eval-every", "5", "--eval-batches", "2"]
@@ -55,6 +55,19 @@ def test_a_schedule_named_by_an_equal_string_is_the_same_schedule():
         assert [scheduled_lr(copy, s, 1.0, 3, 29, 0.25, 0.4) for s in range(31)] == \
             [scheduled_lr(name, s, 1.0, 3, 29, 0.25, 0.4) for s in range(31)]
 
+
+
+@pytest.mark.parametrize("since, steps", [(3, 8), (11, 4), (5, 1)])
+def test_a_continuation_moves_in_equal_steps_from_the_last_rate(since, steps):
+    """From step ``since`` the rate moves from the last one used to the new schedule's
+    in ``steps`` equal steps, however the two compare (a continuation longer than the
+    step it starts at included), and is the new schedule's outside them."""
+    last, new = 0.9, 0.2
+    got = [continued_lr(new, s, since, last, steps) for s in range(since + steps + 3)]
+    assert got[:since] == [new] * since
+    ramp = [last + (new - last) * (i + 1) / steps for i in range(steps)]
+    assert got[since:since + steps] == pytest.approx(ramp, rel=1e-15)
+    assert got[since + steps:] == [new] * 3
 
 @pytest.mark.parametrize("arguments, error, expected", [
     ({"schedule": "cosin"}, ValueError, "schedule must be one of cosine, linear"),
