@@ -196,9 +196,10 @@ def test_cross_entropy_backward_scales_by_a_python_number(backend):
     _, cache = L.cross_entropy_forward(backend.asarray(logits), backend.asarray(targets))
     probs = np.exp(logits) / np.sum(np.exp(logits), axis=-1, keepdims=True)
     gradient = (probs - np.eye(5)[targets]) / 3                        # [B, V]
-    for dloss in (1, 1.0, 0.25, -2.0, 3):
+    for dloss in (1, 1.0, 0.25, -2.0, 2, 2.0, 3):
         np.testing.assert_allclose(backend.to_numpy(L.cross_entropy_backward(dloss, cache)),
                                    dloss * gradient, rtol=1e-12, atol=1e-15)
+    assert L.cross_entropy_backward(1, cache) is cache       # the trainer's 1 costs nothing
 
 
 def test_cross_entropy_is_stable_for_large_logits(backend):
