@@ -85,9 +85,10 @@ def annotation_spans(path: str) -> list:
     return [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in spans]
 
 
-def prepare(db_path: Path, source: str, stride: int) -> None:
-    """Mark skipped: mutants inside annotations, and all but every ``stride``-th of the
-    others (in their order in the file)."""
+def prepare(db_path: Path, source: str, stride: int, only: list) -> None:
+    """Mark skipped: mutants outside the functions or classes named in ``only`` (if
+    any), mutants inside annotations, and all but every ``stride``-th of the others (in
+    their order in the file)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
     spans = annotation_spans(source)
@@ -95,10 +96,12 @@ def prepare(db_path: Path, source: str, stride: int) -> None:
         items = sorted(db.pending_work_items, key=lambda w: (
             tuple(w.mutations[0].start_pos), w.mutations[0].operator_name,
             w.mutations[0].occurrence))
+        outside = [w for w in items if only and w.mutations[0].definition_name not in only]
+        items = [w for w in items if w not in outside]
         inside = [w for w in items
                   if any(s <= tuple(w.mutations[0].start_pos) < e for s, e in spans)]
         rest = [w for w in items if w not in inside]
-        for reason, skipped in (("annotation", inside),
+        for reason, skipped in (("not chosen", outside), ("annotation", inside),
                                 ("sampled out", [w for i, w in enumerate(rest) if i % stride])):
             db.set_multiple_results([w.job_id for w in skipped], WorkResult(
                 worker_outcome=WorkerOutcome.SKIPPED, output=reason))
@@ -126,7 +129,7 @@ def cosmic_ray(*args) -> None:
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *map(str, args)], check=True)
 
 
-def mutate(module: str, stride: int) -> None:
+def mutate(module: str, stride: int, only: list) -> None:
     if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                       capture_output=True, text=True, check=True).stdout:
         sys.exit("error: this checkout has changes, and cosmic-ray edits the module in "
@@ -140,7 +143,7 @@ def mutate(module: str, stride: int) -> None:
                    + tests, env=dict(os.environ, TESTMON_DATAFILE=str(testmon_file(module))),
                    check=True, stdout=subprocess.DEVNULL)
     cosmic_ray("init", write_config(module, whole=False), db)
-    prepare(db, source, stride)
+    prepare(db, source, stride, only)
     cosmic_ray("exec", write_config(module, whole=False), db)
     print(f"{forget_survivors(db)} survivors run again with the whole selection")
     cosmic_ray("exec", write_config(module, whole=True), db)
@@ -168,6 +171,9 @@ def main(argv=None) -> None:
     parser.add_argument("module", choices=sorted(MODULES))
     parser.add_argument("--stride", type=int, default=1,
                         help="run every N-th mutant only (default: all)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="mutate only these functions or classes (e.g. the ones you "
+                             "changed)")
     parser.add_argument("--report", action="store_true",
                         help="print the counts and survivors of the last run only")
     parser.add_argument("--test", action="store_true", help=argparse.SUPPRESS)
@@ -179,7 +185,7 @@ def main(argv=None) -> None:
         return report(Path("mutation", f"{args.module}.sqlite"))
     if args.stride < 1:
         parser.error(f"--stride must be at least 1, got {args.stride}")
-    mutate(args.module, args.stride)
+    mutate(args.module, args.stride, args.only)
 
 
 if __name__ == "__main__":
