@@ -27,7 +27,9 @@ TINY = brainlike.PRESETS["tiny"]
 # tau = 0.5 masks about half the keys at init, so the masked paths are exercised
 CONFIGS = {"tiny-masking": TINY.with_overrides(tau=0.5), "no-steps": TINY.with_overrides(n_steps=0),
            "no-input-read": TINY.with_overrides(input_read=False),
-           "random-selection": TINY.with_overrides(selection="random", tau=0.5)}
+           "random-selection": TINY.with_overrides(selection="random", tau=0.5),
+           # two states decoded (a mean over 2: the default preset's count)
+           "one-step-all-reads": TINY.with_overrides(n_steps=1, decoder_reads="all", tau=0.5)}
 # the parameters of the input read (the active neurons' attention to the context)
 READ_PARAMS = {"Wq_x", "Wk_x", "Wv_x", "Wo_x", "g_x", "g_t", "Epos", "Etok"}
 
@@ -241,6 +243,30 @@ def test_without_steps_the_update_and_the_reads_change_nothing(backend):
         assert loss(**fields) != pytest.approx(loss(), rel=1e-6), fields
 
 
+@pytest.mark.parametrize("n_steps", [1, 2])
+def test_reading_every_state_of_an_unchanging_run_reads_that_state(n_steps):
+    """Steps that change nothing (a zero update, and a residual activation whose readout
+    is zero) leave S + 1 equal states: their mean, which decoder_reads="all" decodes,
+    is that state, so the logits are those of decoder_reads="last"."""
+    backend = get_backend("numpy")
+    cfg = TINY.with_overrides(n_steps=n_steps, act_update="residual")
+    params = perturbed_params(backend, brainlike, cfg, seed=4)
+    for name in ("W_u", "b_u", "w_a", "b_a"):
+        params[name] = params[name] * 0.0
+    x, _ = device_batch(backend, cfg, batch_size=5, seed=6)
+    last = brainlike.next_logits(params, x, cfg, backend.ops)
+    every = brainlike.next_logits(params, x, cfg.with_overrides(decoder_reads="all"), backend.ops)
+    np.testing.assert_allclose(every, last, rtol=1e-12, atol=1e-12)
+
+
+def test_execution_options_are_the_values_other_than_the_defaults():
+    """The options the tests and benches run besides the default (the dense path, the
+    recomputed steps) each change how a step runs."""
+    default = brainlike.Config()
+    for name, values in brainlike.EXECUTION_OPTIONS.items():
+        assert values and all(v != getattr(default, name) for v in values), name
+
+
 def test_presets_keep_the_note_model_one_flag_away():
     """note and seed are the design note's model (replace, last); note is the default
     before issue 24, field for field (the config a checkpoint without the new fields
@@ -287,6 +313,9 @@ def test_choices_read_as_new_strings_choose_the_same_model(fields):
     loss, grads = brainlike.loss_and_grads(params, x, y, cfg, backend.ops)
     loss_copied, grads_copied = brainlike.loss_and_grads(params, x, y, copied, backend.ops)
     assert loss_copied == loss
+    for estimate in (brainlike.kept_bytes, brainlike.activation_bytes):
+        assert estimate(copied, 7, 4) == estimate(cfg, 7, 4), estimate.__name__
+    assert brainlike.forward_flops(copied, 7) == brainlike.forward_flops(cfg, 7)
     for name, g in grads.items():
         np.testing.assert_array_equal(grads_copied[name], g, err_msg=name)
 
