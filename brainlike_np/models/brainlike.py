@@ -214,9 +214,11 @@ def transient_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     B, T, D, h = batch_size, cfg.context, cfg.d_state, cfg.n_heads
     M = cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
     state, context, logits = B * M * D, B * T * D, B * cfg.vocab_size
-    # the cross-entropy: the logits, four temporaries and the one-hot mask [B, V], a few
-    # [B, 1]; then the backward holds the logits and their gradient [B, V] and one of:
-    loss = 6 * logits
+    # the cross-entropy: the logits, three temporaries and its result [B, V] in floats, the
+    # one-hot mask [B, V] in bools (a byte each, not a float: counted as one it left the
+    # bound 1.24x the traced peak where this term decides), a few [B, 1]; then the
+    # backward holds the logits and their gradient [B, V] and one of:
+    loss = itemsize * 5 * logits + logits
     layers = 6 * state                  # the decoder's backward or the encoder's
     if cfg.path == "dense":
         layers += B * T * cfg.n_neurons                    # with dE's [B, T, N]
@@ -225,7 +227,7 @@ def transient_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     if cfg.input_read:                  # the input read's, with its scores [B, h, M, T]
         layers = max(layers, 5 * state + 6 * context + 3 * B * h * M * T)
     redone = step_cache_bytes(cfg, B, itemsize) if cfg.recompute else 0
-    return max(itemsize * loss, itemsize * (2 * logits + layers) + redone)
+    return max(loss, itemsize * (2 * logits + layers) + redone)
 
 
 def activation_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
