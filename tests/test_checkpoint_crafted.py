@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import zipfile
 
@@ -17,7 +18,8 @@ import pytest
 
 from brainlike_np import CheckpointError, TrainSettings, TrainState, get_backend, get_preset
 from brainlike_np.checkpoint import (FORMAT, MAX_META_BYTES, MAX_NPY_HEADER_BYTES, META_KEY,
-                                     READ_CHUNK, CheckpointFile, save_npz_atomic)
+                                     READ_CHUNK, CheckpointFile, save_checkpoint,
+                                     save_npz_atomic)
 from brainlike_np.data import random_batch
 from npz import load_npz
 
@@ -211,16 +213,20 @@ def test_a_replaced_checkpoint_keeps_its_permissions_but_no_special_bits(saved, 
     assert load_npz(path)[1]["step"] == 1
 
 
-def test_a_meta_entry_over_the_limit_is_refused_by_its_declared_size(saved, tmp_path):
+@pytest.mark.parametrize("extra", [1, 0])
+def test_a_meta_entry_over_the_limit_is_refused_by_its_declared_size(saved, tmp_path, extra):
     """The reader checks meta.json's declared size before it reads it (so a crafted file
-    costs no memory), at the largest meta the writer can make plus its .npy header."""
+    costs no memory), at the largest meta the writer can make plus its .npy header; an
+    entry of that size exactly is read, and refused for holding more than a meta may."""
     limit = MAX_META_BYTES + MAX_NPY_HEADER_BYTES
     entries = raw_entries(saved[0])
     header = len(npy_bytes(np.zeros(0, dtype=np.uint8)))
-    entries[META_KEY] = npy_bytes(np.zeros(limit + 1 - header, dtype=np.uint8))
-    assert len(entries[META_KEY]) == limit + 1
+    entries[META_KEY] = npy_bytes(np.zeros(limit + extra - header, dtype=np.uint8))
+    assert len(entries[META_KEY]) == limit + extra
     write_zip(tmp_path / "ckpt.npz", entries)
-    refused(tmp_path / "ckpt.npz", f"{META_KEY} declares {limit + 1} bytes, more than {limit}")
+    refused(tmp_path / "ckpt.npz", f"{META_KEY} declares {limit + 1} bytes, more than {limit}"
+            if extra else rf"{META_KEY} holds uint8 \({limit - header},\), not UTF-8 bytes "
+                          rf"\(at most {MAX_META_BYTES}\)")
 
 
 @pytest.mark.parametrize("name, reason", [("x" * 300 + ".npz", "File name too long"),
@@ -233,3 +239,35 @@ def test_a_checkpoint_path_that_cannot_be_opened_is_one_error(saved, tmp_path, n
     with pytest.raises(CheckpointError, match=f"cannot be read \\({reason}\\)") as caught:
         CheckpointFile(path)
     assert path in str(caught.value)
+
+
+def test_the_meta_limit_and_its_parts_are_the_documented_ones():
+    """docs/checkpoints.md states how much meta.json may hold and what for: the reader's
+    limit, the data record's bound and the path's are those numbers."""
+    from brainlike_np import data
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "checkpoints.md")) as f:
+        text = " ".join(f.read().split())
+    found = re.search(r"at most ([\d,]+) bytes: ([\d,]+) for the config, settings, RNG state "
+                      r"and last evaluation, ([\d,]+) for a path and ([\d,]+) for the data "
+                      r"record of at most (\d+) listed files", text)
+    total, rest, path, record, files = (int(g.replace(",", "")) for g in found.groups())
+    assert total == rest + path + record == MAX_META_BYTES
+    assert (path, record, files) == (data.JSON_PATH_BYTES, data.MAX_DATA_RECORD_BYTES,
+                                     data.MAX_RECORDED_FILES)
+
+
+def test_a_state_holding_nan_is_not_saved_and_the_error_names_three_arrays(saved, tmp_path):
+    """A diverged state never replaces a good checkpoint; the error names the first three
+    arrays that hold NaN or infinity (of four here), not more."""
+    path, state = saved
+    target = tmp_path / "ckpt.npz"
+    target.write_bytes(open(path, "rb").read())
+    before = target.read_bytes()
+    bad = {name: np.where(np.arange(p.size).reshape(p.shape) == 0, np.nan, p)
+           for name, p in list(state.params.items())[:4]}
+    with pytest.raises(CheckpointError) as caught:
+        save_checkpoint(str(target), {**state.params, **bad}, state.optimizer, {},
+                        get_backend("numpy"))
+    named = re.search(r"not saving '.*': (.*) hold NaN or infinite values", str(caught.value))
+    assert named.group(1).split(", ") == [f"params/{n}" for n in list(bad)[:3]]
+    assert target.read_bytes() == before

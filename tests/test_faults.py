@@ -538,6 +538,9 @@ DAMAGE = {
     "adam_v-missing": (_entry("adam_v/", lambda a, n: a.pop(n)), "AdamW second moment"),
     "adam_v-negative": (_entry("adam_v/", lambda a, n: a.__setitem__(n, -a[n] - 1)),
                         "negative values"),
+    "adam_v-barely-negative": (_entry("adam_v/", lambda a, n: a.__setitem__(
+        n, np.where(np.arange(a[n].size).reshape(a[n].shape) == 0, -1e-3, a[n]))),
+        "negative values"),
     "params-nan": (_entry("params/", lambda a, n: a.__setitem__(n, a[n] * np.nan)),
                    "NaN or infinite"),
     "params-int": (_entry("params/", lambda a, n: a.__setitem__(n, a[n].astype(np.int32))),
