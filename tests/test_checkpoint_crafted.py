@@ -271,3 +271,14 @@ def test_a_state_holding_nan_is_not_saved_and_the_error_names_three_arrays(saved
     named = re.search(r"not saving '.*': (.*) hold NaN or infinite values", str(caught.value))
     assert named.group(1).split(", ") == [f"params/{n}" for n in list(bad)[:3]]
     assert target.read_bytes() == before
+
+
+def test_an_entry_of_another_shape_is_named_with_both_shapes(saved, tmp_path):
+    """The error names the group, the parameter, its saved shape and the config's."""
+    entries = raw_entries(saved[0])
+    moment = load_npz(saved[0])[0]["adam_m/W_dec"]                  # [N, V]
+    entries["adam_m/W_dec"] = npy_bytes(moment[:-3])
+    write_zip(tmp_path / "ckpt.npz", entries)
+    n, v = moment.shape
+    refused(tmp_path / "ckpt.npz", rf"AdamW first moment W_dec has shape \({n - 3}, {v}\), "
+                                   rf"the config needs \({n}, {v}\)")
