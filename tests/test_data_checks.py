@@ -3,13 +3,16 @@ targets outnumber its windows or whose windows are 3-d, a FIFO swapped in after 
 regular-file check (opened without blocking, then refused), the byte check of a small
 vocabulary at its edge, a split one byte too short, the count-model baselines against a
 plain-Python count, nats_to_bits, random_batch's default seed, and the reason an unreadable
-file gives."""
+file gives. The second run (issue 33) added each check at its edges (an odd context, ids
+0 and above the vocabulary, a path of PATH_MAX bytes, a file grown after its size was
+read) and the default corpus read-only."""
 
 import errno
 import math
 import os
 import signal
 import stat
+import sysconfig
 
 import numpy as np
 import pytest
@@ -128,3 +131,99 @@ def test_an_unreadable_data_file_is_named_with_the_systems_reason(tmp_path, monk
     with pytest.raises(data.DataError, match=rf"^data file '{path}' cannot be read "
                                              r"\(Permission denied\); check"):
         data.open_corpus(str(path))
+
+
+# ---- the second mutation run (issue 33): checks at their edges ----------------------------
+def test_a_byte_corpus_needs_a_token_for_each_of_the_256_byte_values():
+    every_byte = np.arange(1 << 8, dtype=np.uint8)
+    corpus = data.Corpus("c", Tokens.of(np.tile(every_byte, 3)), Tokens.of(every_byte))
+    assert corpus.vocab_size == len(set(bytes(range(256)))) and corpus.unit == "byte"
+    corpus.check_fits(8, corpus.vocab_size)
+    with pytest.raises(data.DataError, match="holds byte 255"):
+        corpus.check_fits(8, corpus.vocab_size - 1)
+
+
+@pytest.mark.parametrize("context, n_valid, refused", [(9, 10, True), (9, 11, False),
+                                                       (13, 14, True), (13, 15, False)])
+def test_an_odd_context_needs_more_than_a_window_and_its_target(context, n_valid, refused):
+    """As the even context above: ``context + 1`` tokens hold one window and its target,
+    the check asks for more."""
+    tokens = np.frombuffer(b"0123456789abcdef" * 4, dtype=np.uint8)
+    corpus = data.Corpus("c", Tokens.of(tokens[:40]), Tokens.of(tokens[40:40 + n_valid]))
+    if refused:
+        with pytest.raises(data.DataError, match=f"the valid split has {n_valid} bytes"):
+            corpus.check_fits(context)
+    else:
+        corpus.check_fits(context)
+
+
+def test_random_batch_draws_every_token_of_the_vocabulary():
+    x, y = data.random_batch(600, 5, vocab_size=3, seed=4)
+    for drawn in (x.ravel(), y):
+        assert sorted(set(drawn.tolist())) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("tokens, vocab, refused", [
+    ([0, 1, 2, 0], 3, False), ([2, 0, 2, 1], 3, False), ([1, 2, -1, 2], 3, True),
+    ([0, 1, 3, 2], 3, True), ([0, 9, 1, 2], 3, True)])
+def test_as_tokens_takes_exactly_the_ids_from_0_below_the_vocabulary(tokens, vocab, refused):
+    if refused:
+        with pytest.raises(ValueError, match=r"tokens must be in \[0, 3\)"):
+            data.as_tokens(np.array(tokens), 2, vocab)
+    else:
+        assert data.as_tokens(np.array(tokens), 2, vocab).first(4) == tokens
+
+
+def test_data_longer_than_any_path_is_refused_by_its_length(tmp_path, monkeypatch):
+    """PATH_MAX (with its NUL): a path of that many bytes cannot be opened, one byte
+    shorter can."""
+    monkeypatch.chdir(tmp_path)
+    path_max = os.pathconf(str(tmp_path), "PC_PATH_MAX")
+    spec = lambda n: ("d" * 200 + "/") * (n // 201) + "x" * (n % 201)
+    with pytest.raises(OSError) as too_long:
+        os.stat(spec(path_max))
+    assert too_long.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(FileNotFoundError):
+        os.stat(spec(path_max - 1))
+    with pytest.raises(data.DataError, match=f"--data is {path_max:,} bytes long, longer "
+                                             f"than any path \\({path_max - 1}\\)"):
+        data.open_corpus(spec(path_max))
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.open_corpus(spec(path_max - 1))
+
+
+def test_an_empty_file_is_refused_when_opened(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(data.DataError, match=f"data file '{tmp_path / 'empty.txt'}' is empty"):
+        data.open_corpus(str(tmp_path / "empty.txt"))
+
+
+def test_a_file_appended_to_after_its_size_was_read_holds_that_size(tmp_path, monkeypatch):
+    """The size check asks that the last byte by the size can be read: a file that grew
+    since (its fstat, faked here, is 5 bytes short) passes it."""
+    path = tmp_path / "growing.txt"
+    path.write_bytes(bytes(range(97, 123)) * 40)
+    real_fstat = os.fstat
+
+    def earlier(fd):
+        st = real_fstat(fd)
+        return os.stat_result(tuple(st[:6]) + (st.st_size - 5,) + tuple(st[7:10]))
+    monkeypatch.setattr(data.os, "fstat", earlier)
+    corpus = data.open_corpus(str(path))
+    assert len(corpus.train) + len(corpus.valid) == 26 * 40
+
+
+def test_the_default_corpus_cannot_be_written_through_its_arrays(tmp_path, monkeypatch):
+    """The default corpus lives in memory (a fake standard library of 30 files here):
+    its splits' arrays are read-only, as a mapped file's are."""
+    for i in range(30):
+        (tmp_path / f"mod{i}.py").write_bytes(f"x = {i}\n".encode() * 7)
+    paths = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**paths, "stdlib": str(tmp_path)})
+    corpus = data.load_stdlib_corpus()
+    for split in (corpus.train, corpus.valid):
+        array = split.parts[0][0]
+        before = split.tobytes()
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = ord("#")
+        assert split.tobytes() == before
