@@ -5,9 +5,12 @@ vocabulary at its edge, a split one byte too short, the count-model baselines ag
 plain-Python count, nats_to_bits, random_batch's default seed, and the reason an unreadable
 file gives. The second run (issue 33) added each check at its edges (an odd context, ids
 0 and above the vocabulary, a path of PATH_MAX bytes, a file grown after its size was
-read) and the default corpus read-only."""
+read) and the default corpus read-only;
+the data record: its digests as saved, the hash budget of data.md, damaged records named,
+a count, size or listing that differs either way, the largest record against its bound."""
 
 import errno
+import json
 import math
 import os
 import signal
@@ -227,3 +230,157 @@ def test_the_default_corpus_cannot_be_written_through_its_arrays(tmp_path, monke
         with pytest.raises(ValueError, match="read-only"):
             array[0] = ord("#")
         assert split.tobytes() == before
+
+
+# ---- the data record: what it keeps, its checks, its bound ---------------------------------
+def full_record(paths, sizes=None, n_valid=1):
+    """A data record with one entry per file, as older versions saved it (the input of
+    ``bounded_record``); no content hashes (``hash`` null, as for files left unhashed)."""
+    sizes = sizes or [1000 + i for i in range(len(paths))]
+    return {"source": "/d", "split": {"valid": "files by path hash",
+                                      "valid_files": list(range(n_valid))},
+            "train_bytes": 10, "valid_bytes": 10,
+            "files": [{"path": p, "size": s, "mtime_ns": 1_700_000_000_000_000_000 + i,
+                       "hash": None} for i, (p, s) in enumerate(zip(paths, sizes))]}
+
+
+def in_memory_corpus():
+    return data.Corpus("c", Tokens.of(np.frombuffer(b"the train split, 29 bytes....", np.uint8)),
+                       Tokens.of(np.frombuffer(b"its valid split", np.uint8)))
+
+
+# Records as this version saves them in a checkpoint (meta.json's "data"): kept here so
+# that a change of their digests (which would refuse every checkpoint saved before it) fails.
+SAVED_IN_MEMORY = {"source": None, "split": {}, "train_bytes": 29, "valid_bytes": 15,
+                   "fingerprint": "22cafdf3d9708c2480808cbf7a701ea0", "n_files": 0, "files": [],
+                   "listing": "cae66941d9efbd404e4d88758ea67670",
+                   "times": "cae66941d9efbd404e4d88758ea67670"}
+SAVED_FILES_FULL = {
+    "source": "/d", "split": {"valid": "files by path hash", "valid_files": [2]},
+    "train_bytes": 2100, "valid_bytes": 900,
+    "files": [{"path": "/d/a.txt", "size": 1000, "mtime_ns": 1700000000000000001,
+               "hash": "0123456789abcdef"},
+              {"path": "/d/b.txt", "size": 1100, "mtime_ns": 1700000000000000002,
+               "hash": "fedcba9876543210"},
+              {"path": "/d/c.txt", "size": 900, "mtime_ns": 1700000000000000003,
+               "hash": "00112233aabbccdd"}]}
+SAVED_FILES = {**SAVED_FILES_FULL, "n_files": 3, "listing": "12ffef852d61b6467a4be336f977792a",
+               "times": "829a95a8af1b1be8fc54bcacea2c0193"}
+
+
+def test_records_saved_by_this_version_still_match_their_data():
+    assert data.check_same_data(SAVED_IN_MEMORY, in_memory_corpus().record()) is None
+    assert data.check_same_data(SAVED_FILES, data.bounded_record(SAVED_FILES_FULL)) is None
+    with pytest.raises(data.DataError, match="fingerprint"):
+        data.check_same_data({**SAVED_IN_MEMORY, "fingerprint": "0" * 32},
+                             in_memory_corpus().record())
+
+
+def test_the_digest_ranks_compare_is_of_content_not_of_paths_or_times(tmp_path):
+    """Two copies of the same files (other paths, other times) have one digest; a byte
+    changed in one file (same size) changes it."""
+    for copy in ("a", "b"):
+        (tmp_path / copy).mkdir()
+        for i in range(3):
+            (tmp_path / copy / f"f{i}.txt").write_bytes(bytes(range(i, i + 200)) * 3)
+    os.utime(tmp_path / "b" / "f1.txt", ns=(10**18, 10**18))
+    digest = lambda folder: data.open_corpus(str(tmp_path / folder)).digest()
+    assert digest("a") == digest("b")
+    content = bytearray((tmp_path / "b" / "f1.txt").read_bytes())
+    content[333] ^= 1
+    (tmp_path / "b" / "f1.txt").write_bytes(bytes(content))
+    assert digest("a") != digest("b")
+
+
+def test_the_hash_budget_is_the_one_data_md_describes():
+    """docs/data.md: 18 blocks a file for up to 28 files, 512 / files beyond, down to 2 a
+    file from 171 files on, and from 257 files on only 256 files, evenly spaced (the first
+    and the last among them), are hashed; 512 blocks in all at most."""
+    for n in range(1, 700):
+        budget = data.hash_budget(n)
+        blocks = [b for b in budget if b is not None]
+        assert len(budget) == n and sum(blocks) <= 512 and len(set(blocks)) == 1, n
+        if n <= 28:
+            assert blocks == [18] * n, n
+        elif n < 171:
+            assert blocks == [512 // n] * n and 2 < blocks[0] < 18, n
+        else:
+            assert blocks == [2] * min(n, 256), n
+        if n > 256:
+            assert budget[0] == budget[-1] == 2
+            gaps = np.diff([i for i, b in enumerate(budget) if b is not None])
+            assert gaps.max() - gaps.min() <= 1, n
+
+
+def test_a_record_without_files_passes_the_type_checks():
+    """An in-memory corpus records n_files 0: its record is whole, not damaged."""
+    record = in_memory_corpus().record()
+    assert record["n_files"] == 0 and data.check_same_data(record, record) is None
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda r: {**r, "n_files": -1}, "n_files -1, listing or times"),
+    (lambda r: {**r, "files": r["files"][:2]}, "2 file entries for 3 files"),
+    (lambda r: {**r, "tokens": {"dtype": "uint16", "vocab_size": None}}, "tokens"),
+    (lambda r: {**r, "tokens": {"dtype": "uint16", "vocab_size": None, "tokenizer": None,
+                                "merges": 5}}, "tokens"),
+])
+def test_a_damaged_record_is_named_damaged(change, named):
+    saved = change(data.bounded_record(SAVED_FILES_FULL))
+    with pytest.raises(data.DataError, match=rf"data record is damaged \({named}"):
+        data.check_same_data(saved, data.bounded_record(SAVED_FILES_FULL))
+
+
+@pytest.mark.parametrize("saved_count", [299, 301])
+def test_a_record_of_more_or_fewer_files_is_refused(saved_count):
+    """300 files (their first 256 recorded): a checkpoint that counts one file more or one
+    fewer, its recorded files the same, is another corpus."""
+    current = data.bounded_record(full_record([f"/d/{i:04d}.txt" for i in range(300)]))
+    saved = {**current, "n_files": saved_count}
+    with pytest.raises(data.DataError, match=f"and {saved_count - 1:,} more, not "
+                                             f"/d/0000.txt and 299 more"):
+        data.check_same_data(saved, current)
+
+
+@pytest.mark.parametrize("before, after", [(1000, 1006), (1006, 1000)])
+def test_a_file_grown_or_shrunk_is_named_with_its_sizes(before, after):
+    paths = ["/d/a.txt", "/d/b.txt"]
+    saved = data.bounded_record(full_record(paths, [before, 77]))
+    current = data.bounded_record(full_record(paths, [after, 77]))
+    with pytest.raises(data.DataError, match=f"'/d/a.txt' changed since the run started "
+                                             rf"\({before:,} -> {after:,} bytes\)"):
+        data.check_same_data(saved, current)
+
+
+def test_a_renamed_file_beyond_the_recorded_ones_is_seen_both_ways():
+    """300 files: a file not recorded one by one renamed, from the one name to the other
+    and back: the listing digest differs either way."""
+    paths = [f"/d/{i:04d}.txt" for i in range(300)]
+    one = data.bounded_record(full_record(paths))
+    recorded = {f["path"] for f in one["files"]}
+    unrecorded = next(i for i, p in enumerate(paths) if p not in recorded)
+    paths[unrecorded] = paths[unrecorded].replace(".txt", ".text")
+    other = data.bounded_record(full_record(paths))
+    assert other["files"] == one["files"]
+    for saved, current in ((one, other), (other, one)):
+        with pytest.raises(data.DataError, match="renamed, replaced or resized"):
+            data.check_same_data(saved, current)
+
+
+def test_the_largest_data_record_fits_its_bound_with_little_to_spare():
+    """The largest record a corpus makes: more files than are recorded one by one, each
+    path (and the source) 4,095 bytes that are not UTF-8 (6 bytes of JSON each), the
+    largest sizes, times, counts and split. It fits MAX_DATA_RECORD_BYTES (which the
+    checkpoint reader's limit is made of), and the bound is not much larger."""
+    path = os.fsdecode(b"\xff" * 4095)
+    big = 2**63 - 1
+    full = {"source": path, "split": {"valid": "files by path hash",
+                                      "valid_files": [big - i for i in range(256)]},
+            "train_bytes": big, "valid_bytes": big,
+            "tokens": {"dtype": "uint32", "vocab_size": None, "tokenizer": None},
+            "files": [{"path": path, "size": big, "mtime_ns": -2**63, "hash": "f" * 16}
+                      for _ in range(300)]}
+    record = {**data.bounded_record(full), "n_files": big}
+    assert data.check_same_data(record, record) is None
+    size = len(json.dumps(record))
+    assert 0.9 * data.MAX_DATA_RECORD_BYTES < size <= data.MAX_DATA_RECORD_BYTES
