@@ -7,7 +7,9 @@ file gives. The second run (issue 33) added each check at its edges (an odd cont
 0 and above the vocabulary, a path of PATH_MAX bytes, a file grown after its size was
 read) and the default corpus read-only;
 the data record: its digests as saved, the hash budget of data.md, damaged records named,
-a count, size or listing that differs either way, the largest record against its bound."""
+a count, size or listing that differs either way, the largest record against its bound;
+the baselines: the 100 MiB sample and its note, the pair counts on either side of the
+dense table, in bounded memory and merges."""
 
 import errno
 import json
@@ -16,6 +18,7 @@ import os
 import signal
 import stat
 import sysconfig
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -384,3 +387,93 @@ def test_the_largest_data_record_fits_its_bound_with_little_to_spare():
     assert data.check_same_data(record, record) is None
     size = len(json.dumps(record))
     assert 0.9 * data.MAX_DATA_RECORD_BYTES < size <= data.MAX_DATA_RECORD_BYTES
+
+
+# ---- the count-model baselines: the sample, the note, the pair counts -----------------------
+def constant_tokens(n: int) -> Tokens:
+    """``n`` bytes without memory: a zero-stride view of one byte."""
+    return Tokens.of(np.broadcast_to(np.uint8(7), (n,)))
+
+
+def test_the_baselines_count_every_byte_up_to_max_bytes_and_say_so_above():
+    """At ``max_bytes`` every byte is counted (the same losses as with room to spare), so
+    the note is empty; one byte more and the train split is a sample, as the note says."""
+    rng = np.random.default_rng(5)
+    train, valid = rng.integers(0, 40, 1001).astype(np.uint8), rng.integers(0, 40, 301)
+    assert data.count_model_losses(train, valid, max_bytes=1001) == \
+        data.count_model_losses(train, valid, max_bytes=10**6)
+    assert data.baseline_note(train, valid, max_bytes=1001) == ""
+    assert data.baseline_note(train, valid, max_bytes=1000).startswith(
+        "; estimated from 0.0 MiB samples of train (0.0 MiB)")
+
+
+def test_the_default_baseline_sample_is_100_mib_as_data_md_says():
+    mib = 2**20
+    assert data.baseline_note(constant_tokens(100 * mib), constant_tokens(3)) == ""
+    assert data.baseline_note(constant_tokens(100 * mib + 1), constant_tokens(3)) == \
+        "; estimated from 100.0 MiB samples of train (100.0 MiB)"
+
+
+@pytest.mark.parametrize("n_bytes, shown", [
+    (3 * 2**28, "768.0 MiB"), (2**30 - 1, "1,024.0 MiB"), (2**30, "1.0 GiB"),
+    (3 * 2**29, "1.5 GiB"), (5 * 2**30 + 2**29, "5.5 GiB"), (int(41.9 * 2**30), "41.9 GiB")])
+def test_sampled_splits_are_sized_in_mib_below_a_gib_and_in_gib_from_one(n_bytes, shown):
+    assert data.baseline_note(constant_tokens(n_bytes), constant_tokens(3), 10 * 2**20) == \
+        f"; estimated from 10.0 MiB samples of train ({shown})"
+
+
+def direct_losses(train, valid, vocab):
+    table = np.zeros((vocab, vocab))
+    np.add.at(table, (train[:-1], train[1:]), 1)
+    p = (table + 1) / (table + 1).sum(axis=1, keepdims=True)
+    uni = np.bincount(train, minlength=vocab) + 1.0
+    return {"unigram": -np.mean(np.log(uni[valid] / uni.sum())),
+            "bigram": -np.mean(np.log(p[valid[:-1], valid[1:]]))}
+
+
+@pytest.mark.parametrize("vocab", [256, 1021, 1031, 1447])
+def test_the_pair_counts_are_exact_and_bounded_on_either_side_of_the_dense_table(vocab):
+    """1021**2 codes fit the dense table (at most 2**20 int64 codes: 8 MiB, twice while a
+    piece's counts are added), 1031**2 do not: both count exactly; neither, nor a larger
+    vocabulary, takes more than that table plus the pieces (a vocabulary's V**2 table
+    would not stay bounded: GPT-2's would be 20 GB)."""
+    rng = np.random.default_rng(vocab)
+    train, valid = rng.integers(0, vocab, 3001), rng.integers(0, vocab, 701)
+    tracemalloc.start()
+    try:
+        got = data.count_model_losses(train, valid, vocab_size=vocab)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == pytest.approx(direct_losses(train, valid, vocab), rel=1e-12)
+    assert peak < 20 * 2**20, peak
+
+
+def test_bytes_are_counted_in_the_dense_table_without_sorting(monkeypatch):
+    """Bytes make 65,536 pair codes: counted in place (the baselines count up to 100 MiB
+    at every start), never sorted and merged."""
+    def merged(parts):
+        raise AssertionError("bytes were sorted and merged")
+    monkeypatch.setattr(data, "_merge_counts", merged)
+    rng = np.random.default_rng(6)
+    train, valid = rng.integers(0, 256, 5003), rng.integers(0, 256, 611)
+    assert data.count_model_losses(train.astype(np.uint8), valid.astype(np.uint8)) == \
+        pytest.approx(direct_losses(train, valid, 256), rel=1e-12)
+
+
+def test_the_sorted_pair_counts_merge_each_code_a_bounded_number_of_times(monkeypatch):
+    """Above the dense table, each piece's pairs are sorted and merged once the pieces'
+    outnumber those merged: the merges' input, over a whole split of 53 pieces, stays
+    within 3 times the pairs counted (merging after every piece: 28 times)."""
+    monkeypatch.setattr(data, "COUNT_CHUNK", 97)
+    merged_sizes = []
+    real = data._merge_counts
+
+    def spy(parts):
+        merged_sizes.append(sum(len(codes) for codes, _ in parts))
+        return real(parts)
+    monkeypatch.setattr(data, "_merge_counts", spy)
+    tokens = np.random.default_rng(3).integers(0, 1503, 5003)
+    _, codes, counts = data._counts(Tokens.of(tokens), 10**9, 1503)
+    assert counts.sum() == len(tokens) - 1 and len(merged_sizes) > 1
+    assert sum(merged_sizes) <= 3 * (len(tokens) - 1), merged_sizes
