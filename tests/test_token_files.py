@@ -283,8 +283,12 @@ def test_a_flag_contradicting_the_sidecar_is_refused_either_way(nanogpt_dir, sid
         token_stream(1001, seed).astype(sidecar_dtype).tofile(nanogpt_dir / name)
     with pytest.raises(data.DataError, match=f"--token-dtype {flag} contradicts tokens.json"):
         data.open_corpus(str(nanogpt_dir), token_dtype=flag)
-    assert data.open_corpus(str(nanogpt_dir), token_dtype=sidecar_dtype).tokens["dtype"] == \
-        sidecar_dtype
+    for flag in (sidecar_dtype, None):     # the sidecar's, named or not
+        assert data.open_corpus(str(nanogpt_dir), token_dtype=flag).tokens["dtype"] == \
+            sidecar_dtype
+    os.remove(nanogpt_dir / "tokens.json")  # the flag alone
+    corpus = data.open_corpus(str(nanogpt_dir), token_dtype=sidecar_dtype)
+    assert corpus.tokens["dtype"] == sidecar_dtype and len(corpus.valid) == 1001
 
 
 @pytest.mark.parametrize("split", ["train.bin", "val.bin"])
