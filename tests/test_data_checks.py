@@ -12,6 +12,7 @@ the baselines: the 100 MiB sample and its note, the pair counts on either side o
 dense table, in bounded memory and merges."""
 
 import errno
+import glob
 import json
 import math
 import os
@@ -204,19 +205,59 @@ def test_an_empty_file_is_refused_when_opened(tmp_path):
         data.open_corpus(str(tmp_path / "empty.txt"))
 
 
-def test_a_file_appended_to_after_its_size_was_read_holds_that_size(tmp_path, monkeypatch):
-    """The size check asks that the last byte by the size can be read: a file that grew
-    since (its fstat, faked here, is 5 bytes short) passes it."""
+@pytest.mark.parametrize("reported, refused", [(-5, False), (-1, False), (0, False), (1, True)])
+def test_the_size_check_asks_for_the_last_byte_by_the_size(tmp_path, monkeypatch, reported,
+                                                           refused):
+    """A file must hold the bytes its size says (its fstat is faked here, ``reported``
+    bytes off): one that grew since (reports fewer) passes, one a byte short of its size
+    (a truncation since, or a procfs file) is refused."""
     path = tmp_path / "growing.txt"
     path.write_bytes(bytes(range(97, 123)) * 40)
     real_fstat = os.fstat
 
-    def earlier(fd):
+    def faked(fd):
         st = real_fstat(fd)
-        return os.stat_result(tuple(st[:6]) + (st.st_size - 5,) + tuple(st[7:10]))
-    monkeypatch.setattr(data.os, "fstat", earlier)
-    corpus = data.open_corpus(str(path))
-    assert len(corpus.train) + len(corpus.valid) == 26 * 40
+        return os.stat_result(tuple(st[:6]) + (st.st_size + reported,) + tuple(st[7:10]))
+    monkeypatch.setattr(data.os, "fstat", faked)
+    if refused:
+        with pytest.raises(data.DataError, match=f"reports {1040 + reported:,} bytes but "
+                                                 "holds fewer"):
+            data.open_corpus(str(path))
+    else:
+        corpus = data.open_corpus(str(path))
+        assert len(corpus.train) + len(corpus.valid) == 26 * 40
+
+
+def test_a_one_byte_file_is_a_file_of_the_corpus(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"!")
+    (tmp_path / "b.txt").write_bytes(b"some more text" * 9)
+    corpus = data.open_corpus(str(tmp_path))
+    assert corpus.record()["n_files"] == 2
+    assert b"!" in corpus.train.tobytes() + corpus.valid.tobytes()
+
+
+@pytest.mark.parametrize("pattern", ["*", "*/*", "o/*", "o/*/*", "**/*", "o/**", "*/sub", "?"])
+def test_glob_matches_lists_the_folders_glob_lists(tmp_path, pattern):
+    """As test_data.py's check against ``glob.glob``, for folders: a pattern's parts left
+    over when the path's names end (``o/*`` for ``o``) match nothing but ``**``."""
+    for name in ("o/ckpt.npz", "o/sub/x.npz", ".h/ckpt.npz", "top.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    root = os.path.realpath(tmp_path)
+    listed = {os.path.relpath(p, root) for p in
+              glob.glob(os.path.join(root, pattern), recursive=True)}
+    for name in ("o", "o/sub", ".h", "o/ckpt.npz", "o/sub/x.npz", "top.txt"):
+        assert data.glob_matches(os.path.join(root, pattern), os.path.join(root, name)) == \
+            (name in listed), name
+
+
+@pytest.mark.parametrize("name, bad", [("x", [[0, 1, 256]]), ("y", [300])])
+def test_a_batch_with_an_id_above_the_vocabulary_alone_is_refused(name, bad):
+    """No id below 0, one at or above vocab_size: refused as well."""
+    x, y = np.zeros((1, 3), dtype=np.int64), np.zeros(1, dtype=np.int64)
+    batch = {"x": x, "y": y, name: np.array(bad)}
+    with pytest.raises(ValueError, match=rf"{name} holds tokens outside \[0, 256\)"):
+        data.check_batch(batch["x"], batch["y"], 256)
 
 
 def test_the_default_corpus_cannot_be_written_through_its_arrays(tmp_path, monkeypatch):
@@ -353,6 +394,22 @@ def test_a_file_grown_or_shrunk_is_named_with_its_sizes(before, after):
     with pytest.raises(data.DataError, match=f"'/d/a.txt' changed since the run started "
                                              rf"\({before:,} -> {after:,} bytes\)"):
         data.check_same_data(saved, current)
+
+
+def test_a_recorded_file_touched_is_named_and_an_old_record_without_times_is_not():
+    """A recorded file's modification time moved: refused naming that file. A record from
+    before the times (entries without ``mtime_ns``): the times are not compared."""
+    paths = ["/d/a.txt", "/d/b.txt"]
+    saved, current = full_record(paths), full_record(paths)
+    current["files"][1]["mtime_ns"] += 10**9
+    with pytest.raises(data.DataError, match="data file '/d/b.txt' changed since the run "
+                                             r"started \(its modification time differs\)"):
+        data.check_same_data(data.bounded_record(saved), data.bounded_record(current))
+    for entry in saved["files"]:
+        del entry["mtime_ns"]
+    old = data.bounded_record(saved)
+    assert old["times"] is None
+    assert data.check_same_data(old, data.bounded_record(current)) is None
 
 
 def test_a_renamed_file_beyond_the_recorded_ones_is_seen_both_ways():
