@@ -99,6 +99,17 @@ def test_count_model_baselines_match_a_plain_count():
     assert 0 < losses["unigram"] < math.log(256)          # better than uniform, not perfect
 
 
+@pytest.mark.parametrize("train", [b"a", b""])
+def test_baselines_with_no_training_pair_are_uniform_bigrams(train):
+    """A train split of one byte (or none) has no pairs: the add-one bigram model is
+    uniform, log(256) nats, as the plain count says."""
+    valid = b"a bar, cab"
+    losses = data.count_model_losses(np.frombuffer(train, np.uint8), np.frombuffer(valid, np.uint8))
+    assert losses["bigram"] == pytest.approx(math.log(256), rel=1e-12)
+    if train:
+        assert losses == pytest.approx(plain_count_losses(train, valid), rel=1e-12)
+
+
 def test_random_batch_defaults_to_seed_0():
     x, y = data.random_batch(4, 7)
     x0, y0 = data.random_batch(4, 7, vocab_size=256, seed=0)
@@ -315,9 +326,10 @@ SAVED_FILES = {**SAVED_FILES_FULL, "n_files": 3, "listing": "12ffef852d61b6467a4
 def test_records_saved_by_this_version_still_match_their_data():
     assert data.check_same_data(SAVED_IN_MEMORY, in_memory_corpus().record()) is None
     assert data.check_same_data(SAVED_FILES, data.bounded_record(SAVED_FILES_FULL)) is None
+    changed = in_memory_corpus()
+    changed.valid = Tokens.of(np.frombuffer(b"its valid split"[::-1], np.uint8))
     with pytest.raises(data.DataError, match="fingerprint"):
-        data.check_same_data({**SAVED_IN_MEMORY, "fingerprint": "0" * 32},
-                             in_memory_corpus().record())
+        data.check_same_data(in_memory_corpus().record(), changed.record())
 
 
 def test_the_digest_ranks_compare_is_of_content_not_of_paths_or_times(tmp_path):
