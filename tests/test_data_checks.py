@@ -25,7 +25,10 @@ import numpy as np
 import pytest
 
 from brainlike_np import data
+from brainlike_np.backends import get_backend
 from brainlike_np.datafiles import Tokens
+from brainlike_np.models import get_preset
+from brainlike_np.train_state import TrainState
 
 
 @pytest.mark.parametrize("y_shape", [(4,), (2,), (3, 1), ()])
@@ -157,6 +160,7 @@ def test_a_byte_corpus_needs_a_token_for_each_of_the_256_byte_values():
     corpus = data.Corpus("c", Tokens.of(np.tile(every_byte, 3)), Tokens.of(every_byte))
     assert corpus.vocab_size == len(set(bytes(range(256)))) and corpus.unit == "byte"
     corpus.check_fits(8, corpus.vocab_size)
+    corpus.check_fits(8)                    # the default vocabulary: the bytes'
     with pytest.raises(data.DataError, match="holds byte 255"):
         corpus.check_fits(8, corpus.vocab_size - 1)
 
@@ -439,11 +443,10 @@ def test_a_renamed_file_beyond_the_recorded_ones_is_seen_both_ways():
             data.check_same_data(saved, current)
 
 
-def test_the_largest_data_record_fits_its_bound_with_little_to_spare():
+def largest_record() -> dict:
     """The largest record a corpus makes: more files than are recorded one by one, each
     path (and the source) 4,095 bytes that are not UTF-8 (6 bytes of JSON each), the
-    largest sizes, times, counts and split. It fits MAX_DATA_RECORD_BYTES (which the
-    checkpoint reader's limit is made of), and the bound is not much larger."""
+    largest sizes, times, counts and split."""
     path = os.fsdecode(b"\xff" * 4095)
     big = 2**63 - 1
     full = {"source": path, "split": {"valid": "files by path hash",
@@ -452,10 +455,27 @@ def test_the_largest_data_record_fits_its_bound_with_little_to_spare():
             "tokens": {"dtype": "uint32", "vocab_size": None, "tokenizer": None},
             "files": [{"path": path, "size": big, "mtime_ns": -2**63, "hash": "f" * 16}
                       for _ in range(300)]}
-    record = {**data.bounded_record(full), "n_files": big}
+    return {**data.bounded_record(full), "n_files": big}
+
+
+def test_the_largest_data_record_fits_its_bound_with_little_to_spare():
+    """It fits MAX_DATA_RECORD_BYTES (which the checkpoint reader's limit is made of), and
+    the bound is not much larger."""
+    record = largest_record()
     assert data.check_same_data(record, record) is None
+    assert isinstance(data.MAX_DATA_RECORD_BYTES, int)     # bytes, as messages print them
     size = len(json.dumps(record))
     assert 0.9 * data.MAX_DATA_RECORD_BYTES < size <= data.MAX_DATA_RECORD_BYTES
+
+
+def test_a_checkpoint_holds_the_largest_data_record(tmp_path):
+    """Saved with a tiny model and loaded back (test_resume_records.py trains, resumes and
+    generates at it, slowly)."""
+    numpy = get_backend("numpy")
+    state = TrainState.create("brainlike", get_preset("brainlike", "tiny"), numpy)
+    state.data_record = largest_record()
+    state.save(str(tmp_path / "ckpt.npz"))
+    assert TrainState.load(str(tmp_path / "ckpt.npz"), numpy).data_record == state.data_record
 
 
 # ---- the count-model baselines: the sample, the note, the pair counts -----------------------
