@@ -93,6 +93,12 @@ def test_the_bigram_baseline_matches_a_direct_count(monkeypatch, ids, vocab, chu
     assert got["unigram"] == pytest.approx(unigram, rel=1e-12)
 
 
+def test_a_sidecar_that_is_not_utf8_is_one_error(nanogpt_dir):
+    (nanogpt_dir / "tokens.json").write_bytes(b'{"tokenizer": "gpt\xff2"}')
+    with pytest.raises(data.DataError, match="cannot be read as JSON .*utf-8"):
+        data.open_corpus(str(nanogpt_dir))
+
+
 @pytest.mark.parametrize("sidecar, expected", [
     ({"dtype": "uint8"}, "dtype 'uint8' is not valid"),
     ({"vocab_size": 0}, "vocab_size 0 is not valid"),
