@@ -382,6 +382,8 @@ def test_a_record_without_files_passes_the_type_checks():
     (lambda r: {**r, "n_files": -1}, "n_files -1, listing or times"),
     (lambda r: {**r, "files": r["files"][:2]}, "2 file entries for 3 files"),
     (lambda r: {**r, "tokens": {"dtype": "uint16", "vocab_size": None}}, "tokens"),
+    (lambda r: {**r, "tokens": {"dtype": "uint16", "vocab_size": 0, "tokenizer": None}},
+     "tokens"),
     (lambda r: {**r, "tokens": {"dtype": "uint16", "vocab_size": None, "tokenizer": None,
                                 "merges": 5}}, "tokens"),
 ])
@@ -426,6 +428,20 @@ def test_a_recorded_file_touched_is_named_and_an_old_record_without_times_is_not
     old = data.bounded_record(saved)
     assert old["times"] is None
     assert data.check_same_data(old, data.bounded_record(current)) is None
+
+
+@pytest.mark.parametrize("n_valid, listed", [(255, True), (256, True), (257, False),
+                                             (700, False)])
+def test_a_split_of_more_validation_files_than_are_recorded_is_a_count_and_digest(n_valid,
+                                                                                  listed):
+    paths = [f"/d/{i:04d}.txt" for i in range(1009)]
+    split = data.bounded_record(full_record(paths, n_valid=n_valid))["split"]
+    if listed:
+        assert split["valid_files"] == list(range(n_valid))
+    else:
+        assert "valid_files" not in split and split["valid_files_count"] == n_valid
+        other = data.bounded_record(full_record(paths, n_valid=n_valid + 1))["split"]
+        assert other["valid_files_digest"] != split["valid_files_digest"]
 
 
 def test_a_renamed_file_beyond_the_recorded_ones_is_seen_both_ways():
@@ -552,17 +568,20 @@ def test_bytes_are_counted_in_the_dense_table_without_sorting(monkeypatch):
 
 def test_the_sorted_pair_counts_merge_each_code_a_bounded_number_of_times(monkeypatch):
     """Above the dense table, each piece's pairs are sorted and merged once the pieces'
-    outnumber those merged: the merges' input, over a whole split of 53 pieces, stays
-    within 3 times the pairs counted (merging after every piece: 28 times)."""
+    outnumber those merged: the pieces waiting never hold much more than the merged
+    counts or a chunk (memory O(pairs seen + COUNT_CHUNK); waiting for the end: 50 times
+    a chunk), and the merges' input, over a split of 53 pieces, stays within 3 times the
+    pairs counted (merging after every piece: 28 times)."""
     monkeypatch.setattr(data, "COUNT_CHUNK", 97)
-    merged_sizes = []
+    merges = []                                  # (codes in, codes merged before)
     real = data._merge_counts
 
     def spy(parts):
-        merged_sizes.append(sum(len(codes) for codes, _ in parts))
+        merges.append((sum(len(codes) for codes, _ in parts), len(parts[0][0])))
         return real(parts)
     monkeypatch.setattr(data, "_merge_counts", spy)
     tokens = np.random.default_rng(3).integers(0, 1503, 5003)
     _, codes, counts = data._counts(Tokens.of(tokens), 10**9, 1503)
-    assert counts.sum() == len(tokens) - 1 and len(merged_sizes) > 1
-    assert sum(merged_sizes) <= 3 * (len(tokens) - 1), merged_sizes
+    assert counts.sum() == len(tokens) - 1 and len(merges) > 1
+    assert all(into <= 3 * max(before, 97) for into, before in merges), merges
+    assert sum(into for into, _ in merges) <= 3 * (len(tokens) - 1), merges
