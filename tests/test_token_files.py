@@ -93,6 +93,12 @@ def test_the_bigram_baseline_matches_a_direct_count(monkeypatch, ids, vocab, chu
     assert got["unigram"] == pytest.approx(unigram, rel=1e-12)
 
 
+def test_a_sidecar_that_is_not_utf8_is_one_error(nanogpt_dir):
+    (nanogpt_dir / "tokens.json").write_bytes(b'{"tokenizer": "gpt\xff2"}')
+    with pytest.raises(data.DataError, match="cannot be read as JSON .*utf-8"):
+        data.open_corpus(str(nanogpt_dir))
+
+
 @pytest.mark.parametrize("sidecar, expected", [
     ({"dtype": "uint8"}, "dtype 'uint8' is not valid"),
     ({"vocab_size": 0}, "vocab_size 0 is not valid"),
@@ -272,3 +278,60 @@ def test_a_token_run_evaluates_in_tokens_through_the_command_and_the_library(
     assert expected.windows == expected.total == 701 - context
     assert line.startswith(f"valid: {expected.loss:.4f} nats/token ")
     assert f"all {expected.total:,} windows" in line
+
+
+# ---- the second mutation run of data.py (issue 33): the sidecar and the pair's checks -------
+@pytest.mark.parametrize("sidecar_dtype, flag", [("uint16", "uint32"), ("uint32", "uint16")])
+def test_a_flag_contradicting_the_sidecar_is_refused_either_way(nanogpt_dir, sidecar_dtype,
+                                                                 flag):
+    (nanogpt_dir / "tokens.json").write_text(json.dumps({"dtype": sidecar_dtype}))
+    for name, seed in (("train.bin", 0), ("val.bin", 1)):
+        token_stream(1001, seed).astype(sidecar_dtype).tofile(nanogpt_dir / name)
+    with pytest.raises(data.DataError, match=f"--token-dtype {flag} contradicts tokens.json"):
+        data.open_corpus(str(nanogpt_dir), token_dtype=flag)
+    for flag in (sidecar_dtype, None):     # the sidecar's, named or not
+        assert data.open_corpus(str(nanogpt_dir), token_dtype=flag).tokens["dtype"] == \
+            sidecar_dtype
+    os.remove(nanogpt_dir / "tokens.json")  # the flag alone
+    corpus = data.open_corpus(str(nanogpt_dir), token_dtype=sidecar_dtype)
+    assert corpus.tokens["dtype"] == sidecar_dtype and len(corpus.valid) == 1001
+
+
+@pytest.mark.parametrize("split", ["train.bin", "val.bin"])
+def test_an_empty_split_file_is_refused_a_one_token_one_opens(nanogpt_dir, split):
+    (nanogpt_dir / split).write_bytes(np.uint16([5]).tobytes())
+    corpus = data.open_corpus(str(nanogpt_dir))
+    assert 1 in (len(corpus.train), len(corpus.valid))
+    (nanogpt_dir / split).write_bytes(b"")
+    with pytest.raises(data.DataError, match=f"data file '.*{split}' is empty"):
+        data.open_corpus(str(nanogpt_dir))
+
+
+def test_a_sidecar_is_read_whole_up_to_64_kib(nanogpt_dir):
+    """A sidecar pretty-printed with a long indent (50,003 bytes) is read whole."""
+    text = json.dumps({"vocab_size": 777, "tokenizer": "stub"}, indent=24_990)
+    (nanogpt_dir / "tokens.json").write_text(text)
+    assert 40_000 < len(text) < 1 << 16
+    assert data.open_corpus(str(nanogpt_dir)).vocab_size == 777
+
+
+@pytest.mark.parametrize("sidecar, accepted", [
+    ({"vocab_size": 1}, True), ({"tokenizer": "x"}, True),
+    ({"tokenizer": ""}, False), ({"vocab_size": -3}, False), ({"vocab_size": True}, False)])
+def test_the_sidecars_smallest_values(tmp_path, sidecar, accepted):
+    """The smallest vocabulary (one token, id 0) and a one-letter tokenizer name are
+    valid; an empty name, a negative size or a boolean are not."""
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    for name in ("train.bin", "val.bin"):
+        np.zeros(23, dtype=np.uint16).tofile(folder / name)
+    (folder / "tokens.json").write_text(json.dumps(sidecar))
+    if accepted:
+        corpus = data.open_corpus(str(folder))
+        assert corpus.vocab_size == sidecar.get("vocab_size", 1)
+        assert corpus.tokens["tokenizer"] == sidecar.get("tokenizer")
+        corpus.check_fits(8, corpus.vocab_size)
+    else:
+        key, value = next(iter(sidecar.items()))
+        with pytest.raises(data.DataError, match=f"{key} {value!r} is not valid"):
+            data.open_corpus(str(folder))
