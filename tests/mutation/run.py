@@ -139,9 +139,13 @@ def mutate(module: str, stride: int, only: list) -> None:
     db = Path("mutation", f"{module}.sqlite")
     db.unlink(missing_ok=True)
     testmon_file(module).unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--testmon"]
-                   + tests, env=dict(os.environ, TESTMON_DATAFILE=str(testmon_file(module))),
-                   check=True, stdout=subprocess.DEVNULL)
+    collect = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--testmon"] + tests,
+        env=dict(os.environ, TESTMON_DATAFILE=str(testmon_file(module))),
+        capture_output=True, text=True)
+    if collect.returncode:
+        sys.exit(collect.stdout[-3000:] + "\nerror: the selection fails on the unmutated "
+                 "module (above); mutants can only be judged by tests that pass")
     cosmic_ray("init", write_config(module, whole=False), db)
     prepare(db, source, stride, only)
     cosmic_ray("exec", write_config(module, whole=False), db)
