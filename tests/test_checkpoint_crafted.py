@@ -252,6 +252,8 @@ def test_the_meta_limit_and_its_parts_are_the_documented_ones():
                       r"record of at most (\d+) listed files", text)
     total, rest, path, record, files = (int(g.replace(",", "")) for g in found.groups())
     assert total == rest + path + record == MAX_META_BYTES
+    header = re.search(r"and ([\d,]+) bytes of `\.npy` header is refused unread", text)
+    assert int(header.group(1).replace(",", "")) == MAX_NPY_HEADER_BYTES
     assert (path, record, files) == (data.JSON_PATH_BYTES, data.MAX_DATA_RECORD_BYTES,
                                      data.MAX_RECORDED_FILES)
 
@@ -282,3 +284,32 @@ def test_an_entry_of_another_shape_is_named_with_both_shapes(saved, tmp_path):
     n, v = moment.shape
     refused(tmp_path / "ckpt.npz", rf"AdamW first moment W_dec has shape \({n - 3}, {v}\), "
                                    rf"the config needs \({n}, {v}\)")
+
+
+
+def test_a_meta_entry_of_two_dimensions_is_refused_even_if_it_holds_json(saved, tmp_path):
+    entries = raw_entries(saved[0])
+    meta = json.dumps(load_npz(saved[0])[1]).encode()
+    entries[META_KEY] = npy_bytes(np.frombuffer(meta, dtype=np.uint8)[None, :])
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", rf"holds uint8 \(1, {len(meta)}\), not UTF-8 bytes")
+
+
+def test_unknown_entries_are_named_first_in_order(saved, tmp_path):
+    entries = raw_entries(saved[0])
+    entries["zz/second"] = entries["extra/first"] = npy_bytes(np.ones(3, dtype=np.float32))
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", "has an unknown entry 'extra/first'$")
+
+
+def test_entries_in_npy_format_2_load_as_version_1(saved, tmp_path):
+    """NumPy writes format 2.0 for headers over 64 KiB; either version reads the same."""
+    entries = raw_entries(saved[0])
+    for name, array in load_npz(saved[0])[0].items():
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, version=(2, 0))
+        entries[name] = buffer.getvalue()
+    write_zip(tmp_path / "ckpt.npz", entries)
+    loaded = TrainState.load(str(tmp_path / "ckpt.npz"), get_backend("numpy"))
+    for name, p in saved[1].params.items():
+        np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
