@@ -2,6 +2,7 @@
 array-api-strict, torch and jax (where installed) and (where a GPU is usable) cupy."""
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,16 @@ def pytest_collection_modifyitems(config, items):
     if leave_out:
         config.hook.pytest_deselected(items=leave_out)
         items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """A background job (`pytest &`, nohup, CI runners) starts with SIGINT ignored, and
+    the trainer keeps an ignored signal ignored (stop.py): tests that press Ctrl-C get
+    Python's handler, as in a terminal."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(params=BACKEND_NAMES)
