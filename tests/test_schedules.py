@@ -57,6 +57,24 @@ def test_a_schedule_named_by_an_equal_string_is_the_same_schedule():
 
 
 
+
+@pytest.mark.parametrize("max_steps, fraction, decay_start", [(50, 0.2, 40), (29, 0.5, 15),
+                                                             (61, 0.1, 55)])
+def test_wsd_holds_the_peak_until_the_last_fraction_of_the_steps(max_steps, fraction,
+                                                                 decay_start):
+    """The rate stays at its peak after the warmup until the last ``fraction`` of
+    ``max_steps`` (rounded: 10 of 50, 14 of 29, 6 of 61), then decays."""
+    rates = [scheduled_lr("wsd", s, 1.0, 3, max_steps, 0.2, fraction) for s in range(max_steps)]
+    assert rates[3:decay_start + 1] == [1.0] * (decay_start - 2)
+    assert all(r < 1.0 for r in rates[decay_start + 1:])
+
+
+def test_the_ends_of_the_ratios_are_accepted():
+    """min_ratio 1 (no decay) and decay_fraction 1 (wsd decays from the warmup on) are
+    in range, as are 0 and 0."""
+    assert scheduled_lr("wsd", 5, 1.0, 2, 17, 1.0, 1.0) == 1.0
+    assert scheduled_lr("linear", 17, 1.0, 2, 17, 0.0, 0.0) == 0.0
+
 @pytest.mark.parametrize("since, steps", [(3, 8), (11, 4), (5, 1)])
 def test_a_continuation_moves_in_equal_steps_from_the_last_rate(since, steps):
     """From step ``since`` the rate moves from the last one used to the new schedule's
