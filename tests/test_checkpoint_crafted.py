@@ -287,12 +287,16 @@ def test_an_entry_of_another_shape_is_named_with_both_shapes(saved, tmp_path):
 
 
 
-def test_a_meta_entry_of_two_dimensions_is_refused_even_if_it_holds_json(saved, tmp_path):
+def test_a_meta_entry_of_other_than_one_dimension_is_refused_even_if_it_holds_json(saved,
+                                                                                   tmp_path):
     entries = raw_entries(saved[0])
     meta = json.dumps(load_npz(saved[0])[1]).encode()
     entries[META_KEY] = npy_bytes(np.frombuffer(meta, dtype=np.uint8)[None, :])
     write_zip(tmp_path / "ckpt.npz", entries)
     refused(tmp_path / "ckpt.npz", rf"holds uint8 \(1, {len(meta)}\), not UTF-8 bytes")
+    entries[META_KEY] = npy_bytes(np.array(ord("7"), dtype=np.uint8))     # the JSON 7
+    write_zip(tmp_path / "ckpt0.npz", entries)
+    refused(tmp_path / "ckpt0.npz", r"holds uint8 \(\), not UTF-8 bytes")
 
 
 def test_unknown_entries_are_named_first_in_order(saved, tmp_path):
