@@ -299,14 +299,20 @@ def test_presets_are_the_table_of_the_training_docs():
         assert (cfg.path, cfg.input_read, cfg.selection) == ("sparse", True, "learned")
 
 
+def as_read(cfg):
+    """``cfg`` with its choices as new strings, equal but not identical to the code's
+    literals, as a command line or a checkpoint gives them."""
+    return brainlike.Config(**{k: "".join(list(v)) if isinstance(v, str) else v
+                               for k, v in cfg.to_dict().items()})
+
+
 @pytest.mark.parametrize("fields", [{}, {"path": "dense"}, brainlike.REFINE_MODEL])
 def test_choices_read_as_new_strings_choose_the_same_model(fields):
     """Choices read from a command line or a checkpoint are equal to the code's literals,
     not the same objects: the model chooses by equality."""
     backend = get_backend("numpy")
     cfg = TINY.with_overrides(**fields)
-    copied = brainlike.Config(**{k: "".join(list(v)) if isinstance(v, str) else v
-                                 for k, v in cfg.to_dict().items()})
+    copied = as_read(cfg)
     assert copied == cfg and copied.path is not cfg.path
     params = brainlike.init_params(cfg, backend, seed=3)
     x, y = device_batch(backend, cfg, batch_size=5)
@@ -559,7 +565,7 @@ def test_transient_estimate_where_each_term_decides(monkeypatch, name, attention
     overrides, slack_kernels, slack_reference = TERM_CONFIGS[name]
     slack = slack_kernels if attention == "kernels" else slack_reference
     backend = get_backend("numpy")
-    cfg = MEMORY_SIZES.with_overrides(**overrides)
+    cfg = as_read(MEMORY_SIZES.with_overrides(**overrides))             # as a user gives it
     measured = (measured_activation_bytes(backend, brainlike, cfg, 128, dtype)
                 - brainlike.kept_bytes(cfg, 128, itemsize))
     estimate = brainlike.transient_bytes(cfg, 128, itemsize)
