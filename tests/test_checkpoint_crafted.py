@@ -275,14 +275,16 @@ def test_a_state_holding_nan_is_not_saved_and_the_error_names_three_arrays(saved
     assert target.read_bytes() == before
 
 
-def test_an_entry_of_another_shape_is_named_with_both_shapes(saved, tmp_path):
-    """The error names the group, the parameter, its saved shape and the config's."""
+@pytest.mark.parametrize("rows", [-3, 2])
+def test_an_entry_of_another_shape_is_named_with_both_shapes(saved, tmp_path, rows):
+    """The error names the group, the parameter, its saved shape and the config's, for
+    a smaller and a larger entry."""
     entries = raw_entries(saved[0])
     moment = load_npz(saved[0])[0]["adam_m/W_dec"]                  # [N, V]
-    entries["adam_m/W_dec"] = npy_bytes(moment[:-3])
-    write_zip(tmp_path / "ckpt.npz", entries)
     n, v = moment.shape
-    refused(tmp_path / "ckpt.npz", rf"AdamW first moment W_dec has shape \({n - 3}, {v}\), "
+    entries["adam_m/W_dec"] = npy_bytes(np.resize(moment, (n + rows, v)))
+    write_zip(tmp_path / "ckpt.npz", entries)
+    refused(tmp_path / "ckpt.npz", rf"AdamW first moment W_dec has shape \({n + rows}, {v}\), "
                                    rf"the config needs \({n}, {v}\)")
 
 
