@@ -20,10 +20,11 @@ from brainlike_np.optim import AdamW
 from brainlike_np.backends import get_backend
 from brainlike_np.backends.numba_cpu import attention as numba_cpu_attention
 from brainlike_np.train_state import TrainSettings, TrainState
-from gradcheck import (assert_model_gradients_match, device_batch, measured_activation_bytes,
-                       perturbed_params)
+from gradcheck import (ODD_SIZES, assert_model_gradients_match, device_batch,
+                       measured_activation_bytes, perturbed_params)
 
 TINY = brainlike.PRESETS["tiny"]
+ODD = TINY.with_overrides(vocab_size=97, **ODD_SIZES["brainlike"])   # no two sizes alike
 # tau = 0.5 masks about half the keys at init, so the masked paths are exercised
 CONFIGS = {"tiny-masking": TINY.with_overrides(tau=0.5), "no-steps": TINY.with_overrides(n_steps=0),
            "no-input-read": TINY.with_overrides(input_read=False),
@@ -249,7 +250,7 @@ def test_reading_every_state_of_an_unchanging_run_reads_that_state(n_steps):
     is zero) leave S + 1 equal states: their mean, which decoder_reads="all" decodes,
     is that state, so the logits are those of decoder_reads="last"."""
     backend = get_backend("numpy")
-    cfg = TINY.with_overrides(n_steps=n_steps, act_update="residual")
+    cfg = ODD.with_overrides(n_steps=n_steps, act_update="residual")
     params = perturbed_params(backend, brainlike, cfg, seed=4)
     for name in ("W_u", "b_u", "w_a", "b_a"):
         params[name] = params[name] * 0.0
@@ -311,7 +312,7 @@ def test_choices_read_as_new_strings_choose_the_same_model(fields):
     """Choices read from a command line or a checkpoint are equal to the code's literals,
     not the same objects: the model chooses by equality."""
     backend = get_backend("numpy")
-    cfg = TINY.with_overrides(**fields)
+    cfg = ODD.with_overrides(**fields)
     copied = as_read(cfg)
     assert copied == cfg and copied.path is not cfg.path
     params = brainlike.init_params(cfg, backend, seed=3)
@@ -348,9 +349,9 @@ def test_initial_parameters_follow_the_documented_distributions():
 
 def test_init_params_defaults_to_seed_0_in_float32():
     backend = get_backend("numpy")
-    default = brainlike.init_params(TINY, backend)
-    explicit = brainlike.init_params(TINY, backend, seed=0, dtype="float32")
-    other = brainlike.init_params(TINY, backend, seed=1)
+    default = brainlike.init_params(ODD, backend)
+    explicit = brainlike.init_params(ODD, backend, seed=0, dtype="float32")
+    other = brainlike.init_params(ODD, backend, seed=1)
     for name, p in default.items():
         assert p.dtype == np.float32, name
         np.testing.assert_array_equal(p, explicit[name], err_msg=name)

@@ -147,9 +147,14 @@ def supervised_targets(cfg: Config) -> int:
     return 1
 
 
+def carried(cfg: Config) -> int:
+    """M: the neurons a path carries, k on the sparse path, N on the dense one."""
+    return cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+
+
 def forward_flops(cfg: Config, batch_size: int) -> int:
     """Matmul FLOPs of one forward pass (2*m*n*k each), M neurons carried per sample."""
-    B, M = batch_size, cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    B, M = batch_size, carried(cfg)
     T, D, V = cfg.context, cfg.d_state, cfg.vocab_size
     read = 2 * B * (2 * M * D * D + 2 * T * D * D + 2 * M * T * D)      # q, o; k, v; qk, pv
     step = 2 * B * (4 * M * D * D + 2 * M * M * D + M * 2 * D * D + M * D)   # + W_u, w_a
@@ -165,7 +170,7 @@ def step_cache_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     previous step's new state): the input's inverse norm [B, M, 1], q, k, v [B, M, D]
     (as heads), each head's log-sum-exp [B, h, M], the message, the tanh and the new
     state [B, M, D], the readout [B, M] and the key mask [B, M] (bool)."""
-    M = cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    M = carried(cfg)
     state, act = batch_size * M * cfg.d_state, batch_size * M
     return itemsize * (6 * state + (2 + cfg.n_heads) * act) + act
 
@@ -177,8 +182,7 @@ def kept_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     views of them) nor the tokens x."""
     B, T, N, D, k, S = (batch_size, cfg.context, cfg.n_neurons, cfg.d_state, cfg.k_active,
                         cfg.n_steps)
-    sparse = cfg.path == "sparse"
-    M = k if sparse else N
+    sparse, M = cfg.path == "sparse", carried(cfg)
     state, context, act = B * M * D, B * T * D, B * M      # [B, M, D], [B, T, D], [B, M]
     reads = S + 1 if cfg.decoder_reads == "all" else 1
     # the encoder's a [B, M]; sparse: the U rows [B, k, D] (and idx [B, k], below);
@@ -211,8 +215,7 @@ def transient_bytes(cfg: Config, batch_size: int, itemsize: int) -> int:
     without SciPy) forms three ``[B, h, M, M or T]`` score arrays at once, the kernels
     none. With recompute each phase may also hold a redone step's cache (the backward
     keeps the last one redone until it ends)."""
-    B, T, D, h = batch_size, cfg.context, cfg.d_state, cfg.n_heads
-    M = cfg.k_active if cfg.path == "sparse" else cfg.n_neurons
+    B, T, D, h, M = batch_size, cfg.context, cfg.d_state, cfg.n_heads, carried(cfg)
     state, context, logits = B * M * D, B * T * D, B * cfg.vocab_size
     # the cross-entropy: the logits, three temporaries and its result [B, V] in floats, the
     # one-hot mask [B, V] in bools (a byte each, not a float: counted as one it left the
